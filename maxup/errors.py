@@ -1,0 +1,21 @@
+"""Errors the command line turns into one line on stderr and exit code 2."""
+
+
+class UsageError(Exception):
+    """Bad user input: the message names the field, the bad value and what is allowed.
+
+    The CLI prints ``maxup: error: <message>`` and exits with status 2; nothing is launched
+    or written before it is raised.
+    """
+
+
+class ConfigError(UsageError):
+    """A run or sweep configuration failed validation."""
+
+    def __init__(self, field: str, value, allowed: str):
+        self.field, self.value, self.allowed = field, value, allowed
+        super().__init__(f"{field}: got {value!r}; allowed: {allowed}")
+
+
+class DataError(UsageError):
+    """A dataset is missing or malformed at the given path."""
