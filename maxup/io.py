@@ -41,4 +41,4 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Atomically write ``obj`` as indented JSON; NaN/inf are refused (records stay valid JSON)."""
-    return atomic_write_text(path, json.dumps(obj, indent=1, allow_nan=False, sort_keys=False) + "\n")
+    return atomic_write_text(path, json.dumps(obj, indent=1, allow_nan=False) + "\n")
