@@ -1,0 +1,13 @@
+"""Model registry (timm style): ``build_model(name, ...)`` with a ``Normalize`` first layer.
+
+Registered: CIFAR ``resnet20/32/56/110``, ``preact_resnet110``, ``wrn28_10``
+(:mod:`maxup.models.cifar`); torchvision ``resnet50``, ``resnet101``,
+``efficientnet_b0``..``b7`` (:mod:`maxup.models.imagenet`); ``small_cnn`` and ``mlp``
+(:mod:`maxup.models.small`).
+"""
+
+from maxup.models import cifar, imagenet, small  # noqa: F401  (registers the models)
+from maxup.models.normalize import Normalize
+from maxup.models.registry import build_model, list_models, load_weights, register_model
+
+__all__ = ["Normalize", "build_model", "list_models", "load_weights", "register_model"]
