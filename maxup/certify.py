@@ -455,9 +455,6 @@ def load_model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     Returns:
         ``(model, config)``; the model takes (B, C, H, W) images in [0, 1].
     """
-    from maxup.data import dataset_info
-    from maxup.models import build_model
-
     path = Path(path)
     if not path.is_file():
         raise DataError(f"checkpoint {str(path)!r}: no such file; expected a torch.save'd dict")
@@ -481,6 +478,9 @@ def load_model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
         raise DataError(
             f"checkpoint {str(path)!r}: config lacks {exc}; expected model.name and data.name"
         ) from exc
+    from maxup.data import dataset_info
+    from maxup.models import build_model
+
     info = dataset_info(data_name)
     model = build_model(
         model_name,
