@@ -183,6 +183,26 @@ def test_linear_classifier_radius_sound_and_tight(d):
     assert r >= d - 0.06
 
 
+def test_certificate_failure_rate_is_at_most_alpha():
+    """The guarantee itself: over many independent runs, P(radius > true radius) <= alpha.
+
+    400 runs at alpha = 0.05 (n = 200): the violation count is at most Binomial(400, 0.05);
+    the test fails only if it exceeds that distribution's 1e-6 upper quantile.
+    """
+    from scipy.stats import binom
+
+    sigma, d, alpha, runs = 0.5, 0.3, 0.05, 400
+    model = Linear2(dim=8, b=0.1)
+    x = point_at_distance(model, d)
+    g = torch.Generator().manual_seed(11)
+    violations = 0
+    for _ in range(runs):
+        pred, r = C.certify(model, x, sigma=sigma, n0=20, n=200, alpha=alpha, batch=220,
+                            num_classes=2, generator=g)
+        violations += pred == 1 or r > d
+    assert violations <= binom.isf(1e-6, runs, alpha)
+
+
 def test_linear_classifier_on_boundary_abstains():
     model = Linear2(dim=8, b=0.1)
     x = point_at_distance(model, 0.0)
