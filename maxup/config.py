@@ -364,3 +364,13 @@ def load_config(path: str | Path | None = None,
     for key, value in (overrides or {}).items():
         set_dotted(data, key, value)
     return from_dict(data)
+
+
+def check_registered_names(cfg: RunConfig) -> None:
+    """Refuse model and dataset names missing from the registries (imports torch)."""
+    from maxup.data import dataset_info
+    from maxup.models import list_models
+
+    dataset_info(cfg.data.name)
+    if cfg.model.name not in list_models():
+        raise ConfigError("model.name", cfg.model.name, "one of " + ", ".join(list_models()))

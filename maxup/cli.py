@@ -1,0 +1,73 @@
+"""The ``maxup`` command: subcommands dispatched to their own modules, imported lazily.
+
+Every subcommand module exposes ``configure(parser)`` and ``run(args) -> int``. Bad input is
+a :class:`maxup.errors.UsageError`: one line on stderr, exit status 2, nothing launched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+#: name → (module, configure function, run function, one-line help)
+COMMANDS = {
+    "train": ("maxup.train_cli", "configure", "run", "train one run from a YAML config"),
+    "sweep": ("maxup.platform.sweep_cli", "configure", "run",
+              "run an ablation sweep (search_spaces/*.yaml) on Ray Tune"),
+    "tables": ("maxup.analysis.cli", "configure_tables", "run_tables",
+               "print the paper's tables from stored records"),
+    "figures": ("maxup.analysis.cli", "configure_figures", "run_figures",
+                "write the paper's figures from stored records"),
+    "certify": ("maxup.certify_cli", "configure", "run",
+                "randomized-smoothing certification of a checkpoint"),
+    "job": ("maxup.platform.jobs", "configure", "run",
+            "submit and manage ad-hoc jobs on a Ray cluster"),
+}
+
+
+def _selected_command(argv: list[str]) -> str | None:
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg if arg in COMMANDS else None
+    return None
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    """The top-level parser; only the chosen subcommand's module is imported."""
+    import maxup
+
+    parser = argparse.ArgumentParser(prog="maxup", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"maxup {maxup.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = _selected_command(argv)
+    for name, (module, configure, _run, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        if name == chosen:
+            getattr(importlib.import_module(module), configure)(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``maxup`` console script."""
+    from maxup.errors import UsageError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args, extra = parser.parse_known_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    module, _configure, run, _help = COMMANDS[args.command]
+    args.extra = extra
+    try:
+        if extra and not getattr(args, "accepts_extra", False):
+            raise UsageError(f"unrecognized arguments: {' '.join(extra)}")
+        return int(getattr(importlib.import_module(module), run)(args) or 0)
+    except UsageError as exc:
+        print(f"maxup: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("maxup: interrupted", file=sys.stderr)
+        return 130

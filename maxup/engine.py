@@ -1,0 +1,513 @@
+"""The training engine: one loop for a plain process, a Ray Tune trial and a Ray Train worker.
+
+``train(config, out_dir)`` takes a plain config (dict or RunConfig), trains, evaluates every
+epoch, checkpoints atomically every ``train.checkpoint_every`` epochs and at the end, writes
+the record (docs/records.md), and returns it. The few framework touch-points are arguments:
+
+- ``reporter(metrics, checkpoint_dir)`` is called after every epoch (Tune / Train report);
+- ``dist`` says which data-parallel rank this process is (Ray Train sets it up);
+- ``record_path`` / ``record_extra`` let the sweep driver place and label the record.
+
+Exact resume: every source of randomness (data order, augmentation draws, dropout, data-loader
+workers) is re-seeded at the start of each epoch from (seed, epoch, rank), and the learning
+rate is a pure function of the epoch; so a run restored from the checkpoint of epoch k
+continues exactly as an uninterrupted run would, with no RNG state to restore.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from maxup import records
+from maxup.augment import build_augmentation
+from maxup.config import RunConfig, from_dict, to_dict
+from maxup.errors import UsageError
+from maxup.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from maxup.objective import MaxUpLoss
+
+CHECKPOINT_FORMAT = 1
+Reporter = Callable[[dict, "Path | None"], None]
+
+
+class NonFiniteLoss(Exception):
+    """Raised inside the loop when the loss is NaN or infinite."""
+
+    def __init__(self, epoch: int, step: int, value: float):
+        self.epoch, self.step, self.value = epoch, step, value
+        super().__init__(f"non-finite loss {value} at epoch {epoch}, step {step}")
+
+
+@dataclass
+class DistContext:
+    """Which data-parallel process this is. ``world_size == 1``: a plain process."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+# --------------------------------------------------------------------------- helpers
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (stable across processes and Python versions)."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) global generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is a UsageError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("train.device: got 'cuda' but no CUDA device is visible; allowed: "
+                         "auto, cpu")
+    return torch.device(name)
+
+
+def learning_rate(cfg: RunConfig, epoch: int) -> float:
+    """Learning rate for 0-based ``epoch`` (per-epoch schedules, as the paper's recipes)."""
+    o = cfg.optim
+    if o.schedule == "constant":
+        return o.lr
+    if o.schedule == "cosine":
+        return 0.5 * o.lr * (1 + math.cos(math.pi * epoch / cfg.train.epochs))
+    return o.lr * o.gamma ** sum(epoch >= m for m in o.milestones)
+
+
+class _Progress:
+    """A minimal per-epoch progress bar on stderr (only when it is a terminal)."""
+
+    def __init__(self, enabled: bool, total: int, epoch: int, epochs: int):
+        self.enabled = enabled and sys.stderr.isatty()
+        self.total, self.label = total, f"epoch {epoch}/{epochs}"
+
+    def update(self, done: int, loss: float) -> None:
+        if self.enabled:
+            width = 30
+            filled = int(width * done / max(self.total, 1))
+            sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] "
+                             f"{done}/{self.total} loss {loss:.4f}")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r" + " " * 80 + "\r")
+            sys.stderr.flush()
+
+
+# --------------------------------------------------------------------------- data
+
+class _Batches:
+    """Iterate one epoch of (images, labels) batches of a rank's shard.
+
+    All ranks draw the same permutation from the epoch seed and take every world_size-th index,
+    truncated to equal length (so DDP ranks run the same number of steps). Tensor-backed
+    datasets are sliced directly; others go through a DataLoader with seeded workers.
+    """
+
+    def __init__(self, dataset, batch_size: int, *, seed: int, rank: int, world: int,
+                 num_workers: int):
+        self.dataset, self.batch_size = dataset, batch_size
+        n = len(dataset)
+        g = torch.Generator().manual_seed(seed)
+        perm = torch.randperm(n, generator=g)
+        per_rank = n // world
+        self.indices = perm[rank::world][:per_rank]
+        self.seed, self.num_workers = seed, num_workers
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.indices) / self.batch_size)
+
+    def __iter__(self):
+        ds = self.dataset
+        if hasattr(ds, "images") and hasattr(ds, "labels") and not getattr(ds, "transform", None):
+            for start in range(0, len(self.indices), self.batch_size):
+                idx = self.indices[start:start + self.batch_size]
+                yield ds.images[idx], ds.labels[idx]
+            return
+        sampler = self.indices.tolist()
+        loader = torch.utils.data.DataLoader(
+            ds, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(self.seed),
+            worker_init_fn=_seed_worker, persistent_workers=False,
+        )
+        yield from loader
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def _eval_batches(dataset, batch_size: int, rank: int, world: int):
+    n = len(dataset)
+    idx = torch.arange(rank, n, world)
+    if hasattr(dataset, "images") and hasattr(dataset, "labels"):
+        for s in range(0, len(idx), batch_size):
+            j = idx[s:s + batch_size]
+            yield dataset.images[j], dataset.labels[j]
+        return
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=idx.tolist())
+    yield from loader
+
+
+# --------------------------------------------------------------------------- the run
+
+@dataclass
+class Run:
+    """Everything built from a config: data, model, optimiser, objective."""
+
+    cfg: RunConfig
+    device: torch.device
+    train_set: Any
+    test_set: Any
+    num_classes: int
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    objective: MaxUpLoss
+
+
+def build_run(cfg: RunConfig, device: torch.device) -> Run:
+    """Build datasets, model, optimiser and objective for ``cfg`` on ``device``."""
+    from maxup.data import build_dataset, dataset_info
+    from maxup.models import build_model
+
+    info = dataset_info(cfg.data.name)
+    num_classes = cfg.model.num_classes or info.num_classes
+    common = dict(root=cfg.data.root, download=cfg.data.download)
+    train_set = build_dataset(cfg.data.name, split="train",
+                              train_transform=cfg.data.train_transform,
+                              subset=cfg.data.subset, seed=cfg.seed, **common)
+    test_set = build_dataset(cfg.data.name, split="test", **common)
+    seed_everything(derive_seed(cfg.seed, "init"))
+    model = build_model(cfg.model.name, num_classes=num_classes, in_channels=info.in_channels,
+                        mean=info.mean, std=info.std, dropout=cfg.model.dropout,
+                        weights=cfg.model.weights, image_size=tuple(info.image_size))
+    model = model.to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    # Weight decay applies to every parameter, biases and BN affine ones included, as in the
+    # Cutout/CutMix reference code the paper builds on.
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+                                nesterov=cfg.optim.nesterov, weight_decay=cfg.optim.weight_decay)
+    autocast = None
+    if cfg.train.precision == "bf16" and device.type == "cuda":
+        def autocast():
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+    objective = MaxUpLoss(build_augmentation(cfg.augment, num_classes), cfg.maxup.m, num_classes,
+                          mode=cfg.maxup.mode, bn=cfg.maxup.bn, chunk=cfg.maxup.chunk,
+                          autocast=autocast)
+    return Run(cfg, device, train_set, test_set, num_classes, model, optimizer, objective)
+
+
+def evaluate(model: nn.Module, dataset, *, device: torch.device, batch_size: int,
+             num_classes: int, dist: DistContext, channels_last: bool = False,
+             autocast=None) -> dict:
+    """Clean test-set loss (nats), top-1 and top-5 accuracy (percent).
+
+    With ``dist.world_size > 1`` each rank evaluates its shard and the sums are all-reduced.
+    """
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64)  # loss, top1, top5, count
+    ctx = autocast or contextlib.nullcontext
+    with torch.inference_mode():
+        for x, y in _eval_batches(dataset, batch_size, dist.rank, dist.world_size):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with ctx():
+                logits = model(x)
+            logits = logits.float()
+            sums[0] += F.cross_entropy(logits, y, reduction="sum").item()
+            k = min(5, num_classes)
+            topk = logits.topk(k, dim=1).indices
+            hit = topk == y[:, None]
+            sums[1] += hit[:, 0].sum().item()
+            sums[2] += hit.any(dim=1).sum().item()
+            sums[3] += len(y)
+    if dist.world_size > 1 and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(sums)
+    loss, top1, top5, count = sums.tolist()
+    return {
+        "test_loss": loss / count,
+        "test_acc": 100.0 * top1 / count,
+        "test_top5": 100.0 * top5 / count if num_classes > 5 else None,
+    }
+
+
+def train_epoch(run: Run, model: nn.Module, epoch: int, dist: DistContext, progress: bool) -> dict:
+    """One epoch (0-based ``epoch``) of MaxUp training; returns its metrics."""
+    cfg = run.cfg
+    epoch_seed = derive_seed(cfg.seed, epoch, dist.rank)
+    seed_everything(epoch_seed)
+    gen = torch.Generator(device=run.device).manual_seed(derive_seed(epoch_seed, "augment"))
+    lr = learning_rate(cfg, epoch)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    maxup_active = epoch >= cfg.maxup.warmup_epochs and cfg.maxup.m > 1
+    m = cfg.maxup.m if maxup_active else 1
+    local_batch = cfg.train.batch_size // dist.world_size
+    batches = _Batches(run.train_set, local_batch, seed=derive_seed(cfg.seed, epoch, "order"),
+                       rank=dist.rank, world=dist.world_size, num_workers=cfg.data.num_workers)
+    bar = _Progress(progress and dist.is_main, len(batches), epoch + 1, cfg.train.epochs)
+    model.train()
+    loss_sum = correct = seen = 0.0
+    gap_sum, wins = 0.0, torch.zeros(m, dtype=torch.long)
+    selection_s = 0.0
+    t0 = time.perf_counter()
+    for step, (x, y) in enumerate(batches):
+        x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
+        if cfg.train.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = run.objective(model, x, y, gen, m=m)
+        value = float(out.loss.detach())
+        if not math.isfinite(value):
+            raise NonFiniteLoss(epoch + 1, step, value)
+        run.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        run.optimizer.step()
+        b = x.shape[0]
+        loss_sum += value * b
+        correct += float((out.logits.argmax(1) == out.targets.argmax(1)).sum())
+        seen += b
+        gap_sum += out.gap * b
+        wins += out.wins
+        selection_s += out.selection_s
+        bar.update(step + 1, loss_sum / seen)
+    bar.close()
+    train_s = time.perf_counter() - t0
+    return {
+        "epoch": epoch + 1,
+        "lr": lr,
+        "train_loss": loss_sum / max(seen, 1),
+        "train_acc": 100.0 * correct / max(seen, 1),
+        "maxup_active": maxup_active,
+        "maxup_m": m,
+        "maxup_gap": gap_sum / max(seen, 1),
+        "maxup_wins": wins.tolist(),
+        "train_s": train_s,
+        "selection_s": selection_s,
+        "images_per_s": seen * dist.world_size / max(train_s, 1e-9),
+    }
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+def save_checkpoint(path: Path, *, config: dict, model: nn.Module, optimizer, epoch: int,
+                    history: list[dict]) -> None:
+    """Atomically write a checkpoint loadable with ``torch.load(weights_only=True)``.
+
+    Contents: config, model and optimiser state, the scheduler's description (the learning
+    rate is a pure function of the epoch), the number of finished epochs, the history, and the
+    per-epoch seeding rule (the RNG state at an epoch boundary is a function of the seed).
+    """
+    import io
+
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "config": config,
+        "model": _unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": {"schedule": config["optim"]["schedule"], "next_epoch": epoch},
+        "rng": {"rule": "reseeded per epoch from (seed, epoch, rank)", "seed": config["seed"]},
+        "epoch": epoch,
+        "history": history,
+    }
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load a checkpoint with ``weights_only=True`` (no arbitrary unpickling)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)
+
+
+_CONFIG_KEYS_FREE_ON_RESUME = set(records.RUN_LOCAL_KEYS)
+
+
+def _config_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(a) | set(b)):
+        name = prefix + key
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _config_differences(va, vb, name + ".")
+        elif va != vb and name not in _CONFIG_KEYS_FREE_ON_RESUME:
+            out.append(name)
+    return out
+
+
+# --------------------------------------------------------------------------- entry point
+
+def train(config: dict | RunConfig, out_dir: str | Path, *, reporter: Reporter | None = None,
+          resume: bool = True, dist: DistContext | None = None,
+          record_path: str | Path | None = None, record_extra: dict | None = None,
+          log: Callable[[str], None] | None = print) -> dict:
+    """Train one run and return its record.
+
+    Args:
+        config: a RunConfig or nested dict (validated here).
+        out_dir: run directory: ``config.json``, ``metrics.csv``, ``metrics.jsonl``,
+            ``checkpoints/last.pt`` and (by default) ``record.json``.
+        reporter: called as ``reporter(epoch_metrics, checkpoint_dir_or_None)`` after each
+            epoch (on every rank; Ray Train needs all ranks to report).
+        resume: continue from ``checkpoints/last.pt`` when it exists.
+        dist: data-parallel context (default: a plain single process).
+        record_path: where to write the record (default ``out_dir/record.json``).
+        record_extra: ``sweep``, ``axes``, ``paper_table`` for sweep trials.
+        log: one summary line per epoch goes here (None: silent).
+    """
+    cfg = config if isinstance(config, RunConfig) else from_dict(config)
+    cfg_dict = to_dict(cfg)
+    dist = dist or DistContext()
+    device = dist.device or resolve_device(cfg.train.device)
+    out_dir = Path(out_dir)
+    ckpt_path = out_dir / "checkpoints" / "last.pt"
+    record_path = Path(record_path) if record_path else out_dir / "record.json"
+    extra = record_extra or {}
+    log = log if dist.is_main else None
+
+    run = build_run(cfg, device)
+    model: nn.Module = run.model
+    history: list[dict] = []
+    start_epoch = 0
+    created = None
+    if resume and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path)
+        diff = _config_differences(state["config"], cfg_dict)
+        if diff:
+            raise UsageError(f"resume: {diff[0]} differs from the checkpoint in {ckpt_path}; "
+                             "allowed: the same config (use a new --out to start afresh)")
+        _unwrap(model).load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        start_epoch, history = state["epoch"], list(state["history"])
+        old = records.read_record(record_path)
+        created = old.get("created") if old else None
+        if log:
+            log(f"resumed from {ckpt_path} after epoch {start_epoch}")
+    if dist.world_size > 1 and torch.distributed.is_initialized():
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    env = records.environment(device=str(device), workers=dist.world_size)
+    if dist.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out_dir / "config.json", cfg_dict)
+
+    def make_record(status: str, failure: dict | None = None) -> dict:
+        return records.build_record(
+            config=cfg_dict, history=history, status=status, timings=_totals(history), env=env,
+            failure=failure, sweep=extra.get("sweep"), axes=extra.get("axes"),
+            paper_table=extra.get("paper_table"), created=created,
+            certification=extra.get("certification"))
+
+    autocast = run.objective.autocast if cfg.train.precision == "bf16" else None
+    failure = None
+    epoch = start_epoch
+    try:
+        for epoch in range(start_epoch, cfg.train.epochs):
+            t0 = time.perf_counter()
+            metrics = train_epoch(run, model, epoch, dist, cfg.train.progress)
+            t1 = time.perf_counter()
+            metrics.update(evaluate(model, run.test_set, device=device,
+                                    batch_size=cfg.train.eval_batch_size,
+                                    num_classes=run.num_classes, dist=dist,
+                                    channels_last=cfg.train.channels_last, autocast=autocast))
+            metrics["eval_s"] = time.perf_counter() - t1
+            metrics["wall_s"] = time.perf_counter() - t0
+            history.append(metrics)
+            done = epoch + 1
+            checkpoint_now = done % cfg.train.checkpoint_every == 0 or done == cfg.train.epochs
+            if dist.is_main:
+                if checkpoint_now:
+                    save_checkpoint(ckpt_path, config=cfg_dict, model=model,
+                                    optimizer=run.optimizer, epoch=done, history=history)
+                _write_metrics(out_dir, history)
+                status = "completed" if done == cfg.train.epochs else "running"
+                records.write_record(record_path, make_record(status))
+            if log:
+                log(_summary_line(metrics, cfg.train.epochs))
+            if reporter is not None:
+                reporter(dict(metrics), ckpt_path.parent if checkpoint_now else None)
+    except NonFiniteLoss as exc:
+        failure = {"reason": "non-finite loss", "epoch": exc.epoch, "step": exc.step,
+                   "value": str(exc.value)}
+        if dist.is_main:
+            records.write_record(record_path, make_record("failed", failure))
+        if log:
+            log(f"FAILED: {exc}")
+    record = make_record("failed" if failure else "completed", failure)
+    return record
+
+
+def _totals(history: list[dict]) -> dict:
+    wall = sum(h["wall_s"] for h in history)
+    train_s = sum(h["train_s"] for h in history)
+    sel = sum(h["selection_s"] for h in history)
+    images = sum(h["images_per_s"] * h["train_s"] for h in history)
+    return {
+        "wall_s": wall,
+        "train_s": train_s,
+        "eval_s": sum(h["eval_s"] for h in history),
+        "selection_s": sel,
+        "selection_share": sel / train_s if train_s > 0 else 0.0,
+        "images_per_s": images / train_s if train_s > 0 else 0.0,
+    }
+
+
+_CSV_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "test_top5",
+                "maxup_active", "maxup_m", "maxup_gap", "train_s", "selection_s", "eval_s",
+                "wall_s", "images_per_s")
+
+
+def _write_metrics(out_dir: Path, history: list[dict]) -> None:
+    """Rewrite metrics.csv and metrics.jsonl from the history (each epoch exactly once)."""
+    import json
+
+    lines = [",".join(_CSV_COLUMNS)]
+    for h in history:
+        lines.append(",".join("" if h.get(c) is None else str(h.get(c)) for c in _CSV_COLUMNS))
+    atomic_write_text(out_dir / "metrics.csv", "\n".join(lines) + "\n")
+    atomic_write_text(out_dir / "metrics.jsonl",
+                      "".join(json.dumps(records._finite(h)) + "\n" for h in history))
+
+
+def _summary_line(m: dict, epochs: int) -> str:
+    top5 = f" top5 {m['test_top5']:.2f}%" if m.get("test_top5") is not None else ""
+    arm = f"maxup m={m['maxup_m']}" if m["maxup_active"] else "standard aug"
+    return (f"epoch {m['epoch']:>3}/{epochs}  {arm:<13} lr {m['lr']:.4g}  "
+            f"train loss {m['train_loss']:.4f} acc {m['train_acc']:.2f}%  "
+            f"test loss {m['test_loss']:.4f} acc {m['test_acc']:.2f}%{top5}  "
+            f"{m['wall_s']:.1f}s ({m['images_per_s']:.0f} img/s, "
+            f"selection {m['selection_s']:.1f}s)")
