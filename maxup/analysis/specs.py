@@ -1,0 +1,191 @@
+"""Declarative specs of the paper's tables: which records, which rows/columns, which metric.
+
+Each table is one :class:`TableSpec`; :func:`maxup.analysis.tables.build_table` regenerates it
+from stored records (in the style of locuslab/smoothing's ``analyze.py``). Axis keys are record
+columns (``"config.model.name"``, ``"config.maxup.m"``) or one of the derived keys:
+
+- ``"method"``: ``"baseline"`` when ``config.maxup.m == 1`` (standard augmentation), else
+  ``"maxup"``;
+- ``"metric"``: the columns are metrics (record column names), e.g. valid/test perplexity;
+- ``"radius"``: certified-accuracy radii read from each record's ``certification``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from maxup.analysis.published import RADII
+
+METHOD = "method"
+METRIC = "metric"
+RADIUS = "radius"
+BASELINE = {"config.maxup.m": 1}
+
+CIFAR_MODELS = (("resnet110", "ResNet-110"), ("preact_resnet110", "PreAct-ResNet-110"),
+                ("wrn28_10", "WideResNet-28-10"))
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One table axis: the key it is read from and its declared values (in order) with labels.
+
+    Args:
+        key: a record column, or ``"method"`` / ``"metric"`` / ``"radius"``.
+        values: ``(value, label)`` pairs, shown in this order even when no record fills them.
+        title: header of the row-label column (row axis only).
+        extra: also show values present in the records but not declared (after the declared).
+    """
+
+    key: str
+    values: tuple[tuple, ...] = ()
+    title: str = ""
+    extra: bool = True
+
+    def label(self, value) -> str:
+        """The printed label of ``value`` (the value itself when not declared)."""
+        for v, lab in self.values:
+            if v == value:
+                return lab
+        return str(value)
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A paper table, regenerated from records.
+
+    Args:
+        id: the paper's table number as a string.
+        title: printed caption.
+        filter: records frame -> boolean mask of the records this table reads.
+        rows: the row axis.
+        cols: the column axis.
+        metric: the record column shown (None when ``cols.key == "metric"``).
+        kind: ``"mean"`` (mean ± std over seeds per cell) or ``"envelope"`` (best over the
+            trained models per cell, Salman et al.'s upper envelope; Table 8).
+        digits: decimals printed.
+        scale: factor applied to the metric before printing.
+        lower_is_better: which end of each column is bolded (perplexity: lower).
+        baseline: column -> value of the baseline arm (m = 1).
+        expected_n: seeds per cell in the paper; cells with fewer show their n.
+        unit: printed unit of the metric.
+    """
+
+    id: str
+    title: str
+    filter: Callable[[pd.DataFrame], pd.Series]
+    rows: Axis
+    cols: Axis
+    metric: str | None = "final.test_acc"
+    kind: str = "mean"
+    digits: int = 2
+    scale: float = 1.0
+    lower_is_better: bool = False
+    baseline: dict = field(default_factory=lambda: dict(BASELINE))
+    expected_n: int | None = 5
+    unit: str = "%"
+
+
+def _col(df: pd.DataFrame, name: str) -> pd.Series:
+    return df[name] if name in df else pd.Series(None, index=df.index, dtype=object)
+
+
+def _ops_has(df: pd.DataFrame, op: str) -> pd.Series:
+    ops = _col(df, "config.augment.ops").fillna("").astype(str)
+    return ops.str.split("+").apply(lambda parts: op in parts).astype(bool)
+
+
+def paper_table(table_id: str, fallback: Callable[[pd.DataFrame], pd.Series] | None = None):
+    """Filter: records whose ``paper_table`` is ``table_id``, or (records that name no paper
+    table) whose content matches ``fallback``.
+
+    Args:
+        table_id: the paper table number.
+        fallback: records frame -> mask used for records with ``paper_table`` null.
+    """
+
+    def mask(df: pd.DataFrame) -> pd.Series:
+        pt = _col(df, "paper_table")
+        m = (pt.astype(object) == table_id).fillna(False).astype(bool)
+        if fallback is not None:
+            m = m | (pt.isna() & fallback(df).fillna(False).astype(bool))
+        return m
+
+    return mask
+
+
+def _dataset(*names: str):
+    return lambda df: _col(df, "config.data.name").isin(names)
+
+
+def _cifar(name: str, models=tuple(v for v, _ in CIFAR_MODELS)):
+    return lambda df: (_dataset(name)(df) & _ops_has(df, "cutout")
+                       & _col(df, "config.model.name").isin(models))
+
+
+def has_certification(df: pd.DataFrame) -> pd.Series:
+    """Filter for Table 8: every record carrying certification results, whatever the dataset."""
+    cert = _col(df, "certification")
+    return cert.apply(lambda c: isinstance(c, dict) and bool(c.get("radii"))).astype(bool)
+
+
+def _methods(base: str, maxup: str) -> Axis:
+    return Axis(METHOD, (("baseline", base), ("maxup", maxup)), title="Method", extra=False)
+
+
+SPECS: dict[str, TableSpec] = {}
+
+
+def _add(spec: TableSpec) -> None:
+    SPECS[spec.id] = spec
+
+
+_add(TableSpec(
+    id="1", title="Top-1 / top-5 accuracy (%) on the ImageNet validation set, ResNet-50",
+    filter=paper_table("1", lambda df: _dataset("imagenet")(df) & _ops_has(df, "cutmix")
+                       & (_col(df, "config.model.name") == "resnet50")),
+    rows=_methods("CutMix (m = 1)", "MaxUp+CutMix"),
+    cols=Axis(METRIC, (("final.test_acc", "Top-1 (%)"), ("final.test_top5", "Top-5 (%)")),
+              extra=False),
+    metric=None, digits=1, expected_n=None))
+_add(TableSpec(
+    id="2", title="Top-1 accuracy (%) of different models on the ImageNet validation set",
+    filter=paper_table("2", lambda df: _dataset("imagenet")(df) & _ops_has(df, "cutmix")),
+    rows=Axis("config.model.name", (
+        ("resnet101", "ResNet-101"), ("proxyless_cpu", "ProxylessNet-CPU"),
+        ("proxyless_gpu", "ProxylessNet-GPU"), ("proxyless_mobile", "ProxylessNet-Mobile"),
+        ("efficientnet_b7", "EfficientNet-B7"), ("fix_efficientnet_b8", "Fix-EfficientNet-B8")),
+        title="Model"),
+    cols=_methods("+CutMix (%)", "+MaxUp+CutMix (%)"), expected_n=None))
+for _tid, _ds, _name in (("3", "cifar10", "CIFAR-10"), ("4", "cifar100", "CIFAR-100")):
+    _add(TableSpec(
+        id=_tid, title=f"Test accuracy (%) on {_name} for different architectures",
+        filter=paper_table(_tid, _cifar(_ds)),
+        rows=Axis("config.model.name", CIFAR_MODELS, title="Model"),
+        cols=_methods("+ Cutout", "+ MaxUp+Cutout")))
+_add(TableSpec(
+    id="5", title="Test accuracy (%) on CIFAR-100 when the sample size m varies",
+    filter=paper_table("5", _cifar("cifar100", ("resnet110", "wrn28_10"))),
+    rows=Axis("config.maxup.m", tuple((m, str(m)) for m in (1, 4, 10, 20)), title="m"),
+    cols=Axis("config.model.name", (("resnet110", "ResNet-110"),
+                                    ("wrn28_10", "WideResNet-28-10")))))
+for _tid, _ds, _name in (("6", "ptb", "Penn Treebank"), ("7", "wikitext2", "WikiText-2")):
+    _add(TableSpec(
+        id=_tid, title=f"Perplexities on the validation and test sets of {_name} "
+                       "(lower is better)",
+        filter=paper_table(_tid, _dataset(_ds, _ds.replace("wikitext2", "wt2"))),
+        rows=_methods("ADV-AWD-LSTM (m = 1)", "ADV-AWD-LSTM + MaxUp"),
+        cols=Axis(METRIC, (("final.val_ppl", "Valid"), ("final.test_ppl", "Test")),
+                  extra=False),
+        metric=None, lower_is_better=True, expected_n=None, unit="perplexity"))
+_add(TableSpec(
+    id="8", title="Certified accuracy (%) of the best classifiers per method vs l2 radius",
+    filter=has_certification,
+    rows=_methods("Gaussian aug. (m = 1)", "MaxUp+Gauss"),
+    cols=Axis(RADIUS, tuple((r, f"{r:g}") for r in RADII)),
+    metric="certification", kind="envelope", digits=1, expected_n=None))
+
+#: Table ids accepted by ``--table`` (``"sweep"`` is the generic per-sweep table).
+TABLE_IDS: tuple[str, ...] = (*SPECS, "sweep")
