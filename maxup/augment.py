@@ -68,8 +68,9 @@ class Cutout:
         cy = torch.randint(0, h, (b,), generator=generator, device=x.device)
         cx = torch.randint(0, w, (b,), generator=generator, device=x.device)
         half = self.size // 2
-        y1, y2 = (cy - half).clamp(0, h), (cy + half).clamp(0, h)
-        x1, x2 = (cx - half).clamp(0, w), (cx + half).clamp(0, w)
+        # [c - L//2, c - L//2 + L): side L for odd L too (c ± L//2 gave L - 1, none for L=1)
+        y1, y2 = (cy - half).clamp(0, h), (cy - half + self.size).clamp(0, h)
+        x1, x2 = (cx - half).clamp(0, w), (cx - half + self.size).clamp(0, w)
         rows = torch.arange(h, device=x.device)
         cols = torch.arange(w, device=x.device)
         in_rows = (rows >= y1[:, None]) & (rows < y2[:, None])  # (B, H)

@@ -49,7 +49,8 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     Returns:
         (N,) losses in nats; equals ``F.cross_entropy`` for one-hot targets.
     """
-    return -(targets * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1)
+    logits = logits if logits.dtype == torch.float64 else logits.float()  # upcast, never down
+    return -(targets * F.log_softmax(logits, dim=-1)).sum(dim=-1)
 
 
 @dataclass
