@@ -489,6 +489,7 @@ def load_model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
         mean=info.mean,
         std=info.std,
         dropout=model_cfg.get("dropout", 0.0) or 0.0,
+        image_size=tuple(info.image_size),
     )
     model.load_state_dict(_strip_prefixes(dict(ckpt["model"])))
     model.eval()

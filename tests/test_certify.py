@@ -386,14 +386,15 @@ def test_load_checkpoint_refuses_pickles_and_bad_layout(tmp_path):
         C.load_model_from_checkpoint(tmp_path / "missing.pt")
 
 
-def _real_checkpoint(tmp_path, data_name="mnist", model_name="small_cnn"):
+def _real_checkpoint(tmp_path, data_name="fashion_mnist", model_name="small_cnn"):
     from maxup.data import dataset_info
     from maxup.models import build_model
 
     info = dataset_info(data_name)
     torch.manual_seed(0)
     model = build_model(model_name, num_classes=info.num_classes, in_channels=info.in_channels,
-                        mean=info.mean, std=info.std, dropout=0.0)
+                        mean=info.mean, std=info.std, dropout=0.0,
+                        image_size=tuple(info.image_size))
     config = {"model": {"name": model_name, "num_classes": None, "dropout": 0.0},
               "data": {"name": data_name, "root": None}, "seed": 0}
     path = tmp_path / "ckpt.pt"
@@ -401,8 +402,11 @@ def _real_checkpoint(tmp_path, data_name="mnist", model_name="small_cnn"):
     return model, config, info, path
 
 
-def test_load_model_from_checkpoint_roundtrip(tmp_path):
-    model, config, info, path = _real_checkpoint(tmp_path)
+@pytest.mark.parametrize("data_name, model_name",
+                         [("fashion_mnist", "small_cnn"), ("fashion_mnist", "mlp"),
+                          ("cifar10", "resnet20")])
+def test_load_model_from_checkpoint_roundtrip(tmp_path, data_name, model_name):
+    model, config, info, path = _real_checkpoint(tmp_path, data_name, model_name)
     loaded, cfg = C.load_model_from_checkpoint(path)
     assert cfg == config and not loaded.training
     x = torch.rand(4, info.in_channels, *info.image_size)
@@ -429,7 +433,7 @@ def test_cli_end_to_end(tmp_path, monkeypatch, capsys):
                         "--skip", "4", "--max-images", "2", "--device", "cpu",
                         "--data.root", str(tmp_path), "--out", str(out)])
     assert cli.run(args) == 0
-    assert calls == [("mnist", "test", str(tmp_path))]
+    assert calls == [("fashion_mnist", "test", str(tmp_path))]
     summary = json.loads(out.read_text())
     assert [r["index"] for r in summary["rows"]] == [0, 4]
     assert summary["sigma"] == 0.25 and summary["n"] == 50 and summary["skip"] == 4
@@ -437,3 +441,16 @@ def test_cli_end_to_end(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert printed.count("radius") == 11 and "radius 2.50" in printed
     assert all(math.isfinite(r["radius"]) for r in summary["rows"])
+
+
+def test_cli_end_to_end_real_digits(tmp_path, capsys):
+    """No fakes: a digits checkpoint, the real test split, summary JSON via the CLI."""
+    _, _, _, path = _real_checkpoint(tmp_path, "digits", "small_cnn")
+    out = tmp_path / "digits.json"
+    cli, args = _parse([str(path), "--sigma", "0.5", "--n", "40", "--n0", "8", "--batch", "40",
+                        "--skip", "100", "--device", "auto", "--out", str(out)])
+    assert cli.run(args) == 0
+    summary = json.loads(out.read_text())
+    assert [r["index"] for r in summary["rows"]] == [0, 100, 200, 300, 400, 500]  # 540 images
+    assert summary["radii"] == C.DEFAULT_RADII
+    assert "certified accuracy" in capsys.readouterr().out
