@@ -101,6 +101,7 @@ class Table:
     expected_n: int | None = None
     notes: list[str] = field(default_factory=list)
     n_records: int = 0
+    sweep: str = ""
 
     def cell(self, row: int, col: int) -> Cell:
         """The cell at (row index, column index); an empty (missing) cell when absent."""
@@ -323,7 +324,8 @@ def sweep_table(df: pd.DataFrame, sweep: str | None = None, expected_n: int = 5)
         notes.append("Δ: arm mean − mean of the m = 1 arm matching it on every other column; "
                      "p: Welch's t-test")
     return Table("sweep", f"Sweep {label}: {name} per arm", "Arm", rows, columns, cells,
-                 digits=2, expected_n=expected_n, notes=notes, n_records=len(done))
+                 digits=2, expected_n=expected_n, notes=notes, n_records=len(done),
+                 sweep=str(label))
 
 
 def _only_sweep(df: pd.DataFrame) -> str:
@@ -337,7 +339,7 @@ def _only_sweep(df: pd.DataFrame) -> str:
 def _in_paper_tables(df: pd.DataFrame) -> pd.Series:
     """Records consumed by a paper accuracy/perplexity table (1-7)."""
     m = pd.Series(False, index=df.index)
-    for tid, spec in SPECS.items():
+    for spec in SPECS.values():
         if spec.kind != "envelope":
             m |= spec.filter(df).fillna(False).astype(bool)
     return m
@@ -353,7 +355,7 @@ def tables_for(df: pd.DataFrame, vs_paper: bool = False) -> list[Table]:
     """
     done = completed(df)
     out: list[Table] = []
-    for tid, spec in SPECS.items():
+    for spec in SPECS.values():
         if len(done) and spec.filter(done).any():
             out.append(build_table(df, spec, vs_paper=vs_paper))
     if len(done):

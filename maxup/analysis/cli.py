@@ -1,0 +1,149 @@
+"""``maxup tables`` and ``maxup figures``: argparse wiring for :mod:`maxup.analysis`.
+
+``maxup/cli.py`` maps ``tables`` to :func:`configure_tables` / :func:`run_tables` and
+``figures`` to :func:`configure_figures` / :func:`run_figures`. Neither imports ray or torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+
+from maxup.analysis.load import load_records, summary, summary_line
+from maxup.analysis.specs import SPECS, TABLE_IDS
+from maxup.analysis.tables import (
+    EXTENSIONS,
+    FORMATS,
+    Table,
+    build_table,
+    render,
+    sweep_table,
+    tables_for,
+)
+from maxup.errors import UsageError
+from maxup.io import atomic_write_text
+
+
+def configure_tables(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``maxup tables RESULTS [--table N] [--format F] [--vs-paper] [--out DIR]``.
+
+    Args:
+        parser: the subcommand's parser.
+    """
+    parser.add_argument("results", metavar="RESULTS",
+                        help="results root (local directory or URI such as s3://bucket/path)")
+    parser.add_argument("--table", default=None,
+                        help=f"one table: {', '.join(TABLE_IDS)} (default: every table the "
+                             "records can fill)")
+    parser.add_argument("--format", default="md",
+                        help=f"output format: {', '.join(FORMATS)} (default md)")
+    parser.add_argument("--vs-paper", action="store_true",
+                        help="per cell: published, reproduced, delta, inside the 95%% CI")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="also write each table to DIR/table<N>.<ext>")
+
+
+def configure_figures(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``maxup figures RESULTS [--out DIR]``.
+
+    Args:
+        parser: the subcommand's parser.
+    """
+    parser.add_argument("results", metavar="RESULTS",
+                        help="results root (local directory or URI)")
+    parser.add_argument("--out", default="figures", metavar="DIR",
+                        help="output directory for PNG and PDF files (default ./figures)")
+
+
+def _load(results: str, out=sys.stderr):
+    """Load with skip warnings shown as one line each; UsageError when nothing loads."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        df = load_records(results)
+    for w in caught:
+        print(f"maxup: warning: {w.message}", file=out)
+    s = summary(df)
+    if len(df) == 0:
+        extra = f" ({s['skipped']} unreadable files skipped)" if s["skipped"] else ""
+        raise UsageError(f"RESULTS: no trial records found under {results!r}{extra}; allowed: "
+                         "a results root holding <sweep>/records/*.json or **/record.json")
+    return df
+
+
+def _file_name(table: Table, index: int) -> str:
+    if table.id == "sweep":
+        name = table.sweep
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+        return f"sweep_{safe or index}"
+    return f"table{table.id}"
+
+
+def run_tables(args: argparse.Namespace) -> int:
+    """Print (and with ``--out`` write) the tables regenerated from ``args.results``.
+
+    Args:
+        args: ``results``, ``table`` (id or None), ``format``, ``vs_paper``, ``out``.
+
+    Returns:
+        0 on success; bad input raises :class:`~maxup.errors.UsageError`.
+    """
+    table_id = getattr(args, "table", None)
+    fmt = getattr(args, "format", "md") or "md"
+    vs_paper = bool(getattr(args, "vs_paper", False))
+    out_dir = getattr(args, "out", None)
+    if table_id is not None:
+        table_id = str(table_id)
+        if table_id not in TABLE_IDS:
+            raise UsageError(f"--table: got {table_id!r}; allowed: {', '.join(TABLE_IDS)}")
+    if fmt not in FORMATS:
+        raise UsageError(f"--format: got {fmt!r}; allowed: {', '.join(FORMATS)}")
+    df = _load(args.results)
+    print(summary_line(df))
+    if table_id is None:
+        tables = tables_for(df)
+    elif table_id == "sweep":
+        tables = [t for t in tables_for(df) if t.id == "sweep"] or [sweep_table(df)]
+    else:
+        tables = [build_table(df, SPECS[table_id])]
+    if vs_paper and not any(t.id != "sweep" for t in tables):
+        print("note: --vs-paper applies to paper tables; these records fill none")
+    written = []
+    for i, table in enumerate(tables):
+        text = render(table, fmt, vs_paper=vs_paper)
+        print()
+        print(text, end="")
+        missing = table.missing()
+        if missing:
+            cells = "; ".join(f"{r} / {c}" for r, c in missing)
+            print(f"missing cells ({len(missing)}): {cells}")
+        if out_dir:
+            path = os.path.join(out_dir, f"{_file_name(table, i)}.{EXTENSIONS[fmt]}")
+            atomic_write_text(path, text)
+            written.append(path)
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def run_figures(args: argparse.Namespace) -> int:
+    """Write every figure the records under ``args.results`` can fill into ``args.out``.
+
+    Args:
+        args: ``results`` and ``out``.
+
+    Returns:
+        0 on success; bad input raises :class:`~maxup.errors.UsageError`.
+    """
+    df = _load(args.results)
+    print(summary_line(df))
+    from maxup.analysis.figures import write_figures
+
+    paths = write_figures(df, getattr(args, "out", None) or "figures")
+    if not paths:
+        print("no figure can be drawn from these records (no completed trials with history, "
+              "m sweep or certification)")
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
