@@ -172,7 +172,7 @@ def sample_noise_counts(
                 noise = torch.randn(
                     (b, *x.shape), generator=generator, device=x.device, dtype=x.dtype
                 )
-                noisy = x.unsqueeze(0) + noise * sigma
+                noisy = noise.mul_(sigma).add_(x)  # x + sigma * N(0, I), in place
                 logits = model(noisy)
                 if logits.ndim != 2 or logits.shape[0] != b:
                     raise ValueError(
