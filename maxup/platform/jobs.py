@@ -254,7 +254,7 @@ def follow_logs(client, job_id: str, address: str, out=None) -> str:
 
 
 def _cmd_submit(args) -> int:
-    command = list(args.command or [])
+    command = list(args.job_argv or [])
     if command and command[0] == "--":
         command = command[1:]
     if not command:
@@ -392,7 +392,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--submission-id", default=None, help="job id to use (default: generated)")
     p.add_argument("--num-cpus", type=float, default=None, help="CPUs reserved for COMMAND")
     p.add_argument("--num-gpus", type=float, default=None, help="GPUs reserved for COMMAND")
-    p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG ...]")
+    # dest must not be "command": maxup/cli.py keeps the subcommand name there.
+    p.add_argument(
+        "job_argv", nargs=argparse.REMAINDER, metavar="COMMAND", help="-- COMMAND [ARG ...]"
+    )
     p.set_defaults(job_func=_cmd_submit)
 
     p = sub.add_parser("status", help="print a job's status")
