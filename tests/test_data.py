@@ -59,7 +59,10 @@ def test_bad_arguments(kw, field):
     assert e.value.field == field
 
 
-def test_register_dataset():
+def test_register_dataset(monkeypatch):
+    from maxup.data import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # undone after the test
     info = DatasetInfo(2, 1, (2, 2), (0.5,), (0.5,), None, 4, 4)
 
     @register_dataset("test_tiny", info)
@@ -68,6 +71,8 @@ def test_register_dataset():
 
     assert dataset_info("test_tiny") is info
     assert len(build_dataset("test_tiny", split="test")) == 4
+    with pytest.raises(ValueError):
+        register_dataset("test_tiny", info)(lambda **kw: None)
 
 
 # ----------------------------------------------------------------------------- digits

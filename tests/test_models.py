@@ -157,7 +157,11 @@ def test_list_models_has_required_names():
     assert list_models() == sorted(list_models())
 
 
-def test_register_model_extends_registry():
+def test_register_model_extends_registry(monkeypatch):
+    from maxup.models import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # undone after the test
+
     @register_model("test_linear_probe")
     def _probe(*, num_classes, in_channels=3, dropout=0.0, image_size=None):
         return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))
