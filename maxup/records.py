@@ -151,3 +151,21 @@ def read_record(path: str | os.PathLike) -> dict | None:
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         return None
     return data
+
+
+def mark_failed(path: str | os.PathLike, *, config: dict, reason: str, extra: dict | None = None,
+                detail: str | None = None) -> dict:
+    """Set a trial's record to failed, keeping whatever history it already holds."""
+    extra = extra or {}
+    rec = read_record(path)
+    if rec is None:
+        rec = build_record(config=config, history=[], status="failed", timings={},
+                           env=environment(), sweep=extra.get("sweep"), axes=extra.get("axes"),
+                           paper_table=extra.get("paper_table"))
+    last = rec["history"][-1]["epoch"] if rec["history"] else 0
+    rec["status"] = "failed"
+    rec["failure"] = {"reason": reason, "epoch": last + 1, "step": None, "value": None,
+                      "detail": detail}
+    rec["updated"] = now()
+    write_record(path, rec)
+    return rec

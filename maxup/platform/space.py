@@ -1,0 +1,267 @@
+"""Search spaces (``search_spaces/*.yaml``): parse, expand and validate a sweep in full.
+
+A search space names one experiment::
+
+    name: quickstart                 # storage folder and record label
+    description: ...
+    paper_table: null                # the paper table it feeds ("3", "4", "5", "8", "2") or null
+    base_config: configs/x.yaml      # optional, relative to the repository root or this file
+    base: {...}                      # a run config (maxup.config.RunConfig) over base_config
+    grid:                            # cartesian product of axes, applied in the order listed
+      maxup.m: [1, 4]                #   a dotted config key → list of values
+      arch:                          #   a named axis → label → bundle of dotted overrides
+        resnet110: {model.name: resnet110, maxup.m: 4}
+        wrn28_10: {model.name: wrn28_10, maxup.m: 10}
+    seeds: 5                         # a count (0..4) or an explicit list: its own axis
+    resources: {cpus_per_trial: 1, gpus_per_trial: 0}
+    concurrency: 2                   # most trials at once (further capped by the resources)
+    retries: 2                       # per-trial retries from the last checkpoint
+    order_seed: 0                    # seeds the run order
+
+Expansion is complete and validated before anything starts: every trial's config passes the
+run-config validation; unknown axes, empty axes, duplicate points, duplicate seeds and
+impossible resources raise a one-line :class:`maxup.errors.ConfigError`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from maxup import records
+from maxup.config import check_registered_names, from_dict, read_yaml, set_dotted, to_dict
+from maxup.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SPACE_KEYS = ("name", "description", "paper_table", "base_config", "base", "grid", "seeds",
+              "resources", "concurrency", "retries", "order_seed")
+RESOURCE_KEYS = ("cpus_per_trial", "gpus_per_trial", "cpus_per_worker")
+
+
+@dataclass
+class Trial:
+    """One point of the sweep: a full resolved config and what distinguishes it."""
+
+    trial_id: str
+    config: dict
+    axes: dict  # axis name → value or label, seed included
+    seed: int
+
+
+@dataclass
+class SweepSpec:
+    """A parsed search space; :meth:`expand` gives its trials in run order."""
+
+    name: str
+    description: str = ""
+    paper_table: str | None = None
+    base: dict = field(default_factory=dict)
+    grid: dict = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    resources: dict = field(default_factory=dict)
+    concurrency: int = 1
+    retries: int = 2
+    order_seed: int = 0
+    source: str = ""
+
+    @property
+    def cpus_per_trial(self) -> float:
+        return float(self.resources.get("cpus_per_trial", 1))
+
+    @property
+    def gpus_per_trial(self) -> float:
+        return float(self.resources.get("gpus_per_trial", 0))
+
+    def expand(self) -> list[Trial]:
+        """All trials (grid × seeds), validated, in a seeded order that is stratified by seed:
+        every arm's first seed comes before any arm's second, so every arm has early results."""
+        axes = list(self.grid.items())
+        points = list(itertools.product(*[_axis_values(k, v) for k, v in axes])) if axes else [()]
+        arms: list[tuple[dict, dict]] = []
+        for point in points:
+            config = _deep_copy(self.base)
+            labels: dict[str, Any] = {}
+            for (axis, _), (label, overrides) in zip(axes, point, strict=True):
+                labels[axis] = label
+                for key, value in overrides.items():
+                    set_dotted(config, key, value)
+            arms.append((config, labels))
+        trials: list[Trial] = []
+        seen: dict[str, dict] = {}
+        for rank, seed in enumerate(self.seeds):
+            order = list(range(len(arms)))
+            random.Random(self.order_seed * 1_000_003 + rank).shuffle(order)
+            for i in order:
+                config, labels = arms[i]
+                config = _deep_copy(config)
+                config["seed"] = seed
+                resolved = _validated(config, labels)
+                tid = records.trial_id(resolved)
+                axes_with_seed = {**labels, "seed": seed}
+                if tid in seen:
+                    raise ConfigError("grid", axes_with_seed,
+                                      f"distinct points (same config as {seen[tid]})")
+                seen[tid] = axes_with_seed
+                trials.append(Trial(tid, resolved, axes_with_seed, seed))
+        return trials
+
+    def varying_axes(self) -> list[str]:
+        """Axis names shown in tables of trials (the grid's axes, then seed)."""
+        return [*self.grid.keys(), "seed"]
+
+
+def _axis_values(axis: str, values: Any) -> list[tuple[Any, dict]]:
+    """An axis as (label, overrides) pairs."""
+    if "." in axis:
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"grid.{axis}", values, "a non-empty list of values")
+        return [(v, {axis: v}) for v in values]
+    if not isinstance(values, dict) or not values:
+        raise ConfigError(f"grid.{axis}", values,
+                          "a dotted config key with a list, or a named axis mapping "
+                          "label → {dotted.key: value}")
+    out = []
+    for label, overrides in values.items():
+        if overrides is None:
+            overrides = {}
+        if not isinstance(overrides, dict) or not all("." in k or k == "seed" for k in overrides):
+            raise ConfigError(f"grid.{axis}.{label}", overrides,
+                              "a mapping of dotted config keys to values")
+        if "seed" in overrides:
+            raise ConfigError(f"grid.{axis}.{label}.seed", overrides["seed"],
+                              "seeds only through the 'seeds' field")
+        out.append((label, overrides))
+    return out
+
+
+def _validated(config: dict, labels: dict) -> dict:
+    try:
+        cfg = from_dict(config)
+    except ConfigError as exc:
+        where = ", ".join(f"{k}={v}" for k, v in labels.items())
+        raise ConfigError(exc.field, exc.value, exc.allowed + (f" (trial {where})" if where
+                                                               else "")) from None
+    return to_dict(cfg)
+
+
+def _deep_copy(d: dict) -> dict:
+    import copy
+
+    return copy.deepcopy(d)
+
+
+def load_space(path: str | Path) -> SweepSpec:
+    """Parse a search-space YAML file into a :class:`SweepSpec` (not yet expanded)."""
+    path = Path(path)
+    data = read_yaml(path)
+    unknown = sorted(set(data) - set(SPACE_KEYS))
+    if unknown:
+        raise ConfigError(unknown[0], data[unknown[0]], "known keys: " + ", ".join(SPACE_KEYS))
+    name = data.get("name", path.stem)
+    if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_" for c in name):
+        raise ConfigError("name", name, "a non-empty name of letters, digits, '-' and '_'")
+    base: dict = {}
+    if data.get("base_config") is not None:
+        base = read_yaml(_resolve(data["base_config"], path))
+    for key, value in _flatten(data.get("base") or {}).items():
+        set_dotted(base, key, value)
+    grid = data.get("grid") or {}
+    if not isinstance(grid, dict):
+        raise ConfigError("grid", grid, "a mapping of axes")
+    for axis, values in grid.items():
+        if isinstance(values, list) and not values:
+            raise ConfigError(f"grid.{axis}", values, "a non-empty list of values")
+        if axis == "seed":
+            raise ConfigError("grid.seed", values, "seeds only through the 'seeds' field")
+    seeds = _seeds(data.get("seeds", 1))
+    resources = data.get("resources") or {}
+    if not isinstance(resources, dict):
+        raise ConfigError("resources", resources, "a mapping with " + ", ".join(RESOURCE_KEYS))
+    for key, value in resources.items():
+        if key not in RESOURCE_KEYS:
+            raise ConfigError(f"resources.{key}", value, "one of " + ", ".join(RESOURCE_KEYS))
+        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"resources.{key}", value, "a number >= 0")
+    concurrency = data.get("concurrency", 1)
+    if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+        raise ConfigError("concurrency", concurrency, "an int >= 1")
+    retries = data.get("retries", 2)
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        raise ConfigError("retries", retries, "an int >= 0")
+    paper_table = data.get("paper_table")
+    return SweepSpec(name=name, description=str(data.get("description", "")),
+                     paper_table=None if paper_table is None else str(paper_table), base=base,
+                     grid=grid, seeds=seeds, resources=resources, concurrency=concurrency,
+                     retries=retries, order_seed=int(data.get("order_seed", 0)),
+                     source=str(path))
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _resolve(ref: str, space_path: Path) -> Path:
+    for candidate in (space_path.parent / ref, REPO_ROOT / ref, Path(ref)):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError("base_config", ref, "an existing YAML file (relative to the repository "
+                      "root or to the search-space file)")
+
+
+def _seeds(value: Any) -> list[int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise ConfigError("seeds", value, "a count >= 1 or a list of distinct ints >= 0")
+        return list(range(value))
+    if isinstance(value, list) and value and all(
+            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value):
+        dupes = sorted({s for s in value if value.count(s) > 1})
+        if dupes:
+            raise ConfigError("seeds", value, f"distinct seeds (repeated: {dupes})")
+        return list(value)
+    raise ConfigError("seeds", value, "a count >= 1 or a list of distinct ints >= 0")
+
+
+def check_space(spec: SweepSpec, trials: list[Trial], cluster_cpus: float | None,
+                cluster_gpus: float | None) -> None:
+    """Refuse unknown model/dataset names and trials that can never be placed on the cluster."""
+    pairs = {(t.config["model"]["name"], t.config["data"]["name"]): t.config for t in trials}
+    for config in pairs.values():
+        check_registered_names(from_dict(config))
+    need_cpu = max((trial_cpus(spec, t.config) for t in trials), default=0.0)
+    if cluster_cpus is not None and need_cpu > cluster_cpus:
+        raise ConfigError("resources.cpus_per_trial", need_cpu,
+                          f"at most the cluster's {cluster_cpus:g} CPUs")
+    if cluster_gpus is not None and spec.gpus_per_trial > cluster_gpus:
+        raise ConfigError("resources.gpus_per_trial", spec.gpus_per_trial,
+                          f"at most the cluster's {cluster_gpus:g} GPUs")
+
+
+def trial_cpus(spec: SweepSpec, config: dict) -> float:
+    """CPUs one trial holds: its own when it trains in-process, its workers' when sharded."""
+    workers = config["train"]["workers"]
+    if workers <= 1:
+        return spec.cpus_per_trial
+    return workers * float(spec.resources.get("cpus_per_worker", 1))
+
+
+def max_concurrent(spec: SweepSpec, trials: list[Trial], cluster_cpus: float,
+                   cluster_gpus: float) -> int:
+    """How many trials can run at once without any waiting on another's workers."""
+    need = max((trial_cpus(spec, t.config) for t in trials), default=1.0)
+    limit = spec.concurrency
+    if need > 0:
+        limit = min(limit, int(cluster_cpus // need))
+    gpus = spec.gpus_per_trial
+    if gpus > 0:
+        limit = min(limit, int(cluster_gpus // gpus))
+    return max(1, limit)

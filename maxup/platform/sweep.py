@@ -1,0 +1,277 @@
+"""Running a sweep on Ray Tune: one Tune trial per expanded trial, one durable record each.
+
+Storage layout under ``STORAGE/<sweep name>/``:
+
+- ``records/<trial_id>.json`` — the trial's record (docs/records.md): the durable history;
+- ``trials/<trial_id>/`` — the run directory (checkpoints, metrics, log, lock);
+- ``tune/`` — Ray Tune's own experiment files (rewritten on restore; never the source of truth);
+- ``sweep.json`` — the expanded sweep (trial ids, axes, seeds) for humans and tools.
+
+Resume is driven by the records, not by Tune's experiment state (which Tune rewrites and
+which would have to be unpickled): running the same file against the same storage skips
+trials with a completed record, resumes interrupted ones from their last checkpoint, and
+leaves failed ones alone unless ``rerun_failed``. Each trial holds an exclusive lock on its
+directory while it trains, so no two processes ever train (or write the record of) one trial.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from maxup import records
+from maxup.io import atomic_write_json
+from maxup.platform.space import SweepSpec, Trial, max_concurrent, trial_cpus
+
+#: Metrics forwarded to Tune each epoch (Tune's status table shows epoch and test_acc).
+_TUNE_METRICS = ("epoch", "train_loss", "test_loss", "test_acc", "lr", "wall_s")
+
+
+@dataclass
+class SweepLayout:
+    """Paths of one sweep in its storage root."""
+
+    root: Path
+
+    @property
+    def records(self) -> Path:
+        return self.root / "records"
+
+    def record(self, trial_id: str) -> Path:
+        return self.records / f"{trial_id}.json"
+
+    def trial_dir(self, trial_id: str) -> Path:
+        return self.root / "trials" / trial_id
+
+
+@dataclass
+class SweepSummary:
+    """How a sweep ended, trial by trial."""
+
+    completed: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    interrupted: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    def line(self) -> str:
+        return (f"completed {len(self.completed)}, failed {len(self.failed)}, "
+                f"interrupted {len(self.interrupted)}, skipped (already done) "
+                f"{len(self.skipped)}")
+
+
+def plan(spec: SweepSpec, trials: list[Trial], layout: SweepLayout, rerun_failed: bool
+         ) -> tuple[list[Trial], list[Trial]]:
+    """Split trials into (to run, to skip) from the records already in storage."""
+    pending, skipped = [], []
+    for t in trials:
+        rec = records.read_record(layout.record(t.trial_id))
+        status = rec["status"] if rec else None
+        if status == "completed" or (status == "failed" and not rerun_failed):
+            skipped.append(t)
+        else:
+            pending.append(t)
+    return pending, skipped
+
+
+# --------------------------------------------------------------------------- inside a trial
+
+def run_trial(trial: dict, layout_root: str, sweep: dict, log_to: Callable | None = None) -> dict:
+    """Train one trial (engine in-process, or sharded through Ray Train) and keep its record.
+
+    Args:
+        trial: ``{"trial_id", "config", "axes", "seed"}``.
+        layout_root: the sweep's storage root.
+        sweep: ``{"name", "paper_table"}``.
+        log_to: per-epoch reporter (Tune's report inside a Tune trial).
+    """
+    from maxup.engine import train
+
+    layout = SweepLayout(Path(layout_root))
+    tid, config = trial["trial_id"], trial["config"]
+    trial_dir = layout.trial_dir(tid)
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    extra = {"sweep": sweep["name"], "axes": trial["axes"], "paper_table": sweep["paper_table"]}
+    with open(trial_dir / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # waits for any stray process still on this trial
+        done = records.read_record(layout.record(tid))
+        if done and done["status"] == "completed":
+            return done
+        try:
+            if config["train"]["workers"] > 1:
+                from maxup.platform.distributed import train_distributed
+
+                record = train_distributed(config, trial_dir, resume=True,
+                                           record_path=layout.record(tid), record_extra=extra,
+                                           reporter=log_to)
+            else:
+                with open(trial_dir / "log.txt", "a") as fh:
+                    def log(line: str) -> None:
+                        fh.write(line + "\n")
+                        fh.flush()
+
+                    record = train(config, trial_dir, reporter=log_to, resume=True,
+                                   record_path=layout.record(tid), record_extra=extra, log=log)
+            if record["status"] == "completed" and config["certify"]["enabled"]:
+                record = certify_trial(record, trial_dir, layout.record(tid))
+            return record
+        except Exception as exc:
+            records.mark_failed(layout.record(tid), config=config, extra=extra,
+                                reason=f"{type(exc).__name__}: {exc}",
+                                detail=traceback.format_exc(limit=5))
+            raise
+
+
+def certify_trial(record: dict, trial_dir: Path, record_path: Path) -> dict:
+    """Certify the trained model of a trial (Cohen et al.) and store the rows in its record."""
+    from maxup.certify import certification_summary, certify_dataset, load_model_from_checkpoint
+    from maxup.data import build_dataset, dataset_info
+
+    c = record["config"]["certify"]
+    sigma = c["sigma"] or record["config"]["augment"]["sigma"]
+    model, config = load_model_from_checkpoint(trial_dir / "checkpoints" / "last.pt")
+    info = dataset_info(config["data"]["name"])
+    test_set = build_dataset(config["data"]["name"], split="test", root=config["data"]["root"])
+    num_classes = config["model"]["num_classes"] or info.num_classes
+    stop = None
+    if c["max_images"] is not None:
+        stop = min(len(test_set), c["max_images"] * c["skip"])
+    rows = certify_dataset(model, test_set, sigma=sigma, n0=c["n0"], n=c["n"], alpha=c["alpha"],
+                           batch=c["batch"], skip=c["skip"], stop=stop, num_classes=num_classes,
+                           seed=record["seed"])
+    record["certification"] = certification_summary(rows, sigma=sigma, n0=c["n0"], n=c["n"],
+                                                    alpha=c["alpha"], skip=c["skip"],
+                                                    batch=c["batch"])
+    record["updated"] = records.now()
+    records.write_record(record_path, record)
+    return record
+
+
+def _tune_trial(config: dict, trials: dict, layout_root: str, sweep: dict, cpus: float) -> None:
+    """The Tune function trainable: look the trial up by id and run it."""
+    import torch
+    from ray import tune
+
+    torch.set_num_threads(max(1, int(cpus)))
+    trial = trials[config["trial"]["id"]]
+
+    def report(metrics: dict, _checkpoint_dir) -> None:
+        tune.report({k: metrics[k] for k in _TUNE_METRICS if metrics.get(k) is not None})
+
+    run_trial(trial, layout_root, sweep, log_to=report)
+    # Nothing returned: a returned dict would become an extra result row.
+
+
+# --------------------------------------------------------------------------- the driver
+
+def _trial_payload(t: Trial) -> dict:
+    return {"trial_id": t.trial_id, "config": t.config, "axes": t.axes, "seed": t.seed}
+
+
+def start_ray(address: str | None, storage_hint: Path | None = None) -> tuple[float, float]:
+    """Join a cluster (``address``) or start an embedded local one; returns (CPUs, GPUs)."""
+    import ray
+
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            # Local and private: no dashboard, services on loopback, token auth left on.
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                     configure_logging=True, logging_level="WARNING")
+    res = ray.cluster_resources()
+    return float(res.get("CPU", 0)), float(res.get("GPU", 0))
+
+
+def run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *,
+              address: str | None = None, rerun_failed: bool = False,
+              echo: Callable[[str], None] = print) -> SweepSummary:
+    """Run the sweep's pending trials on Ray Tune and return how each ended.
+
+    Args:
+        spec: the parsed search space.
+        trials: its expanded trials (``spec.expand()``), in run order.
+        storage: root directory; the sweep lives in ``storage/<spec.name>``.
+        address: Ray cluster address (None: embedded local Ray).
+        rerun_failed: run trials whose record says failed again.
+        echo: where progress lines go.
+    """
+    t_start = time.perf_counter()
+    layout = SweepLayout(Path(storage).resolve() / spec.name)
+    pending, skipped = plan(spec, trials, layout, rerun_failed)
+    summary = SweepSummary(skipped=[t.trial_id for t in skipped])
+    layout.records.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(layout.root / "sweep.json", {
+        "name": spec.name, "description": spec.description, "paper_table": spec.paper_table,
+        "source": spec.source, "axes": spec.varying_axes(),
+        "trials": [{"trial_id": t.trial_id, "axes": t.axes} for t in trials],
+    })
+    if skipped:
+        echo(f"skipping {len(skipped)} trial(s) with a completed"
+             f"{'' if rerun_failed else ' or failed'} record")
+    if not pending:
+        summary.wall_s = time.perf_counter() - t_start
+        return _finish(summary, trials, layout, echo)
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # use the classic table reporter below
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    cpus, gpus = start_ray(address)
+    from ray import tune
+
+    from maxup.platform.progress import StartFinishLines, status_reporter
+
+    slots = max_concurrent(spec, pending, cpus, gpus)
+    sharded = any(t.config["train"]["workers"] > 1 for t in pending)
+    per_trial = trial_cpus(spec, pending[0].config)
+    # A sharded trial's Tune actor only coordinates: its Ray Train workers hold the CPUs, and
+    # Tune does not count them, so the actor asks for (almost) nothing.
+    resources = {"cpu": 0.001 if sharded else per_trial, "gpu": 0 if sharded
+                 else spec.gpus_per_trial}
+    echo(f"sweep {spec.name}: {len(pending)} trial(s) to run, {slots} at a time "
+         f"({per_trial:g} CPU each, cluster {cpus:g} CPU / {gpus:g} GPU)")
+    payload = {t.trial_id: _trial_payload(t) for t in pending}
+    trainable = tune.with_resources(
+        tune.with_parameters(_tune_trial, trials=payload, layout_root=str(layout.root),
+                             sweep={"name": spec.name, "paper_table": spec.paper_table},
+                             cpus=per_trial),
+        resources)
+    axes = spec.varying_axes()
+    grid = [{"id": t.trial_id, **{a: str(t.axes[a]) for a in axes}} for t in pending]
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"trial": tune.grid_search(grid)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=slots, reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=f"run-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=str(layout.root / "tune"),
+            failure_config=tune.FailureConfig(max_failures=spec.retries),
+            progress_reporter=status_reporter(axes),
+            callbacks=[StartFinishLines(layout, echo)],
+            verbose=1,
+        ),
+    )
+    tuner.fit()
+    summary.wall_s = time.perf_counter() - t_start
+    return _finish(summary, pending, layout, echo, already=summary)
+
+
+def _finish(summary: SweepSummary, trials: list[Trial], layout: SweepLayout,
+            echo: Callable[[str], None], already: SweepSummary | None = None) -> SweepSummary:
+    for t in trials:
+        if t.trial_id in summary.skipped:
+            continue
+        rec = records.read_record(layout.record(t.trial_id))
+        status = rec["status"] if rec else None
+        {"completed": summary.completed, "failed": summary.failed}.get(
+            status, summary.interrupted).append(t.trial_id)
+    echo(f"sweep finished in {summary.wall_s:.0f}s: {summary.line()}")
+    for tid in summary.failed:
+        rec = records.read_record(layout.record(tid)) or {}
+        echo(f"  FAILED {tid}: {(rec.get('failure') or {}).get('reason')}")
+    return summary

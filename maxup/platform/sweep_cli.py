@@ -1,0 +1,83 @@
+"""``maxup sweep FILE [--dry-run] [--storage PATH] [--address auto|HOST:PORT] [--rerun-failed]``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+EXAMPLE = """examples:
+  maxup sweep search_spaces/quickstart.yaml                 # embedded local Ray, ./results
+  maxup sweep search_spaces/quickstart.yaml --dry-run       # print the trials, launch nothing
+  maxup sweep search_spaces/table5_m_ablation.yaml --address auto --storage /nfs/maxup
+  maxup sweep search_spaces/quickstart.yaml --rerun-failed  # run failed trials again
+
+Running the same file against the same storage resumes it: completed trials are skipped,
+interrupted ones continue from their last checkpoint."""
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EXAMPLE
+    parser.add_argument("space", help="search-space YAML (search_spaces/*.yaml)")
+    parser.add_argument("--storage", default="results",
+                        help="root for records and checkpoints (default: ./results)")
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster to join ('auto' or HOST:PORT); default: embedded local")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the expanded trial table and resources; launch nothing")
+    parser.add_argument("--resume", action="store_true",
+                        help="(the default) skip completed trials, resume interrupted ones")
+    parser.add_argument("--rerun-failed", action="store_true",
+                        help="also run trials whose record says failed")
+    parser.add_argument("--no-table", action="store_true",
+                        help="do not print the results table at the end")
+
+
+def run(args: argparse.Namespace) -> int:
+    from maxup.errors import UsageError
+    from maxup.platform.space import check_space, load_space
+
+    spec = load_space(args.space)
+    trials = spec.expand()
+    if "://" in args.storage and not args.storage.startswith("file://"):
+        raise UsageError(f"--storage: {args.storage!r} is a remote URI; allowed: a directory "
+                         "shared by all nodes (local disk or an NFS mount)")
+    storage = Path(args.storage.removeprefix("file://"))
+    cpus = float(os.cpu_count() or 1) if not args.address else None
+    check_space(spec, trials, cpus, 0.0 if not args.address else None)
+    if args.dry_run:
+        print_plan(spec, trials, storage, cpus)
+        return 0
+    from maxup.platform.sweep import run_sweep
+
+    summary = run_sweep(spec, trials, storage, address=args.address,
+                        rerun_failed=args.rerun_failed)
+    results = storage / spec.name
+    if not args.no_table and summary.completed + summary.skipped:
+        _print_table(results)
+    print(f"table: maxup tables {results}")
+    return 0 if not summary.failed and not summary.interrupted else 1
+
+
+def print_plan(spec, trials, storage: Path, cpus: float | None) -> None:
+    from maxup.platform.space import max_concurrent, trial_cpus
+
+    axes = spec.varying_axes()
+    widths = {a: max(len(a), *(len(str(t.axes[a])) for t in trials)) for a in axes}
+    print(f"sweep {spec.name}: {len(trials)} trials ({len(trials) // len(spec.seeds)} arms × "
+          f"{len(spec.seeds)} seeds), storage {storage / spec.name}")
+    print("  #  trial_id      " + "  ".join(a.ljust(widths[a]) for a in axes))
+    for i, t in enumerate(trials):
+        print(f"{i:>3}  {t.trial_id}  " + "  ".join(str(t.axes[a]).ljust(widths[a]) for a in axes))
+    need = trial_cpus(spec, trials[0].config)
+    slots = max_concurrent(spec, trials, cpus or need * spec.concurrency, 0.0)
+    print(f"resources: {need:g} CPU and {spec.gpus_per_trial:g} GPU per trial; "
+          f"{slots} trial(s) at a time" + (f" on this machine's {cpus:g} CPUs" if cpus else ""))
+
+
+def _print_table(results: Path) -> None:
+    try:
+        from maxup.analysis.cli import print_tables_for
+    except ImportError:
+        return
+    print_tables_for(results)
