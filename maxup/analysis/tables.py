@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from maxup.analysis import published as pub
 from maxup.analysis.load import completed
+from maxup.analysis.published import PUBLISHED, Published
+from maxup.analysis.published import published as lookup_published
 from maxup.analysis.specs import METHOD, METRIC, RADIUS, SPECS, TableSpec
 from maxup.analysis.stats import aggregate, arm_columns, compare, describe
 from maxup.errors import UsageError
@@ -45,7 +46,7 @@ class Cell:
     n: int = 0
     ci_low: float = NAN
     ci_high: float = NAN
-    published: pub.Published | None = None
+    published: Published | None = None
     note: str = ""
 
     @property
@@ -244,7 +245,7 @@ def build_table(df: pd.DataFrame, spec: TableSpec | str, vs_paper: bool = False)
                 cell, note = _stat_cell(csub, metric, spec.scale)
                 if note:
                     notes.append(f"{rlabel} / {clabel}: {note}")
-            cell.published = pub.published(spec.id, rv, cv)
+            cell.published = lookup_published(spec.id, rv, cv)
             table.cells[(i, j)] = cell
     if spec.kind == "envelope":
         notes.append("each cell: best certified accuracy over the trained models of the method "
@@ -396,7 +397,7 @@ def _cell_text(table: Table, col: Column, cell: Cell, pm: str, dash: str) -> str
     return _stat_text(cell, table.digits, table.expected_n, pm, dash)
 
 
-def _pub_text(p: pub.Published | None, digits: int, pm: str, dash: str) -> str:
+def _pub_text(p: Published | None, digits: int, pm: str, dash: str) -> str:
     if p is None:
         return dash
     text = _num(p.value, digits)
@@ -437,7 +438,7 @@ def _grid(table: Table, vs_paper: bool, pm: str, dash: str, bold) -> tuple[list,
 
 
 def _has_published(table: Table) -> bool:
-    return table.id in pub.PUBLISHED
+    return table.id in PUBLISHED
 
 
 def render_markdown(table: Table, vs_paper: bool = False) -> str:

@@ -1,0 +1,534 @@
+"""maxup.analysis: loading, statistics, tables, figures and the tables/figures CLI."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import hashlib
+import io
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from maxup.analysis import (
+    aggregate,
+    build_table,
+    compare,
+    load_records,
+    render,
+    summary,
+    sweep_table,
+    tables_for,
+)
+from maxup.analysis.cli import configure_figures, configure_tables, run_figures, run_tables
+from maxup.analysis.load import RecordSkipped
+from maxup.analysis.published import PUBLISHED
+from maxup.errors import UsageError
+
+ROOT = Path(__file__).resolve().parents[1]
+RADII = [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5]
+
+BASE_CONFIG = {
+    "seed": 0,
+    "model": {"name": "resnet110", "num_classes": 10, "dropout": 0.0, "weights": None},
+    "data": {"name": "cifar10", "root": "/data", "subset": None, "download": False,
+             "num_workers": 2, "train_transform": "standard"},
+    "augment": {"ops": ["crop_flip", "cutout"], "sigma": 0.25, "cutout_size": 16,
+                "cutmix_alpha": 1.0, "mixup_alpha": 1.0, "crop_padding": 4},
+    "maxup": {"m": 1, "mode": "efficient", "bn": "batch_stats", "warmup_epochs": 5,
+              "chunk": None},
+    "optim": {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
+              "schedule": "multistep", "milestones": [100, 150], "gamma": 0.1},
+    "train": {"epochs": 3, "batch_size": 256, "eval_batch_size": 512, "device": "cpu",
+              "precision": "fp32", "channels_last": False, "checkpoint_every": 1,
+              "workers": 1, "min_workers": 1, "start_timeout_s": 60, "progress": False},
+    "certify": {"enabled": False, "sigma": 0.25, "n0": 100, "n": 1000, "alpha": 0.001,
+                "skip": 20, "batch": 400},
+}
+
+
+def make_record(acc, *, seed=0, m=1, model="resnet110", dataset="cifar10", sweep="s",
+                paper_table=None, status="completed", ops=("crop_flip", "cutout"),
+                certified=None, best_acc=None, epochs=3, test_loss=None, **metrics):
+    """A record valid per docs/records.md with the chosen values."""
+    cfg = copy.deepcopy(BASE_CONFIG)
+    cfg["seed"] = seed
+    cfg["model"]["name"] = model
+    cfg["data"]["name"] = dataset
+    cfg["augment"]["ops"] = list(ops)
+    cfg["maxup"]["m"] = m
+    cfg["train"]["epochs"] = epochs
+    if certified is not None:
+        cfg["certify"]["enabled"] = True
+    trial_id = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
+    history = []
+    for e in range(1, epochs + 1):
+        a = None if acc is None else acc - (epochs - e) * 2.0 + seed * 0.1
+        history.append({"epoch": e, "train_loss": 1.0 / e, "train_acc": 50.0 + e,
+                        "test_loss": (test_loss or 1.0) / e, "test_acc": a,
+                        "test_top5": None, "lr": 0.1, "maxup_active": m > 1 and e > 1,
+                        "maxup_gap": 0.1 if m > 1 else 0.0, "maxup_wins": [1] * m,
+                        "wall_s": 1.0, "selection_s": 0.1, "images_per_s": 100.0})
+    final = dict(history[-1]) if acc is not None else {}
+    final.update(metrics)
+    best = dict(final, epoch=epochs)
+    if best_acc is not None:
+        best["test_acc"] = best_acc
+    rec = {
+        "schema": "maxup.trial/1", "sweep": sweep, "trial_id": trial_id, "status": status,
+        "config": cfg, "seed": seed, "axes": {"maxup.m": m, "seed": seed},
+        "paper_table": paper_table,
+        "final": final if status == "completed" else {},
+        "best": best if status == "completed" else {},
+        "history": history if status != "failed" else history[:1],
+        "timings": {"wall_s": 10.0, "train_s": 8.0, "eval_s": 1.0, "selection_s": 0.5,
+                    "selection_share": 0.05, "images_per_s": 1000.0},
+        "environment": {"maxup": "0.1.0", "torch": "2.14.1", "ray": None, "python": "3.11",
+                        "git_commit": None, "device": "cpu", "workers": 1, "hostname": "h"},
+        "failure": ({"reason": "non-finite loss", "epoch": 1, "step": 3, "value": "nan"}
+                    if status == "failed" else None),
+        "certification": None if certified is None else {
+            "sigma": 0.25, "n0": 100, "n": 1000, "alpha": 0.001, "skip": 20, "batch": 400,
+            "radii": RADII, "certified_accuracy": list(certified), "rows": []},
+        "created": "2026-01-01T00:00:00Z", "updated": "2026-01-01T01:00:00Z",
+    }
+    return rec
+
+
+def write(root: Path, rec: dict) -> Path:
+    path = root / (rec["sweep"] or "single") / "records" / f"{rec['trial_id']}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rec))
+    return path
+
+
+def write_all(root: Path, recs) -> Path:
+    for r in recs:
+        write(root, r)
+    return root
+
+
+def t_ci(x):
+    x = np.asarray(x, float)
+    half = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
+    return x.mean() - half, x.mean() + half
+
+
+# ------------------------------------------------------------------------------------ import
+def test_import_pulls_in_neither_ray_nor_torch():
+    code = ("import sys, maxup.analysis, maxup.analysis.cli; "
+            "bad = [m for m in ('ray', 'torch') if m in sys.modules]; "
+            "assert not bad, bad")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+
+
+# -------------------------------------------------------------------------------------- load
+def test_load_flattens_columns_and_keeps_objects(tmp_path):
+    write(tmp_path, make_record(95.0, seed=1, m=4, certified=[70.0] * 11))
+    df = load_records(tmp_path)
+    assert len(df) == 1
+    row = df.iloc[0]
+    assert row["config.maxup.m"] == 4 and row["config.seed"] == 1 and row["seed"] == 1
+    assert row["config.augment.ops"] == "crop_flip+cutout"
+    assert row["config.optim.milestones"] == "100,150"
+    assert row["final.test_acc"] == pytest.approx(95.0 + 0.1)
+    assert row["timings.wall_s"] == 10.0 and row["environment.device"] == "cpu"
+    assert isinstance(row["history"], list) and len(row["history"]) == 3
+    assert row["certification"]["radii"] == RADII
+    assert row["status"] == "completed" and row["sweep"] == "s"
+
+
+def test_load_single_run_record_json_and_file_uri(tmp_path):
+    rec = make_record(90.0, sweep=None)
+    (tmp_path / "run1").mkdir()
+    (tmp_path / "run1" / "record.json").write_text(json.dumps(rec))
+    write(tmp_path, make_record(91.0, seed=2))
+    assert len(load_records(tmp_path)) == 2
+    df = load_records(tmp_path.as_uri())  # file:// through pyarrow.fs
+    assert len(df) == 2
+    assert set(df["final.test_acc"].round(6)) == {90.0, 91.2}
+
+
+def test_corrupt_foreign_and_wrong_schema_files_are_warned_and_skipped(tmp_path):
+    good = write(tmp_path, make_record(95.0))
+    recdir = good.parent
+    (recdir / "truncated.json").write_text(good.read_text()[:40])
+    (recdir / "foreign.json").write_text(json.dumps({"hello": "world"}))
+    other = make_record(94.0, seed=3)
+    other["schema"] = "maxup.trial/2"
+    (recdir / "v2.json").write_text(json.dumps(other))
+    (recdir / "binary.json").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.warns(RecordSkipped) as caught:
+        df = load_records(tmp_path)
+    messages = " ".join(str(w.message) for w in caught)
+    for name in ("truncated.json", "foreign.json", "v2.json", "binary.json"):
+        assert name in messages
+    assert len(df) == 1
+    assert summary(df)["skipped"] == 4
+
+
+def test_failed_trial_kept_counted_and_excluded_running_counted(tmp_path):
+    recs = [make_record(90.0, seed=0), make_record(92.0, seed=1),
+            make_record(None, seed=2, status="failed"),
+            make_record(10.0, seed=3, status="running")]
+    df = load_records(write_all(tmp_path, recs))
+    s = summary(df)
+    assert (s["completed"], s["failed"], s["running"]) == (2, 1, 1)
+    assert s["failure_reasons"] == {"non-finite loss": 1}
+    assert "non-finite loss" in df.loc[df["status"] == "failed", "failure.reason"].iloc[0]
+    agg = aggregate(df)
+    assert len(agg) == 1
+    assert agg["n"].iloc[0] == 2
+    assert agg["mean"].iloc[0] == pytest.approx(np.mean([90.0, 92.1]))
+
+
+def test_missing_root_is_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="RESULTS"):
+        load_records(tmp_path / "nope")
+
+
+# ------------------------------------------------------------------------------------- stats
+def test_aggregate_known_answer_against_numpy_scipy(tmp_path):
+    base = [94.81, 94.95, 94.70, 94.88, 94.86]
+    maxup = [95.40, 95.51, 95.33, 95.45, 95.37, 95.29]
+    recs = [make_record(None, seed=i, test_acc=v) for i, v in enumerate(base)]
+    recs += [make_record(None, seed=i, m=4, test_acc=v) for i, v in enumerate(maxup)]
+    df = load_records(write_all(tmp_path, recs))
+    agg = aggregate(df, "final.test_acc").set_index("config.maxup.m")
+    for m, vals in ((1, base), (4, maxup)):
+        x = np.asarray(vals)
+        row = agg.loc[m]
+        assert row["n"] == len(x)
+        assert row["mean"] == pytest.approx(x.mean())
+        assert row["std"] == pytest.approx(x.std(ddof=1))
+        lo, hi = t_ci(x)
+        assert (row["ci_low"], row["ci_high"]) == (pytest.approx(lo), pytest.approx(hi))
+        assert (row["min"], row["max"]) == (x.min(), x.max())
+    cmp = compare(df, "final.test_acc")
+    assert len(cmp) == 1
+    assert cmp["diff"].iloc[0] == pytest.approx(np.mean(maxup) - np.mean(base))
+    p = stats.ttest_ind(maxup, base, equal_var=False).pvalue
+    assert cmp["p_value"].iloc[0] == pytest.approx(p)
+
+
+def test_equal_values_are_two_observations(tmp_path):
+    recs = [make_record(None, seed=s, test_acc=93.5) for s in (0, 1)]
+    agg = aggregate(load_records(write_all(tmp_path, recs)))
+    assert agg["n"].iloc[0] == 2
+    assert agg["std"].iloc[0] == 0.0
+    assert agg["mean"].iloc[0] == 93.5
+
+
+def test_single_seed_std_is_nan(tmp_path):
+    agg = aggregate(load_records(write_all(tmp_path, [make_record(None, test_acc=90.0)])))
+    assert agg["n"].iloc[0] == 1 and math.isnan(agg["std"].iloc[0])
+    assert math.isnan(agg["ci_low"].iloc[0])
+
+
+def test_aggregate_ignores_run_local_columns(tmp_path):
+    a = make_record(None, seed=0, test_acc=90.0)
+    b = make_record(None, seed=1, test_acc=91.0)
+    b["config"]["train"]["device"] = "cuda"
+    b["config"]["data"]["root"] = "/elsewhere"
+    b["trial_id"] = "b" * 12
+    agg = aggregate(load_records(write_all(tmp_path, [a, b])))
+    assert len(agg) == 1 and agg["n"].iloc[0] == 2
+
+
+def test_compare_matches_baseline_on_other_columns(tmp_path):
+    recs = []
+    for model, off in (("resnet110", 0.0), ("wrn28_10", 2.0)):
+        for s in range(3):
+            recs.append(make_record(None, seed=s, model=model, test_acc=90 + off + s * 0.1))
+            recs.append(make_record(None, seed=s, model=model, m=4,
+                                    test_acc=91 + off + s * 0.3))
+    cmp = compare(load_records(write_all(tmp_path, recs))).set_index("config.model.name")
+    assert set(cmp.index) == {"resnet110", "wrn28_10"}
+    for model, off in (("resnet110", 0.0), ("wrn28_10", 2.0)):
+        b = [90 + off + s * 0.1 for s in range(3)]
+        a = [91 + off + s * 0.3 for s in range(3)]
+        assert cmp.loc[model, "diff"] == pytest.approx(np.mean(a) - np.mean(b))
+        assert cmp.loc[model, "p_value"] == pytest.approx(
+            stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+# ------------------------------------------------------------------------------------ tables
+def table3_records(n_base=5, n_maxup=3, skip_model="wrn28_10"):
+    recs = []
+    vals = {}
+    for model, off in (("resnet110", 0.0), ("preact_resnet110", 0.2), ("wrn28_10", 2.0)):
+        for m, n, add in ((1, n_base, 0.0), (10, n_maxup, 0.6)):
+            if model == skip_model and m == 10:
+                continue
+            v = [94.8 + off + add + 0.05 * s for s in range(n)]
+            vals[(model, m)] = v
+            recs += [make_record(None, seed=s, m=m, model=model, paper_table="3",
+                                 test_acc=x) for s, x in enumerate(v)]
+    return recs, vals
+
+
+def test_table3_markdown_bold_missing_and_n(tmp_path):
+    recs, vals = table3_records()
+    df = load_records(write_all(tmp_path, recs))
+    table = build_table(df, "3")
+    md = render(table, "md")
+    lines = {ln.split("|")[1].strip(): ln for ln in md.splitlines() if ln.startswith("| ")}
+    r110 = lines["ResNet-110"]
+    b = np.asarray(vals[("resnet110", 1)])
+    assert f"{b.mean():.2f} ± {b.std(ddof=1):.2f}" in r110
+    assert f"{b.mean():.2f} ± {b.std(ddof=1):.2f} (n=" not in r110  # n = 5: no n shown
+    mx = np.asarray(vals[("resnet110", 10)])
+    assert f"{mx.mean():.2f} ± {mx.std(ddof=1):.2f} (n=3)" in r110
+    wrn = lines["WideResNet-28-10"]
+    assert wrn.rstrip(" |").endswith("—")
+    # best per column: WRN baseline is the highest + Cutout mean, PreAct the best MaxUp one
+    w = np.asarray(vals[("wrn28_10", 1)])
+    assert f"**{w.mean():.2f} ± {w.std(ddof=1):.2f}**" in wrn
+    p = np.asarray(vals[("preact_resnet110", 10)])
+    assert f"**{p.mean():.2f} ± {p.std(ddof=1):.2f} (n=3)**" in lines["PreAct-ResNet-110"]
+    assert md.count("**") == 2 * 2 + 2  # two bold cells + bold caption
+    assert table.missing() == [("WideResNet-28-10", "+ MaxUp+Cutout")]
+
+
+def test_latex_booktabs_and_bold(tmp_path):
+    recs, vals = table3_records()
+    tex = render(build_table(load_records(write_all(tmp_path, recs)), "3"), "latex")
+    for rule in (r"\toprule", r"\midrule", r"\bottomrule"):
+        assert tex.count(rule) == 1
+    w = np.asarray(vals[("wrn28_10", 1)])
+    assert rf"\textbf{{{w.mean():.2f} $\pm$ {w.std(ddof=1):.2f}}}" in tex
+    assert "---" in tex  # the missing cell
+    assert r"\caption{Table 3" in tex
+
+
+def test_csv_parses_back_with_the_numbers(tmp_path):
+    recs, vals = table3_records()
+    text = render(build_table(load_records(write_all(tmp_path, recs)), "3"), "csv")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert len(rows) == 6
+    by = {(r["row"], r["column"]): r for r in rows}
+    r = by[("ResNet-110", "+ MaxUp+Cutout")]
+    x = np.asarray(vals[("resnet110", 10)])
+    assert float(r["mean"]) == pytest.approx(x.mean())
+    assert float(r["std"]) == pytest.approx(x.std(ddof=1))
+    assert int(r["n"]) == 3
+    lo, hi = t_ci(x)
+    assert float(r["ci_low"]) == pytest.approx(lo) and float(r["ci_high"]) == pytest.approx(hi)
+    assert by[("WideResNet-28-10", "+ MaxUp+Cutout")]["mean"] == ""
+    assert by[("WideResNet-28-10", "+ Cutout")]["best"] == "1"
+
+
+def test_vs_paper_delta_and_inside_ci(tmp_path):
+    # ResNet-110 / + Cutout published 94.84 ± 0.11
+    inside = [94.70, 94.80, 94.90, 94.85, 94.95]
+    outside = [95.90, 95.91, 95.92]  # MaxUp cell, published 95.41 far below
+    recs = [make_record(None, seed=s, paper_table="3", test_acc=v)
+            for s, v in enumerate(inside)]
+    recs += [make_record(None, seed=s, m=10, paper_table="3", test_acc=v)
+             for s, v in enumerate(outside)]
+    table = build_table(load_records(write_all(tmp_path, recs)), "3", vs_paper=True)
+    rows = {(r["row"], r["column"]): r for r in csv.DictReader(io.StringIO(
+        render(table, "csv", vs_paper=True)))}
+    a = rows[("ResNet-110", "+ Cutout")]
+    assert float(a["published"]) == 94.84 and float(a["published_std"]) == 0.11
+    assert float(a["delta"]) == pytest.approx(np.mean(inside) - 94.84)
+    lo, hi = t_ci(inside)
+    assert lo <= 94.84 <= hi and a["inside_ci"] == "1"
+    b = rows[("ResNet-110", "+ MaxUp+Cutout")]
+    assert float(b["delta"]) == pytest.approx(np.mean(outside) - 95.41)
+    assert b["inside_ci"] == "0"
+    md = render(table, "md", vs_paper=True)
+    header = next(ln for ln in md.splitlines() if ln.startswith("| "))
+    assert "+ Cutout paper" in header and "Δ" in header and "in 95% CI" in header
+    line = next(ln for ln in md.splitlines() if ln.startswith("| ResNet-110"))
+    assert "94.84 ± 0.11" in line and f"{np.mean(inside) - 94.84:+.2f}" in line
+    assert "| yes |" in line and "| no |" in line
+
+
+def test_table5_rows_are_m_and_order(tmp_path):
+    recs = []
+    for m, add in ((1, 0.0), (4, 1.5), (20, 0.7)):
+        for model, off in (("resnet110", 0.0), ("wrn28_10", 8.0)):
+            recs += [make_record(None, seed=s, m=m, model=model, dataset="cifar100",
+                                 paper_table="5", test_acc=73.6 + off + add + 0.1 * s)
+                     for s in range(5)]
+    table = build_table(load_records(write_all(tmp_path, recs)), "5")
+    assert [label for _, label in table.rows] == ["1", "4", "10", "20"]
+    assert table.cell(2, 0).missing and table.cell(1, 0).n == 5
+    assert table.best(0) == {1} and table.best(1) == {1}
+    assert table.cell(1, 1).mean == pytest.approx(73.6 + 8.0 + 1.5 + 0.2)
+
+
+def test_table8_envelope_cpu_scale_any_dataset(tmp_path):
+    a = [80.0, 60.0, 40.0, 20.0, 10.0, 5.0, 2.0, 1.0, 0.0, 0.0, 0.0]
+    b = [78.0, 62.0, 45.0, 22.0, 9.0, 6.0, 3.0, 1.0, 0.5, 0.0, 0.0]
+    c = [85.0, 70.0, 50.0, 30.0, 20.0, 10.0, 5.0, 3.0, 2.0, 1.0, 0.5]
+    recs = [make_record(90.0, seed=0, dataset="digits", model="small_cnn", ops=["gaussian"],
+                        certified=a),
+            make_record(90.0, seed=1, dataset="digits", model="small_cnn", ops=["gaussian"],
+                        certified=b),
+            make_record(92.0, seed=0, m=4, dataset="digits", model="small_cnn",
+                        ops=["gaussian"], certified=c)]
+    df = load_records(write_all(tmp_path, recs))
+    table = build_table(df, "8")
+    assert [lab for _, lab in table.rows] == ["Gaussian aug. (m = 1)", "MaxUp+Gauss"]
+    assert len(table.columns) == 11
+    for j in range(11):
+        assert table.cell(0, j).mean == max(a[j], b[j])
+        assert table.cell(1, j).mean == c[j]
+    md = render(table, "md")
+    assert "**85.0**" in md and "(n=" not in md
+    ids = [t.id for t in tables_for(df)]
+    assert "8" in ids and "sweep" in ids  # digits feeds no paper table 1-7
+
+
+def test_perplexity_lower_is_better(tmp_path):
+    recs = [make_record(None, seed=s, m=m, dataset="ptb", model="awd_lstm", paper_table="6",
+                        ops=["gaussian"], val_ppl=v + s * 0.1, test_ppl=v - 2 + s * 0.1)
+            for m, v in ((1, 57.2), (2, 56.3)) for s in range(3)]
+    table = build_table(load_records(write_all(tmp_path, recs)), "6")
+    assert table.best(0) == {1} and table.best(1) == {1}
+    assert table.cell(1, 1).mean == pytest.approx(54.3 + 0.1)
+
+
+def test_generic_sweep_table(tmp_path):
+    base = [90.0, 90.5, 91.0]
+    mx = [92.0, 92.2, 92.9]
+    recs = [make_record(None, seed=s, dataset="digits", model="small_cnn", sweep="quick",
+                        ops=["gaussian"], test_acc=v, best_acc=v + 1)
+            for s, v in enumerate(base)]
+    recs += [make_record(None, seed=s, m=4, dataset="digits", model="small_cnn",
+                         sweep="quick", ops=["gaussian"], test_acc=v, best_acc=v + 1)
+             for s, v in enumerate(mx)]
+    df = load_records(write_all(tmp_path, recs))
+    tables = tables_for(df)
+    assert [t.id for t in tables] == ["sweep"]
+    t = tables[0]
+    assert [lab for _, lab in t.rows] == ["m=1", "m=4"]
+    assert t.cell(1, 2).mean == pytest.approx(np.mean(mx) - np.mean(base))
+    assert t.cell(1, 3).mean == pytest.approx(stats.ttest_ind(mx, base, equal_var=False).pvalue)
+    assert t.cell(1, 1).mean == pytest.approx(np.mean(mx) + 1)
+    md = render(t, "md")
+    assert "Sweep quick" in md and f"{np.mean(mx):.2f} ± {np.std(mx, ddof=1):.2f} (n=3)" in md
+    assert f"{np.mean(mx) - np.mean(base):+.2f}" in md
+    assert sweep_table(df, "quick").rows == t.rows
+
+
+def test_published_transcription_spot_checks():
+    assert PUBLISHED["3"][("wrn28_10", "maxup")].value == 97.18
+    assert PUBLISHED["4"][("preact_resnet110", "maxup")].std == 0.26
+    assert PUBLISHED["5"][(20, "resnet110")].value == 74.37
+    assert PUBLISHED["2"][("proxyless_mobile", "maxup")].value == 77.17
+    assert PUBLISHED["7"][("maxup", "final.test_ppl")].value == 60.19
+    assert [PUBLISHED["8"][("maxup", r)].value for r in RADII] == [
+        74, 57, 49, 40, 35, 31, 27, 22, 19, 17, 15]
+    assert PUBLISHED["1"][("maxup", "final.test_top5")].value == 94.2
+
+
+def test_unknown_format_is_usage_error(tmp_path):
+    recs, _ = table3_records()
+    table = build_table(load_records(write_all(tmp_path, recs)), "3")
+    with pytest.raises(UsageError, match="--format.*'html'.*md, latex, csv"):
+        render(table, "html")
+
+
+# ----------------------------------------------------------------------------------- figures
+def test_figures_written_and_not_blank(tmp_path):
+    import matplotlib.image as mpimg
+
+    from maxup.analysis import write_figures
+
+    recs = []
+    for m, add in ((1, 0.0), (4, 1.0), (10, 0.5)):
+        for model, off in (("resnet110", 0.0), ("wrn28_10", 5.0)):
+            recs += [make_record(70.0 + off + add + 0.3 * s, seed=s, m=m, model=model,
+                                 dataset="cifar100", sweep="t5", epochs=4)
+                     for s in range(3)]
+    recs += [make_record(90.0, seed=s, m=m, sweep="cert", dataset="digits", ops=["gaussian"],
+                         certified=[80 - 7 * i + 3 * (m > 1) for i in range(11)])
+             for s in range(2) for m in (1, 4)]
+    df = load_records(write_all(tmp_path / "res", recs))
+    paths = write_figures(df, tmp_path / "figs")
+    names = {Path(p).name for p in paths}
+    for stem in ("acc_vs_m_t5", "curves_t5", "certified_accuracy"):
+        assert f"{stem}.png" in names and f"{stem}.pdf" in names
+    for p in paths:
+        assert Path(p).stat().st_size > 1000
+        if p.endswith(".png"):
+            img = mpimg.imread(p)
+            assert img.var() > 0
+            colours = np.unique(img.reshape(-1, img.shape[-1])[:, :3].round(2), axis=0)
+            assert len(colours) > 5
+
+
+# --------------------------------------------------------------------------------------- cli
+def tables_args(results, **kw):
+    parser = argparse.ArgumentParser()
+    configure_tables(parser)
+    argv = [str(results)]
+    for k, v in kw.items():
+        flag = "--" + k.replace("_", "-")
+        argv += [flag] if v is True else [flag, str(v)]
+    return parser.parse_args(argv)
+
+
+def test_cli_tables_prints_tables_counts_and_missing(tmp_path, capsys):
+    recs, _ = table3_records()
+    recs.append(make_record(None, seed=9, status="failed"))
+    write_all(tmp_path / "res", recs)
+    (tmp_path / "res" / "s" / "records" / "bad.json").write_text("{")
+    assert run_tables(tables_args(tmp_path / "res")) == 0
+    out = capsys.readouterr().out
+    assert "Table 3" in out and "ResNet-110" in out
+    assert "21 completed, 1 failed (non-finite loss: 1), 0 running" in out
+    assert "1 files skipped" in out
+    assert "missing cells (1): WideResNet-28-10 / + MaxUp+Cutout" in out
+
+
+def test_cli_tables_out_formats_and_vs_paper(tmp_path, capsys):
+    recs, _ = table3_records()
+    write_all(tmp_path / "res", recs)
+    args = tables_args(tmp_path / "res", table=3, format="latex", vs_paper=True,
+                       out=tmp_path / "out")
+    assert run_tables(args) == 0
+    tex = (tmp_path / "out" / "table3.tex").read_text()
+    assert r"\toprule" in tex and "paper" in tex
+    assert tex in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("kw, flag", [({"table": 99}, "--table"),
+                                      ({"format": "html"}, "--format")])
+def test_cli_bad_flags_are_usage_errors(tmp_path, kw, flag):
+    recs, _ = table3_records()
+    write_all(tmp_path / "res", recs)
+    with pytest.raises(UsageError) as exc:
+        run_tables(tables_args(tmp_path / "res", **kw))
+    msg = str(exc.value)
+    assert flag in msg and str(list(kw.values())[0]) in msg and "allowed" in msg
+    assert "\n" not in msg
+
+
+def test_cli_no_records_is_usage_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="no trial records"):
+        run_tables(tables_args(tmp_path / "empty"))
+
+
+def test_cli_figures(tmp_path, capsys):
+    recs = [make_record(80.0 + m + s * 0.2, seed=s, m=m, sweep="q", dataset="digits")
+            for m in (1, 4) for s in range(2)]
+    write_all(tmp_path / "res", recs)
+    parser = argparse.ArgumentParser()
+    configure_figures(parser)
+    args = parser.parse_args([str(tmp_path / "res"), "--out", str(tmp_path / "figs")])
+    assert run_figures(args) == 0
+    out = capsys.readouterr().out
+    assert "acc_vs_m_q.png" in out and (tmp_path / "figs" / "curves_q.pdf").exists()
