@@ -160,7 +160,7 @@ def _translate_errors(address: str, job_id: str | None = None):
     """Turn Ray/HTTP failures into one-line UsageErrors naming the address."""
     import aiohttp
     import requests
-    from ray.exceptions import AuthenticationError
+    from ray.exceptions import AuthenticationError, RpcError
 
     try:
         yield
@@ -172,7 +172,8 @@ def _translate_errors(address: str, job_id: str | None = None):
         raise
     except (ConnectionError, requests.exceptions.ConnectionError, aiohttp.ClientConnectionError):
         raise _unreachable(address) from None
-    except requests.exceptions.Timeout:
+    except (requests.exceptions.Timeout, RpcError):
+        # RpcError: an address without http:// is taken (as Ray does) for a GCS address.
         raise _unreachable(address) from None
     except RuntimeError as exc:
         text = str(exc)
