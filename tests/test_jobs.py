@@ -178,6 +178,13 @@ def test_submit_follows_logs_until_succeeded(with_token, capsys, tmp_path):
     assert expected in capsys.readouterr().out
 
 
+def test_failing_job_returns_1(with_token, capsys):
+    code = "import sys; print('about to fail'); sys.exit(3)"
+    assert job("submit", "--address", with_token.address, "--", "python", "-c", code) == 1
+    captured = capsys.readouterr()
+    assert "about to fail" in captured.out and "FAILED" in captured.err
+
+
 def test_request_without_token_is_refused_in_one_line(head, monkeypatch, tmp_path):
     for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS", "RAY_AUTH_MODE"):
         monkeypatch.delenv(name, raising=False)
