@@ -12,6 +12,7 @@ Usage: ``python benchmarks/bench_certify.py [--reps 5] [--device cpu]``
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -38,6 +39,13 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.machine()
+
+
+def _loadavg() -> str:
+    try:
+        return "/".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"
 
 
 def bench(name: str, shape: tuple[int, int, int], num: int, batch: int, reps: int,
@@ -70,22 +78,21 @@ def main() -> int:
     args = parser.parse_args()
     device = torch.device(args.device)
     t_start = time.perf_counter()
-    rows = []
+    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"machine: processor={platform.processor()!r} ({_cpu_model()}), "
+          f"torch {torch.__version__}, threads={torch.get_num_threads()}, device={dev}, "
+          f"load average at start {_loadavg()}")
+    print()
+    print("| model | input | batch | samples/s (median) | min | max | n (reps x samples) |")
+    print("|---|---|---:|---:|---:|---:|---|", flush=True)
     for name, shape, num in CASES:
         for batch in BATCHES:
             rates = bench(name, shape, num, batch, args.reps, device)
-            rows.append((name, "x".join(map(str, shape)), batch, statistics.median(rates),
-                         min(rates), max(rates), len(rates), num))
-    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"machine: processor={platform.processor()!r} ({_cpu_model()}), "
-          f"torch {torch.__version__}, threads={torch.get_num_threads()}, device={dev}")
+            print(f"| {name} | {'x'.join(map(str, shape))} | {batch} | "
+                  f"{statistics.median(rates):,.0f} | {min(rates):,.0f} | {max(rates):,.0f} | "
+                  f"{len(rates)} x {num} |", flush=True)
     print()
-    print("| model | input | batch | samples/s (median) | min | max | n (reps x samples) |")
-    print("|---|---|---:|---:|---:|---:|---|")
-    for name, shp, batch, med, lo, hi, reps, num in rows:
-        print(f"| {name} | {shp} | {batch} | {med:,.0f} | {lo:,.0f} | {hi:,.0f} | "
-              f"{reps} x {num} |")
-    print()
+    print(f"load average at end {_loadavg()}")
     print(f"total wall time {time.perf_counter() - t_start:.1f}s")
     return 0
 
