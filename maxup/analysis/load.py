@@ -34,25 +34,30 @@ class RecordSkipped(UserWarning):
 
 
 def _flatten_value(value: Any) -> Any:
-    if isinstance(value, list):
-        if all(isinstance(v, str) for v in value):
-            return "+".join(value)
-        if all(isinstance(v, (int, float, bool)) or v is None for v in value):
-            return ",".join("null" if v is None else str(v) for v in value)
-        return json.dumps(value, sort_keys=True)
-    return value
+    if value.__class__ is not list:
+        return value
+    try:
+        return "+".join(value)  # list of str: augment.ops
+    except TypeError:
+        pass
+    if all(v is None or isinstance(v, (int, float)) for v in value):
+        return ",".join("null" if v is None else str(v) for v in value)
+    return json.dumps(value, sort_keys=True)
 
 
 def _flatten(obj: dict, prefix: str, out: dict) -> None:
     for key, value in obj.items():
-        name = f"{prefix}.{key}"
-        if isinstance(value, dict):
+        name = prefix + key
+        cls = value.__class__
+        if cls is dict:
             if value:
-                _flatten(value, name, out)
+                _flatten(value, name + ".", out)
             else:
                 out[name] = None
-        else:
+        elif cls is list:
             out[name] = _flatten_value(value)
+        else:
+            out[name] = value
 
 
 def _schema_ok(schema: Any) -> bool:
@@ -89,7 +94,7 @@ def parse_record(text: str | bytes, source: str = "<record>") -> dict:
     for section in FLAT_SECTIONS:
         value = rec.get(section)
         if isinstance(value, dict):
-            _flatten(value, section, row)
+            _flatten(value, section + ".", row)
     row["axes"] = rec.get("axes") or {}
     history = rec.get("history")
     row["history"] = history if isinstance(history, list) else []

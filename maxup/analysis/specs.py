@@ -93,8 +93,9 @@ def _col(df: pd.DataFrame, name: str) -> pd.Series:
 
 
 def _ops_has(df: pd.DataFrame, op: str) -> pd.Series:
-    ops = _col(df, "config.augment.ops").fillna("").astype(str)
-    return ops.str.split("+").apply(lambda parts: op in parts).astype(bool)
+    ops = _col(df, "config.augment.ops")
+    hit = {v: isinstance(v, str) and op in v.split("+") for v in ops.dropna().unique()}
+    return ops.map(hit).fillna(False).astype(bool)
 
 
 def paper_table(table_id: str, fallback: Callable[[pd.DataFrame], pd.Series] | None = None):

@@ -199,7 +199,8 @@ def _stat_cell(sub: pd.DataFrame, metric: str, scale: float) -> tuple[Cell, str]
     return Cell(d["mean"], d["std"], d["n"], d["ci_low"], d["ci_high"], note=note), note
 
 
-def build_table(df: pd.DataFrame, spec: TableSpec | str, vs_paper: bool = False) -> Table:
+def build_table(df: pd.DataFrame, spec: TableSpec | str, vs_paper: bool = False,
+                _done: pd.DataFrame | None = None) -> Table:
     """Regenerate one paper table from records.
 
     Args:
@@ -212,8 +213,10 @@ def build_table(df: pd.DataFrame, spec: TableSpec | str, vs_paper: bool = False)
         if spec not in SPECS:
             raise UsageError(f"--table: got {spec!r}; allowed: {', '.join(SPECS)}, sweep")
         spec = SPECS[spec]
-    done = completed(df)
-    sub = done[spec.filter(done)] if len(done) else done
+    sub = _done
+    if sub is None:
+        done = completed(df)
+        sub = done[spec.filter(done)] if len(done) else done
     rkeys = _key_series(sub, spec.rows.key, spec).map(_norm)
     if spec.cols.key in (METRIC, RADIUS):
         ckeys = None
@@ -337,35 +340,35 @@ def _only_sweep(df: pd.DataFrame) -> str:
 
 
 # ----------------------------------------------------------------------------- which tables
-def _in_paper_tables(df: pd.DataFrame) -> pd.Series:
-    """Records consumed by a paper accuracy/perplexity table (1-7)."""
-    m = pd.Series(False, index=df.index)
-    for spec in SPECS.values():
-        if spec.kind != "envelope":
-            m |= spec.filter(df).fillna(False).astype(bool)
-    return m
-
-
 def tables_for(df: pd.DataFrame, vs_paper: bool = False) -> list[Table]:
     """Every table the records can fill: each paper table whose filter matches a completed
-    record, then the generic sweep table of each sweep that feeds no paper table 1-7.
+    record, then the generic sweep table of each sweep that feeds no paper table (records
+    that only carry a certification, e.g. a CPU-scale digits sweep, get both Table 8 and
+    their sweep table).
 
     Args:
         df: a frame from :func:`maxup.analysis.load_records`.
-        vs_paper: attach published values to paper-table cells.
+        vs_paper: kept for symmetry with :func:`render` (published values are always attached).
     """
     done = completed(df)
     out: list[Table] = []
+    if not len(done):
+        return out
+    consumed = pd.Series(False, index=done.index)
     for spec in SPECS.values():
-        if len(done) and spec.filter(done).any():
-            out.append(build_table(df, spec, vs_paper=vs_paper))
-    if len(done):
-        rest = done[~_in_paper_tables(done)]
-        sweeps = rest["sweep"] if "sweep" in rest else pd.Series(None, index=rest.index)
-        for name in sorted({s for s in sweeps.dropna().unique()}, key=str):
-            out.append(sweep_table(rest[sweeps == name], name))
-        if sweeps.isna().any():
-            out.append(sweep_table(rest[sweeps.isna()], None))
+        mask = spec.filter(done).fillna(False).astype(bool)
+        if mask.any():
+            out.append(build_table(df, spec, vs_paper=vs_paper, _done=done[mask]))
+            if spec.kind != "envelope":
+                consumed |= mask
+    pt = done["paper_table"] if "paper_table" in done else pd.Series(None, index=done.index)
+    consumed |= pt.isin(list(SPECS))
+    rest = done[~consumed]
+    sweeps = rest["sweep"] if "sweep" in rest else pd.Series(None, index=rest.index)
+    for name in sorted({s for s in sweeps.dropna().unique()}, key=str):
+        out.append(sweep_table(rest[sweeps == name], name))
+    if sweeps.isna().any():
+        out.append(sweep_table(rest[sweeps.isna()], None))
     return out
 
 
