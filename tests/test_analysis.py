@@ -532,3 +532,25 @@ def test_cli_figures(tmp_path, capsys):
     assert run_figures(args) == 0
     out = capsys.readouterr().out
     assert "acc_vs_m_q.png" in out and (tmp_path / "figs" / "curves_q.pdf").exists()
+
+
+def test_copied_record_counted_once(tmp_path):
+    rec = make_record(None, test_acc=91.0)
+    write(tmp_path / "a", rec)
+    write(tmp_path / "b", rec)  # the same trial in a copied results tree
+    with pytest.warns(RecordSkipped, match="appears twice"):
+        df = load_records(tmp_path)
+    assert len(df) == 1 and summary(df)["duplicates"] == 1
+
+
+def test_cli_table_sweep_and_csv_out(tmp_path, capsys):
+    recs = [make_record(None, seed=s, m=m, sweep="fashion", dataset="fashion_mnist",
+                        model="small_cnn", ops=["gaussian"], test_acc=85.0 + m * 0.1 + s * 0.05)
+            for m in (1, 4) for s in range(2)]
+    write_all(tmp_path / "res", recs)
+    args = tables_args(tmp_path / "res", table="sweep", format="csv", out=tmp_path / "out")
+    assert run_tables(args) == 0
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "out" / "sweep_fashion.csv").read_text())))
+    cell = next(r for r in rows if r["row"] == "m=4" and r["column"].startswith("final"))
+    assert float(cell["mean"]) == pytest.approx(85.4 + 0.025)
+    assert "Sweep fashion" not in capsys.readouterr().err
