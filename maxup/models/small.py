@@ -9,7 +9,7 @@ from maxup.models.registry import register_model
 
 
 class SmallCNN(nn.Module):
-    """Two conv-BN-ReLU blocks (32, 64 channels; the second with stride 2), pool, linear.
+    """Two conv-BN-ReLU blocks (32, 64 channels; the second with stride 2), 2x2 pool, linear.
 
     Works on any input of at least 2x2 pixels (1x8x8 digits, 1x28x28 Fashion-MNIST,
     3xHxW). The first block is followed by 2x2 max-pooling when the input is at least
@@ -29,9 +29,10 @@ class SmallCNN(nn.Module):
         self.block2 = nn.Sequential(
             nn.Conv2d(32, 64, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU()
         )
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        # A 2x2 pooled grid keeps coarse position, which digits need (a global pool loses it).
+        self.pool = nn.AdaptiveAvgPool2d(2)
         self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(64, num_classes)
+        self.fc = nn.Linear(64 * 4, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Args: x: (N, C, H, W) normalised images. Returns (N, num_classes) logits."""

@@ -219,7 +219,6 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *,
         return _finish(summary, trials, layout, echo)
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # use the classic table reporter below
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     cpus, gpus = start_ray(address)
     from ray import tune
