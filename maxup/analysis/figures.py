@@ -16,6 +16,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats as sps  # noqa: E402
@@ -57,6 +58,7 @@ def _label(keys: list[str], values: tuple) -> str:
     parts = []
     for k, v in zip(keys, values):
         short = k.removeprefix("config.")
+        short = "m" if short == "maxup.m" else short
         parts.append(str(v) if short == "model.name" else f"{short}={v}")
     return ", ".join(parts) or "all"
 
@@ -210,8 +212,12 @@ def plot_training_curves(df: pd.DataFrame, out_dir: str, name: str) -> list[str]
     axes[1].set_ylabel("test loss (nats)")
     for ax in axes:
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+            break
     more = f" (first {MAX_CURVE_ARMS} of {len(groups)} arms)" if len(groups) > len(shown) else ""
     fig.suptitle(f"{name}: training curves, mean over seeds with 95% CI{more}")
     return _save(fig, out_dir, f"curves_{_safe(name)}")

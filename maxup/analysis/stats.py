@@ -165,7 +165,7 @@ def welch(a: Iterable[float], b: Iterable[float]) -> float:
     if a.size < 2 or b.size < 2:
         return math.nan
     if a.var(ddof=1) == 0 and b.var(ddof=1) == 0:
-        return 1.0 if a.mean() == b.mean() else 0.0
+        return math.nan  # undefined: no within-arm variance on either side
     return float(sps.ttest_ind(a, b, equal_var=False).pvalue)
 
 
@@ -183,7 +183,8 @@ def compare(df: pd.DataFrame, metric: str = "final.test_acc",
     Returns:
         one row per non-baseline arm with a matching baseline: the arm columns, ``n, mean,
         std, base_n, base_mean, base_std, diff`` (arm mean - baseline mean) and ``p_value``
-        (Welch's unequal-variance t-test, NaN when either arm has n < 2).
+        (Welch's unequal-variance t-test, NaN when either arm has n < 2 or both arms have
+        zero variance).
     """
     baseline = dict(baseline or {"config.maxup.m": 1})
     done = completed(df)
