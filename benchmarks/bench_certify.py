@@ -24,8 +24,8 @@ from maxup.models import build_model
 
 CASES = [
     # model, (C, H, W), samples per timed call
-    ("small_cnn", (1, 28, 28), 3000),
-    ("resnet20", (3, 32, 32), 1500),
+    ("small_cnn", (1, 28, 28), 2000),
+    ("resnet20", (3, 32, 32), 1000),
 ]
 BATCHES = [100, 400, 1000]
 
