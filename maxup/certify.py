@@ -491,6 +491,13 @@ def load_model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
         dropout=model_cfg.get("dropout", 0.0) or 0.0,
         image_size=tuple(info.image_size),
     )
-    model.load_state_dict(_strip_prefixes(dict(ckpt["model"])))
+    try:
+        model.load_state_dict(_strip_prefixes(dict(ckpt["model"])))
+    except RuntimeError as exc:  # architecture changed or wrong model.name
+        detail = next((ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()), str(exc))
+        raise DataError(
+            f"checkpoint {str(path)!r}: weights do not fit model {model_name!r} on "
+            f"{data_name!r} ({detail}); expected a checkpoint of that architecture"
+        ) from exc
     model.eval()
     return model, config

@@ -415,6 +415,16 @@ def test_load_model_from_checkpoint_roundtrip(tmp_path, data_name, model_name):
         assert torch.equal(loaded(x), model(x))
 
 
+def test_load_checkpoint_architecture_mismatch_is_one_line(tmp_path):
+    _, config, _, path = _real_checkpoint(tmp_path, "fashion_mnist", "small_cnn")
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["config"]["model"]["name"] = "mlp"
+    torch.save(ckpt, path)
+    with pytest.raises(DataError, match="do not fit model 'mlp'") as info:
+        C.load_model_from_checkpoint(path)
+    assert "\n" not in str(info.value)
+
+
 def test_cli_end_to_end(tmp_path, monkeypatch, capsys):
     import maxup.data
 
