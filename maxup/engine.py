@@ -302,6 +302,12 @@ def train_epoch(run: Run, model: nn.Module, epoch: int, dist: DistContext, progr
         bar.update(step + 1, loss_sum / seen)
     bar.close()
     train_s = time.perf_counter() - t0
+    if dist.world_size > 1 and torch.distributed.is_initialized():
+        # Training metrics over the whole global batch, not rank 0's shard.
+        sums = torch.tensor([loss_sum, correct, seen, gap_sum], dtype=torch.float64)
+        torch.distributed.all_reduce(sums)
+        torch.distributed.all_reduce(wins)
+        loss_sum, correct, seen, gap_sum = sums.tolist()
     return {
         "epoch": epoch + 1,
         "lr": lr,
@@ -313,7 +319,7 @@ def train_epoch(run: Run, model: nn.Module, epoch: int, dist: DistContext, progr
         "maxup_wins": wins.tolist(),
         "train_s": train_s,
         "selection_s": selection_s,
-        "images_per_s": seen * dist.world_size / max(train_s, 1e-9),
+        "images_per_s": seen / max(train_s, 1e-9),
     }
 
 
@@ -373,6 +379,7 @@ def _config_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
 def train(config: dict | RunConfig, out_dir: str | Path, *, reporter: Reporter | None = None,
           resume: bool = True, dist: DistContext | None = None,
           record_path: str | Path | None = None, record_extra: dict | None = None,
+          checkpoint_in: str | Path | None = None,
           log: Callable[[str], None] | None = print) -> dict:
     """Train one run and return its record.
 
@@ -386,6 +393,8 @@ def train(config: dict | RunConfig, out_dir: str | Path, *, reporter: Reporter |
         dist: data-parallel context (default: a plain single process).
         record_path: where to write the record (default ``out_dir/record.json``).
         record_extra: ``sweep``, ``axes``, ``paper_table`` for sweep trials.
+        checkpoint_in: resume from this checkpoint file instead of ``checkpoints/last.pt``
+            (a Ray Train worker restores the run's latest committed checkpoint here).
         log: one summary line per epoch goes here (None: silent).
     """
     cfg = config if isinstance(config, RunConfig) else from_dict(config)
@@ -403,11 +412,12 @@ def train(config: dict | RunConfig, out_dir: str | Path, *, reporter: Reporter |
     history: list[dict] = []
     start_epoch = 0
     created = None
-    if resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path)
+    source = Path(checkpoint_in) if checkpoint_in else ckpt_path
+    if resume and source.exists():
+        state = load_checkpoint(source)
         diff = _config_differences(state["config"], cfg_dict)
         if diff:
-            raise UsageError(f"resume: {diff[0]} differs from the checkpoint in {ckpt_path}; "
+            raise UsageError(f"resume: {diff[0]} differs from the checkpoint in {source}; "
                              "allowed: the same config (use a new --out to start afresh)")
         _unwrap(model).load_state_dict(state["model"])
         run.optimizer.load_state_dict(state["optimizer"])
@@ -415,7 +425,7 @@ def train(config: dict | RunConfig, out_dir: str | Path, *, reporter: Reporter |
         old = records.read_record(record_path)
         created = old.get("created") if old else None
         if log:
-            log(f"resumed from {ckpt_path} after epoch {start_epoch}")
+            log(f"resumed from {source} after epoch {start_epoch}")
     if dist.world_size > 1 and torch.distributed.is_initialized():
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -440,7 +450,9 @@ def train(config: dict | RunConfig, out_dir: str | Path, *, reporter: Reporter |
             t0 = time.perf_counter()
             metrics = train_epoch(run, model, epoch, dist, cfg.train.progress)
             t1 = time.perf_counter()
-            metrics.update(evaluate(model, run.test_set, device=device,
+            # Unwrapped: ranks may hold one eval batch more or less, and DDP's forward
+            # would wait on collectives; the sums are all-reduced once at the end instead.
+            metrics.update(evaluate(_unwrap(model), run.test_set, device=device,
                                     batch_size=cfg.train.eval_batch_size,
                                     num_classes=run.num_classes, dist=dist,
                                     channels_last=cfg.train.channels_last, autocast=autocast))

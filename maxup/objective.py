@@ -201,6 +201,8 @@ class MaxUpLoss:
             ts: (m·B, K) their soft targets.
             m: number of copies stacked in ``xs``.
         """
+        # A DDP wrapper is bypassed: selection is local to each worker, with no collectives.
+        model = getattr(model, "module", model)
         ctx = eval_mode(model) if self.bn == "eval" else frozen_batchnorm_stats(model)
         size = xs.shape[0] if self.chunk is None else (xs.shape[0] // m) * self.chunk
         out = []

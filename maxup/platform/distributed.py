@@ -1,0 +1,152 @@
+"""Data-parallel training on Ray Train (v2): the same engine, run by every worker.
+
+``train_distributed(config, out_dir)`` starts a ``TorchTrainer`` with ``train.workers``
+workers (DDP over gloo on CPU, NCCL on GPU). Each worker runs :func:`maxup.engine.train`
+with a :class:`~maxup.engine.DistContext`; the engine shards the training set by rank
+(per-rank seeds differ), splits the global ``train.batch_size`` across workers, evaluates on
+a shard per rank and all-reduces the sums, and lets only rank 0 write files. MaxUp's selection
+stays per example and local to each worker: no extra communication.
+
+Checkpoints go through ``ray.train.report(..., checkpoint=...)`` every
+``train.checkpoint_every`` epochs and come back through ``ray.train.get_checkpoint()`` after a
+worker or node failure (``FailureConfig(max_failures)``). A checkpoint only commits when the
+controller polls, so a restarted group may resume from an older checkpoint than the last one
+written; the history travels inside the checkpoint, so the record still shows each epoch
+exactly once. The Train run has a fixed name inside ``out_dir``, so running the same command
+again (or a restored Tune trial) resumes from the latest committed checkpoint.
+
+Worker-group size: fixed ``train.workers`` by default — a fixed group trains exactly the
+configured data-parallel layout, so results do not depend on what the cluster had free. Set
+``train.min_workers`` for elastic sizing (min..workers): after ``train.start_timeout_s`` the
+group starts with what is available instead of waiting forever for a lost node.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from maxup import records
+from maxup.config import RunConfig, from_dict, to_dict
+
+RUN_NAME = "ray_train"
+MAX_FAILURES = 3
+
+
+def _worker_loop(loop_config: dict) -> None:
+    """Runs in every Ray Train worker: restore the latest checkpoint, then the engine."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from maxup.engine import DistContext, train
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.set_num_threads(max(1, int(loop_config.get("threads", 1))))
+    out_dir = Path(loop_config["out_dir"])
+    local = Path(tempfile.mkdtemp(prefix=f"maxup-rank{rank}-"))
+    checkpoint_in = None
+    restored = ray.train.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as d:
+            checkpoint_in = local / "restored.pt"
+            shutil.copyfile(Path(d) / "last.pt", checkpoint_in)
+
+    def report(metrics: dict, checkpoint_dir) -> None:
+        scalars = {k: v for k, v in metrics.items() if isinstance(v, int | float | bool)}
+        if checkpoint_dir is not None and rank == 0:
+            # Copy so Ray can upload it while the engine overwrites last.pt next epoch.
+            stage = Path(tempfile.mkdtemp(prefix="maxup-ckpt-", dir=local))
+            shutil.copyfile(Path(checkpoint_dir) / "last.pt", stage / "last.pt")
+            ray.train.report(scalars, checkpoint=ray.train.Checkpoint.from_directory(stage))
+        else:
+            ray.train.report(scalars)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(out_dir / "log.txt", "a") if rank == 0 else open(os.devnull, "w") as fh:
+            def log(line: str) -> None:
+                fh.write(line + "\n")
+                fh.flush()
+
+            train(loop_config["config"], out_dir, reporter=report,
+                  resume=checkpoint_in is not None,
+                  dist=DistContext(rank=rank, world_size=world, device=device),
+                  record_path=loop_config.get("record_path"),
+                  record_extra=loop_config.get("record_extra"), checkpoint_in=checkpoint_in,
+                  log=log)
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+
+
+def train_distributed(config: dict | RunConfig, out_dir: str | Path, *, resume: bool = True,
+                      record_path: str | Path | None = None, record_extra: dict | None = None,
+                      reporter=None, cpus_per_worker: float = 1.0) -> dict:
+    """Train one run data-parallel on Ray Train and return its record.
+
+    Args:
+        config: run config with ``train.workers > 1``.
+        out_dir: run directory (must be shared by all nodes on a multi-node cluster).
+        resume: continue from the Train run's latest committed checkpoint, if any.
+        record_path, record_extra: as in :func:`maxup.engine.train`.
+        reporter: forwarded per-epoch metrics (a Tune trial passes ``tune.report``).
+        cpus_per_worker: CPUs each worker holds.
+    """
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
+    from ray.train import RunConfig as TrainRunConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    cfg = config if isinstance(config, RunConfig) else from_dict(config)
+    out_dir = Path(out_dir).resolve()
+    record_path = Path(record_path).resolve() if record_path else out_dir / "record.json"
+    storage = out_dir / RUN_NAME
+    if not resume and storage.exists():
+        shutil.rmtree(storage)
+    if not ray.is_initialized():
+        start_local_ray(cfg.train.start_timeout_s)
+    use_gpu = cfg.train.device == "cuda" or (cfg.train.device == "auto" and
+                                             ray.cluster_resources().get("GPU", 0) > 0)
+    workers = cfg.train.workers
+    num_workers = workers if cfg.train.min_workers is None else (cfg.train.min_workers, workers)
+    callbacks = []
+    if reporter is not None:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        callbacks.append(TuneReportCallback())
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={"config": to_dict(cfg), "out_dir": str(out_dir),
+                           "record_path": str(record_path), "record_extra": record_extra,
+                           "threads": cpus_per_worker},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": cpus_per_worker}),
+        run_config=TrainRunConfig(
+            name=RUN_NAME, storage_path=str(out_dir),
+            failure_config=FailureConfig(max_failures=MAX_FAILURES),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
+        ),
+    )
+    trainer.fit()
+    rec = records.read_record(record_path)
+    if rec is None:
+        raise RuntimeError(f"the Ray Train run finished without writing {record_path}")
+    return rec
+
+
+def start_local_ray(start_timeout_s: float = 60.0) -> None:
+    """Start an embedded, private local Ray (loopback, no dashboard, token auth left on)."""
+    import ray
+
+    env = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(start_timeout_s),
+           "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get(
+               "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")}
+    os.environ.update(env)
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+             logging_level="WARNING", runtime_env={"env_vars": env})
