@@ -76,8 +76,8 @@ def print_plan(spec, trials, storage: Path, cpus: float | None) -> None:
 
 
 def _print_table(results: Path) -> None:
-    try:
-        from maxup.analysis.cli import print_tables_for
-    except ImportError:
-        return
-    print_tables_for(results)
+    from maxup.analysis.cli import run_tables
+
+    print()
+    run_tables(argparse.Namespace(results=str(results), table=None, format="md",
+                                  vs_paper=False, out=None))
