@@ -44,9 +44,10 @@ def run(args: argparse.Namespace) -> int:
                          "shared by all nodes (local disk or an NFS mount)")
     storage = Path(args.storage.removeprefix("file://"))
     cpus = float(os.cpu_count() or 1) if not args.address else None
-    check_space(spec, trials, cpus, 0.0 if not args.address else None)
+    gpus = local_gpus() if not args.address else None
+    check_space(spec, trials, cpus, gpus)
     if args.dry_run:
-        print_plan(spec, trials, storage, cpus)
+        print_plan(spec, trials, storage, cpus, gpus)
         return 0
     from maxup.platform.sweep import run_sweep
 
@@ -59,7 +60,15 @@ def run(args: argparse.Namespace) -> int:
     return 0 if not summary.failed and not summary.interrupted else 1
 
 
-def print_plan(spec, trials, storage: Path, cpus: float | None) -> None:
+def local_gpus() -> float:
+    """GPUs the embedded local Ray will see (CUDA devices visible to this process)."""
+    import torch
+
+    return float(torch.cuda.device_count())
+
+
+def print_plan(spec, trials, storage: Path, cpus: float | None,
+               gpus: float | None = None) -> None:
     from maxup.platform.space import max_concurrent, trial_cpus
 
     axes = spec.varying_axes()
@@ -70,7 +79,8 @@ def print_plan(spec, trials, storage: Path, cpus: float | None) -> None:
     for i, t in enumerate(trials):
         print(f"{i:>3}  {t.trial_id}  " + "  ".join(str(t.axes[a]).ljust(widths[a]) for a in axes))
     need = trial_cpus(spec, trials[0].config)
-    slots = max_concurrent(spec, trials, cpus or need * spec.concurrency, 0.0)
+    slots = max_concurrent(spec, trials, cpus or need * spec.concurrency,
+                           gpus if gpus is not None else spec.gpus_per_trial * spec.concurrency)
     print(f"resources: {need:g} CPU and {spec.gpus_per_trial:g} GPU per trial; "
           f"{slots} trial(s) at a time" + (f" on this machine's {cpus:g} CPUs" if cpus else ""))
 
