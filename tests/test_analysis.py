@@ -413,10 +413,14 @@ def test_generic_sweep_table(tmp_path):
     assert [t.id for t in tables] == ["sweep"]
     t = tables[0]
     assert [lab for _, lab in t.rows] == ["m=1", "m=4"]
-    assert t.cell(1, 2).mean == pytest.approx(np.mean(mx) - np.mean(base))
-    assert t.cell(1, 3).mean == pytest.approx(stats.ttest_ind(mx, base, equal_var=False).pvalue)
+    assert t.cell(1, 4).mean == pytest.approx(np.mean(mx) - np.mean(base))
+    assert t.cell(1, 5).mean == pytest.approx(stats.ttest_ind(mx, base, equal_var=False).pvalue)
     assert t.cell(1, 1).mean == pytest.approx(np.mean(mx) + 1)
+    half = stats.t.ppf(0.975, len(mx) - 1) * np.std(mx, ddof=1) / np.sqrt(len(mx))
+    assert t.cell(1, 3).ci_low == pytest.approx(np.mean(mx) - half)
+    assert t.cell(1, 2).n == len(mx)
     md = render(t, "md")
+    assert f"| 3 | [{np.mean(mx) - half:.2f}, {np.mean(mx) + half:.2f}] |" in md
     assert "Sweep quick" in md and f"{np.mean(mx):.2f} ± {np.std(mx, ddof=1):.2f} (n=3)" in md
     assert f"{np.mean(mx) - np.mean(base):+.2f}" in md
     assert sweep_table(df, "quick").rows == t.rows

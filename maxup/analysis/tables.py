@@ -75,8 +75,8 @@ class Column:
     Args:
         label: header text.
         key: the axis value (method key, model name, metric, radius) or a name.
-        kind: ``"stat"`` (mean ± std (n)), ``"value"`` (one number), ``"delta"`` (signed) or
-            ``"p"`` (p-value).
+        kind: ``"stat"`` (mean ± std (n)), ``"value"`` (one number), ``"delta"`` (signed),
+            ``"p"`` (p-value), ``"n"`` (the cell's count) or ``"ci"`` (its 95% t-interval).
         rank: whether the best cell of the column is bolded.
         lower_is_better: which end is best.
     """
@@ -297,7 +297,9 @@ def sweep_table(df: pd.DataFrame, sweep: str | None = None, expected_n: int = 5)
     name = metric.split(".", 1)[1]
     unit = "%" if metric.endswith("acc") else "ppl"
     columns = [Column(f"final {name} ({unit})", metric, lower_is_better=lower),
-               Column(f"best {name} ({unit})", best_metric, lower_is_better=lower)]
+               Column(f"best {name} ({unit})", best_metric, lower_is_better=lower),
+               Column("n", "n", kind="n", rank=False),
+               Column("95% CI (final)", "ci", kind="ci", rank=False)]
     if cmp is not None:
         columns += [Column("Δ vs m=1", "diff", kind="delta", rank=False),
                     Column("Welch p", "p_value", kind="p", rank=False)]
@@ -307,6 +309,7 @@ def sweep_table(df: pd.DataFrame, sweep: str | None = None, expected_n: int = 5)
         label = ", ".join(f"{_short(a)}={_fmt_key(v)}" for a, v in zip(arms, key)) or "all"
         rows.append((key, label))
         cells[(i, 0)] = Cell(rec["mean"], rec["std"], rec["n"], rec["ci_low"], rec["ci_high"])
+        cells[(i, 2)] = cells[(i, 3)] = cells[(i, 0)]
         if best_agg is not None:
             b = best_agg.iloc[i]
             cells[(i, 1)] = Cell(b["mean"], b["std"], int(b["n"]), b["ci_low"], b["ci_high"])
@@ -317,8 +320,8 @@ def sweep_table(df: pd.DataFrame, sweep: str | None = None, expected_n: int = 5)
             hit = cmp[match]
             if len(hit):
                 h = hit.iloc[0]
-                cells[(i, 2)] = Cell(h["diff"], n=int(h["n"]))
-                cells[(i, 3)] = Cell(h["p_value"], n=int(h["n"]))
+                cells[(i, 4)] = Cell(h["diff"], n=int(h["n"]))
+                cells[(i, 5)] = Cell(h["p_value"], n=int(h["n"]))
     label = "(single runs)" if sweep is None and df.get("sweep") is not None and \
         df["sweep"].isna().all() else (sweep or _only_sweep(df))
     notes = []
@@ -397,6 +400,12 @@ def _cell_text(table: Table, col: Column, cell: Cell, pm: str, dash: str) -> str
         return f"{cell.mean:.3g}" if math.isfinite(cell.mean) else "n/a"
     if col.kind == "value":
         return _num(cell.mean, table.digits)
+    if col.kind == "n":
+        return str(cell.n)
+    if col.kind == "ci":
+        if not (math.isfinite(cell.ci_low) and math.isfinite(cell.ci_high)):
+            return "n/a"
+        return f"[{_num(cell.ci_low, table.digits)}, {_num(cell.ci_high, table.digits)}]"
     return _stat_text(cell, table.digits, table.expected_n, pm, dash)
 
 
