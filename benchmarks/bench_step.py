@@ -2,11 +2,14 @@
 
 Usage: ``.venv/bin/python benchmarks/bench_step.py [--reps 5] [--threads 2]``
 
-Every configuration runs in a fresh subprocess (``--one NAME``) so that its peak memory is its
-own: peak = ``ru_maxrss`` after the steps minus the resident size just before the first step
-(see ``benchmarks/_common.py``). A step is augmentation + loss + backward + SGD step on a fixed
-batch of 128 random 3x32x32 images, 10 classes, augmentation crop_flip+cutout (padding 4,
-Cutout 16). Time is the median of ``--reps`` steps after one warm-up step.
+Time: all configurations are built in ONE process and stepped round-robin (one warm-up round,
+then ``--reps`` timed rounds), so load from other processes on a shared machine hits every
+configuration alike; each configuration's time is the median of its ``--reps`` steps.
+Memory: every configuration also runs in a fresh subprocess (``--one NAME``, one warm-up and
+one measured step), so that its peak is its own: peak = ``ru_maxrss`` after the steps minus the
+resident size just before the first step (see ``benchmarks/_common.py``).
+A step is augmentation + loss + backward + SGD step on a fixed batch of 128 random 3x32x32
+images, 10 classes, augmentation crop_flip+cutout (padding 4, Cutout 16).
 
 Configurations: ``erm`` (MaxUp m = 1, i.e. standard augmentation training); ``fwd`` (one
 no-grad forward of the batch with BN in batch-stats mode, as in the selection pass);
@@ -22,11 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import subprocess
 import sys
 import time
 
-from _common import current_rss_mib, machine_description, median_time, peak_rss_mib
+from _common import current_rss_mib, machine_description, peak_rss_mib
 
 BATCH, CLASSES, SIZE = 128, 10, 32
 MS = (4, 10)
@@ -40,13 +45,11 @@ def configs() -> list[str]:
     return names
 
 
-def run_one(name: str, reps: int, threads: int) -> dict:
-    """Time one configuration in this process and measure its extra peak RSS.
+def build_step(name: str):
+    """Build one configuration's model, data and optimiser; return ``step()`` (no arguments).
 
     Args:
         name: one of :func:`configs`.
-        reps: timed steps (after one warm-up step).
-        threads: ``torch.set_num_threads`` value.
     """
     import torch
 
@@ -54,7 +57,6 @@ def run_one(name: str, reps: int, threads: int) -> dict:
     from maxup.models import build_model
     from maxup.objective import MaxUpLoss, frozen_batchnorm_stats
 
-    torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = build_model("resnet20", num_classes=CLASSES, in_channels=3, mean=(0.5,) * 3,
                         std=(0.25,) * 3)
@@ -64,34 +66,64 @@ def run_one(name: str, reps: int, threads: int) -> dict:
     y = torch.randint(0, CLASSES, (BATCH,))
     gen = torch.Generator().manual_seed(0)
     aug = Compose([CropFlip(4, CLASSES), Cutout(16, CLASSES)])
-    selection = []
 
     if name == "fwd":
         def step():
             with torch.no_grad(), frozen_batchnorm_stats(model):
                 model(x)
-    else:
-        parts = name.split("-")
-        m = 1 if parts[0] == "erm" else int(parts[1][1:])
-        mode = "naive" if parts[0] == "naive" else "efficient"
-        chunk = 1 if parts[-1] == "chunk1" else None
-        objective = MaxUpLoss(aug, m=m, num_classes=CLASSES, mode=mode, chunk=chunk)
+            return 0.0
+        return step
+    parts = name.split("-")
+    m = 1 if parts[0] == "erm" else int(parts[1][1:])
+    mode = "naive" if parts[0] == "naive" else "efficient"
+    chunk = 1 if parts[-1] == "chunk1" else None
+    objective = MaxUpLoss(aug, m=m, num_classes=CLASSES, mode=mode, chunk=chunk)
 
-        def step():
-            opt.zero_grad(set_to_none=True)
-            out = objective(model, x, y, gen)
-            out.loss.backward()
-            opt.step()
-            selection.append(out.selection_s)
+    def step():
+        opt.zero_grad(set_to_none=True)
+        out = objective(model, x, y, gen)
+        out.loss.backward()
+        opt.step()
+        return out.selection_s
+    return step
 
+
+def run_one(name: str, threads: int) -> dict:
+    """Peak extra RSS (MiB) of one configuration: one warm-up and one measured step, here.
+
+    Args:
+        name: one of :func:`configs`.
+        threads: ``torch.set_num_threads`` value.
+    """
+    import torch
+
+    torch.set_num_threads(threads)
+    step = build_step(name)
     rss0 = current_rss_mib()
-    t0 = time.perf_counter()
-    med, n, times = median_time(step, reps=reps, warmup=1)
-    sel = sorted(selection[1:])
-    return {"name": name, "median_ms": med * 1e3, "n": n, "min_ms": min(times) * 1e3,
-            "max_ms": max(times) * 1e3, "peak_mib": peak_rss_mib() - rss0,
-            "selection_ms": sel[len(sel) // 2] * 1e3 if sel else 0.0,
-            "total_s": time.perf_counter() - t0}
+    step()
+    step()
+    return {"name": name, "peak_mib": peak_rss_mib() - rss0}
+
+
+def time_all(reps: int, threads: int) -> dict:
+    """Median ms/step of every configuration, stepped round-robin in this process."""
+    import torch
+
+    torch.set_num_threads(threads)
+    steps = {name: build_step(name) for name in configs()}
+    times = {name: [] for name in steps}
+    selection = {name: [] for name in steps}
+    for rnd in range(1 + reps):
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            sel = step()
+            if rnd > 0:  # round 0 is the warm-up
+                times[name].append(time.perf_counter() - t0)
+                selection[name].append(sel)
+    return {name: {"median_ms": statistics.median(t) * 1e3, "n": len(t),
+                   "min_ms": min(t) * 1e3, "max_ms": max(t) * 1e3,
+                   "selection_ms": statistics.median(selection[name]) * 1e3}
+            for name, t in times.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,22 +133,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
-        print(json.dumps(run_one(args.one, args.reps, args.threads)))
+        print(json.dumps(run_one(args.one, args.threads)))
         return 0
 
     print(f"# bench_step: ResNet-20, batch {BATCH}, 3x{SIZE}x{SIZE}, {CLASSES} classes, "
-          f"crop_flip+cutout; median of {args.reps} steps after 1 warm-up; each config in a "
-          "fresh process")
+          f"crop_flip+cutout; median of {args.reps} round-robin steps after 1 warm-up "
+          "round; peak RSS of each config in a fresh process")
     print(f"# machine: {machine_description(args.threads)}")
+    t0 = time.perf_counter()
     res = {}
     for name in configs():
-        proc = subprocess.run([sys.executable, __file__, "--one", name, "--reps", str(args.reps),
+        proc = subprocess.run([sys.executable, __file__, "--one", name,
                                "--threads", str(args.threads)],
                               capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             print(proc.stderr, file=sys.stderr)
             return 1
         res[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name, timing in time_all(args.reps, args.threads).items():
+        res[name].update(timing)
+    print(f"# wall time {time.perf_counter() - t0:.0f} s; load average "
+          f"{' '.join(f'{v:.1f}' for v in os.getloadavg())} (other processes share the CPU)")
 
     print()
     print("| config | median ms/step | n | min–max ms | selection ms | peak MiB |")
