@@ -1,0 +1,439 @@
+"""`maxup sweep` end to end: records, resume after SIGKILL, failures, retries, the trial lock.
+
+Ray tests drive the real CLI in a subprocess (``python -m maxup sweep FILE --storage DIR``) so
+the embedded Ray is the sweep's own. Each subprocess gets its own short Ray temp dir
+(``RAY_TMPDIR``) and its own session (``start_new_session``): whatever Ray leaves behind is
+found by that session id and killed by pid. Never ``ray stop``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from maxup import records
+from maxup.platform.space import load_space
+from maxup.platform.sweep import SweepLayout, SweepSummary, plan
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+EPOCH_LINE = re.compile(r"^epoch\s+(\d+)/(\d+)", re.M)
+
+
+# --------------------------------------------------------------------------- helpers
+
+def write_space(path: Path, name: str, *, grid: str, epochs: int = 3, model: str = "mlp",
+                m: int = 1, seeds: int = 2, retries: int = 1, concurrency: int = 2) -> Path:
+    """A tiny search space on digits (bundled, no files), 1 CPU per trial."""
+    path.write_text(textwrap.dedent(f"""\
+        name: {name}
+        base:
+          model: {{name: {model}}}
+          data: {{name: digits}}
+          augment: {{ops: [gaussian], sigma: 0.3}}
+          maxup: {{m: {m}, warmup_epochs: 0}}
+          optim: {{lr: 0.05}}
+          train: {{epochs: {epochs}, batch_size: 64, device: cpu, progress: false,
+                   checkpoint_every: 1}}
+        seeds: {seeds}
+        resources: {{cpus_per_trial: 1}}
+        concurrency: {concurrency}
+        retries: {retries}
+        grid:
+        """) + textwrap.indent(textwrap.dedent(grid), "  "))
+    return path
+
+
+@pytest.fixture
+def ray_tmp():
+    """A short private Ray temp dir (Unix socket paths must stay under 107 bytes)."""
+    d = tempfile.mkdtemp(prefix="mxs", dir="/tmp")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _env(ray_tmp: str) -> dict:
+    return dict(os.environ, RAY_TMPDIR=ray_tmp, PYTHONUNBUFFERED="1",
+                RAY_USAGE_STATS_ENABLED="0")
+
+
+def sweep_cmd(space: Path, storage: Path, *extra: str) -> list[str]:
+    return [PYTHON, "-m", "maxup", "sweep", str(space), "--storage", str(storage), *extra]
+
+
+def run_cli(space: Path, storage: Path, ray_tmp: str, *extra: str, no_table: bool = True,
+            timeout: float = 200) -> subprocess.CompletedProcess:
+    """Run ``maxup sweep`` to the end in its own session; kill its leftovers afterwards."""
+    args = sweep_cmd(space, storage, *extra, *(["--no-table"] if no_table else []))
+    p = subprocess.Popen(args, cwd=ROOT, env=_env(ray_tmp), stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = p.communicate(timeout=timeout)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        kill_session(p.pid)
+    return subprocess.CompletedProcess(args, p.returncode, out, "")
+
+
+def session_processes(sid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of the live processes in session ``sid`` (zombies left out)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()  # state, ppid, pgrp, session, ...
+        if int(fields[3]) == sid and fields[0] != "Z":
+            out.append((int(entry.name), cmd))
+    return out
+
+
+def kill_session(sid: int, grace: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL, each process of session ``sid`` (started by this test only)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        procs = session_processes(sid)
+        for pid, _ in procs:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + grace
+        while procs and time.time() < deadline and session_processes(sid):
+            time.sleep(0.2)
+
+
+def read_records(storage: Path, name: str) -> dict[str, dict]:
+    out = {}
+    for f in sorted((storage / name / "records").glob("*.json")):
+        try:
+            out[f.stem] = json.loads(f.read_text())
+        except ValueError:  # never expected: records are written atomically
+            out[f.stem] = {"_unreadable": f.read_text()}
+    return out
+
+
+def log_epochs(storage: Path, name: str, tid: str) -> list[int]:
+    f = storage / name / "trials" / tid / "log.txt"
+    return [int(m.group(1)) for m in EPOCH_LINE.finditer(f.read_text())] if f.exists() else []
+
+
+def check_record(rec: dict, trial, sweep: str, epochs: int, status: str = "completed") -> None:
+    """A record per docs/records.md for ``trial`` of ``sweep``."""
+    keys = {"schema", "sweep", "trial_id", "status", "config", "seed", "axes", "paper_table",
+            "final", "best", "history", "timings", "environment", "failure", "certification",
+            "created", "updated"}
+    assert keys <= set(rec), keys - set(rec)
+    assert rec["schema"] == records.SCHEMA
+    assert rec["status"] == status
+    assert rec["sweep"] == sweep
+    assert rec["trial_id"] == trial.trial_id == records.trial_id(rec["config"])
+    assert rec["config"] == trial.config
+    assert rec["seed"] == trial.seed == rec["config"]["seed"]
+    assert rec["axes"] == json.loads(json.dumps(trial.axes))
+    if status == "completed":
+        assert [h["epoch"] for h in rec["history"]] == list(range(1, epochs + 1))
+        assert rec["failure"] is None
+        assert rec["final"]["epoch"] == epochs
+        assert 1 <= rec["best"]["epoch"] <= epochs
+        for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "wall_s"):
+            assert isinstance(rec["final"][key], float), key
+        assert rec["timings"]["wall_s"] > 0
+    for stamp in ("created", "updated"):
+        assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00$", rec[stamp])
+
+
+def no_epoch_twice(rec: dict) -> None:
+    epochs = [h["epoch"] for h in rec["history"]]
+    assert epochs == sorted(set(epochs)) and epochs == list(range(1, len(epochs) + 1)), epochs
+
+
+# --------------------------------------------------------------------------- no Ray
+
+def _fake_record(path: Path, status: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"schema": records.SCHEMA, "status": status}))
+
+
+def test_plan_skips_completed_and_failed_unless_rerun(tmp_path):
+    spec = load_space(write_space(tmp_path / "s.yaml", "p", grid="maxup.m: [1, 2]"))
+    trials = spec.expand()
+    layout = SweepLayout(tmp_path / "st" / "p")
+    _fake_record(layout.record(trials[0].trial_id), "completed")
+    _fake_record(layout.record(trials[1].trial_id), "failed")
+    _fake_record(layout.record(trials[2].trial_id), "running")
+    (layout.records / f"{trials[3].trial_id}.json").write_text("{half a rec")  # unreadable
+    pending, skipped = plan(spec, trials, layout, rerun_failed=False)
+    assert [t.trial_id for t in skipped] == [t.trial_id for t in trials[:2]]
+    assert [t.trial_id for t in pending] == [t.trial_id for t in trials[2:]]
+    pending, skipped = plan(spec, trials, layout, rerun_failed=True)
+    assert [t.trial_id for t in skipped] == [trials[0].trial_id]
+
+
+def test_summary_line():
+    s = SweepSummary(completed=["a", "b"], failed=["c"], skipped=["d"])
+    assert s.line() == "completed 2, failed 1, interrupted 0, skipped (already done) 1"
+
+
+_LOCK_CHILD = """
+import json, sys
+from maxup.platform.space import load_space
+from maxup.platform.sweep import SweepLayout, _trial_payload, run_trial
+spec = load_space(sys.argv[1])
+t = spec.expand()[0]
+rec = run_trial(_trial_payload(t), sys.argv[2], {"name": spec.name, "paper_table": None},
+                log_to=None)
+print("STATUS", rec["status"], flush=True)
+"""
+
+
+def test_trial_lock_keeps_a_second_process_out(tmp_path):
+    """While one process holds a trial's lock, another one waits and trains nothing."""
+    spec_path = write_space(tmp_path / "s.yaml", "lock", grid="maxup.m: [1]", epochs=2,
+                            seeds=1)
+    spec = load_space(spec_path)
+    tid = spec.expand()[0].trial_id
+    layout = SweepLayout(tmp_path / "st" / "lock")
+    layout.trial_dir(tid).mkdir(parents=True)
+    with open(layout.trial_dir(tid) / "lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        child = subprocess.Popen([PYTHON, "-c", _LOCK_CHILD, str(spec_path), str(layout.root)],
+                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True)
+        time.sleep(6)  # ample for imports + 2 tiny epochs had the lock not held it back
+        assert child.poll() is None
+        assert not layout.record(tid).exists()
+        assert log_epochs(layout.root.parent, "lock", tid) == []
+    out, _ = child.communicate(timeout=120)
+    assert child.returncode == 0, out
+    assert "STATUS completed" in out
+    assert log_epochs(layout.root.parent, "lock", tid) == [1, 2]
+
+
+# --------------------------------------------------------------------------- end to end
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_sweep_end_to_end_one_record_per_trial(tmp_path, ray_tmp):
+    space = write_space(tmp_path / "e2e.yaml", "e2e", grid="maxup.m: [1, 2]", epochs=3)
+    storage = tmp_path / "st"
+    trials = load_space(space).expand()
+    assert len(trials) == 4
+    res = run_cli(space, storage, ray_tmp)
+    assert res.returncode == 0, res.stdout[-3000:]
+    out = res.stdout
+    assert "sweep e2e: 4 trial(s) to run, 2 at a time" in out
+    for t in trials:
+        assert len(re.findall(rf"^\[start\]\s+{t.trial_id} \(", out, re.M)) == 1, out
+        assert len(re.findall(rf"^\[done\]\s+{t.trial_id} \(.*test acc", out, re.M)) == 1, out
+    assert re.search(r"^sweep finished in \d+s: completed 4, failed 0, interrupted 0, "
+                     r"skipped \(already done\) 0$", out, re.M), out
+    assert f"table: maxup tables {storage / 'e2e'}" in out
+
+    recs = read_records(storage, "e2e")
+    assert sorted(recs) == sorted(t.trial_id for t in trials)
+    for t in trials:
+        check_record(recs[t.trial_id], t, "e2e", epochs=3)
+        assert log_epochs(storage, "e2e", t.trial_id) == [1, 2, 3]
+        assert (storage / "e2e" / "trials" / t.trial_id / "checkpoints" / "last.pt").is_file()
+    sweep_json = json.loads((storage / "e2e" / "sweep.json").read_text())
+    assert [s["trial_id"] for s in sweep_json["trials"]] == [t.trial_id for t in trials]
+
+    # Again: everything is skipped, no Ray starts, nothing is rewritten; the table prints.
+    stamps = {k: (r["created"], r["updated"]) for k, r in recs.items()}
+    again = run_cli(space, storage, ray_tmp, no_table=False, timeout=120)
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert "trial(s) to run" not in again.stdout
+    assert "completed 0, failed 0, interrupted 0, skipped (already done) 4" in again.stdout
+    assert f"table: maxup tables {storage / 'e2e'}" in again.stdout
+    assert {k: (r["created"], r["updated"]) for k, r in
+            read_records(storage, "e2e").items()} == stamps
+
+
+# --------------------------------------------------------------------------- resume
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_resume_after_driver_sigkill(tmp_path, ray_tmp):
+    epochs = 10
+    space = write_space(tmp_path / "res.yaml", "res", grid="optim.lr: [0.05, 0.02]",
+                        epochs=epochs, model="small_cnn", m=4)
+    storage = tmp_path / "st"
+    trials = {t.trial_id: t for t in load_space(space).expand()}
+    driver = subprocess.Popen(sweep_cmd(space, storage, "--no-table"), cwd=ROOT,
+                              env=_env(ray_tmp), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    sid = driver.pid
+    try:
+        deadline = time.time() + 150
+        while True:
+            assert driver.poll() is None, "the sweep ended before it could be interrupted"
+            assert time.time() < deadline, "no trial completed while another was mid-run"
+            recs = read_records(storage, "res")
+            done = [k for k, r in recs.items() if r.get("status") == "completed"]
+            mid = [k for k, r in recs.items() if r.get("status") == "running"
+                   and 1 <= len(r["history"]) <= epochs - 3]
+            if done and mid:
+                break
+            time.sleep(0.1)
+        driver.kill()
+        driver.wait()
+        killed_at = time.time()
+
+        # What the driver leaves: its GCS and raylet go with it; the trial workers notice the
+        # raylet is gone and exit on their own; Ray's dashboard and runtime-env agents stay.
+        def workers():
+            return [p for p in session_processes(sid) if "ImplicitFunc" in p[1]
+                    or "default_worker" in p[1]]
+        while workers() and time.time() < killed_at + 20:
+            time.sleep(0.2)
+        assert not workers(), f"trial workers outlived the driver: {workers()}"
+        leftovers = session_processes(sid)
+        names = sorted({cmd.split()[0] for _, cmd in leftovers})
+        print(f"orphans {time.time() - killed_at:.1f}s after the driver's SIGKILL: {names}")
+        assert not any("raylet" in n or "gcs_server" in n for n in names), names
+    finally:
+        kill_session(sid)
+
+    # A dead worker trains no more: the snapshot taken now is what the rerun starts from.
+    at_kill = read_records(storage, "res")
+    logs_at_kill = {k: log_epochs(storage, "res", k) for k in trials}
+    time.sleep(1.5)
+    assert {k: log_epochs(storage, "res", k) for k in trials} == logs_at_kill
+    completed = {k for k, r in at_kill.items() if r["status"] == "completed"}
+    interrupted = {k for k, r in at_kill.items() if r["status"] == "running" and r["history"]}
+    assert completed and interrupted
+
+    res = run_cli(space, storage, ray_tmp)
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert f"skipped (already done) {len(completed)}" in res.stdout
+    assert f"completed {len(trials) - len(completed)}, failed 0, interrupted 0" in res.stdout
+
+    recs = read_records(storage, "res")
+    assert sorted(recs) == sorted(trials)  # exactly one record per trial
+    for tid, rec in recs.items():
+        check_record(rec, trials[tid], "res", epochs=epochs)
+        no_epoch_twice(rec)
+    for tid in completed:  # not rerun
+        assert (recs[tid]["created"], recs[tid]["updated"]) == (at_kill[tid]["created"],
+                                                                at_kill[tid]["updated"])
+        assert log_epochs(storage, "res", tid) == logs_at_kill[tid]
+        assert "resumed" not in (storage / "res" / "trials" / tid / "log.txt").read_text()
+    for tid in interrupted:  # resumed from its checkpoint, not from scratch
+        last = at_kill[tid]["history"][-1]["epoch"]
+        log = (storage / "res" / "trials" / tid / "log.txt").read_text()
+        resumed = re.findall(r"^resumed from .*last\.pt after epoch (\d+)$", log, re.M)
+        assert [int(e) for e in resumed] == [last], log
+        after = log_epochs(storage, "res", tid)[len(logs_at_kill[tid]):]
+        assert after == list(range(last + 1, epochs + 1)), log
+        assert recs[tid]["created"] == at_kill[tid]["created"]
+
+
+# --------------------------------------------------------------------------- failures
+
+@pytest.fixture(scope="module")
+def failing_sweep(tmp_path_factory):
+    """One sweep, three trials: ok, NaN loss (sigma 1e30), raises (data root missing).
+
+    Run three times: first; again (failed ones skipped); again with --rerun-failed.
+    """
+    tmp = tmp_path_factory.mktemp("fail")
+    missing = tmp / "no-such-data"
+    space = write_space(tmp / "fail.yaml", "fail", epochs=2, seeds=1, retries=2, grid=f"""\
+        case:
+          ok: {{augment.sigma: 0.3}}
+          nan: {{augment.sigma: 1.0e+30}}
+          boom: {{data.name: fashion_mnist, data.root: {missing}}}
+        """)
+    storage = tmp / "st"
+    ray_tmp = tempfile.mkdtemp(prefix="mxs", dir="/tmp")
+    try:
+        runs = {"first": run_cli(space, storage, ray_tmp)}
+        runs["first_records"] = read_records(storage, "fail")
+        runs["again"] = run_cli(space, storage, ray_tmp, timeout=120)
+        runs["again_records"] = read_records(storage, "fail")
+        runs["rerun"] = run_cli(space, storage, ray_tmp, "--rerun-failed")
+        runs["rerun_records"] = read_records(storage, "fail")
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    by_case = {t.axes["case"]: t for t in load_space(space).expand()}
+    return runs, by_case, storage
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_nonfinite_loss_fails_its_trial_only(failing_sweep):
+    runs, case, storage = failing_sweep
+    first, recs = runs["first"], runs["first_records"]
+    assert first.returncode == 1, first.stdout[-3000:]
+    assert re.search(r"^sweep finished in \d+s: completed 1, failed 2, interrupted 0, "
+                     r"skipped \(already done\) 0$", first.stdout, re.M), first.stdout[-3000:]
+    check_record(recs[case["ok"].trial_id], case["ok"], "fail", epochs=2)
+    nan = recs[case["nan"].trial_id]
+    check_record(nan, case["nan"], "fail", epochs=2, status="failed")
+    assert nan["failure"]["reason"] == "non-finite loss"
+    assert nan["failure"]["epoch"] == 1 and nan["failure"]["value"] in ("nan", "inf", "-inf")
+    assert f"FAILED {case['nan'].trial_id}: non-finite loss" in first.stdout
+    assert re.search(rf"^\[failed\] {case['nan'].trial_id} .*non-finite loss", first.stdout,
+                     re.M), first.stdout[-3000:]
+    assert "table: maxup tables" in first.stdout
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_raising_trial_is_retried_then_failed_with_the_exception(failing_sweep):
+    runs, case, storage = failing_sweep
+    first, recs = runs["first"], runs["first_records"]
+    boom = recs[case["boom"].trial_id]
+    check_record(boom, case["boom"], "fail", epochs=2, status="failed")
+    assert boom["failure"]["reason"].startswith("DataError: data.root:"), boom["failure"]
+    assert "no-such-data" in boom["failure"]["reason"]
+    assert "Traceback" in boom["failure"]["detail"]
+    assert boom["history"] == []
+    assert re.search(rf"^\[error\]\s+{case['boom'].trial_id} ", first.stdout, re.M)
+    # retries: 2 → three attempts; Tune's own trial directory keeps one error file per trial,
+    # and its status table counts the failures.
+    attempts = re.findall(rf"\| {case['boom'].trial_id} .*?\|\s+(\d+) \| .*error\.txt",
+                          first.stdout)
+    assert attempts and int(attempts[-1]) == 3, first.stdout[-4000:]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_failed_trials_skipped_unless_rerun_failed(failing_sweep):
+    runs, case, storage = failing_sweep
+    again, rerun = runs["again"], runs["rerun"]
+    # Without --rerun-failed: nothing runs, nothing is rewritten.
+    assert "trial(s) to run" not in again.stdout
+    assert "skipping 3 trial(s) with a completed or failed record" in again.stdout
+    assert runs["again_records"] == runs["first_records"]
+    # With it: the two failed trials run again and fail again, deterministically.
+    assert rerun.returncode == 1, rerun.stdout[-3000:]
+    assert "sweep fail: 2 trial(s) to run" in rerun.stdout
+    assert "completed 0, failed 2, interrupted 0, skipped (already done) 1" in rerun.stdout
+    recs = runs["rerun_records"]
+    assert sorted(recs) == sorted(t.trial_id for t in case.values())
+    assert recs[case["ok"].trial_id] == runs["first_records"][case["ok"].trial_id]
+    for name in ("nan", "boom"):
+        old, new = runs["first_records"][case[name].trial_id], recs[case[name].trial_id]
+        assert new["status"] == "failed"
+        assert new["updated"] >= old["updated"]
+        assert {k: v for k, v in new["failure"].items() if k != "detail"} == \
+            {k: v for k, v in old["failure"].items() if k != "detail"}
