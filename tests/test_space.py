@@ -309,3 +309,14 @@ def test_regression_local_gpus_counted(tmp_path, capsys, monkeypatch):
     assert main(["sweep", str(path), "--dry-run", "--storage", str(tmp_path / "s")]) == 2
     assert "resources.gpus_per_trial" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+def test_regression_empty_base_section_keeps_base_config(tmp_path):
+    from maxup.platform.space import load_space
+
+    base = tmp_path / "base.yaml"
+    base.write_text("certify: {enabled: true, n: 123}\ntrain: {epochs: 2}\n")
+    space = tmp_path / "s.yaml"
+    space.write_text("name: s\nbase_config: base.yaml\nbase: {certify: {}}\nseeds: 1\n")
+    trial = load_space(space).expand()[0]
+    assert trial.config["certify"]["enabled"] is True and trial.config["certify"]["n"] == 123

@@ -202,7 +202,8 @@ def load_space(path: str | Path) -> SweepSpec:
 def _flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
-        if isinstance(v, dict) and v:
+        if isinstance(v, dict):
+            # An empty mapping (`certify: {}`) adds nothing; it must not wipe base_config's.
             out.update(_flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
