@@ -558,3 +558,21 @@ def test_cli_table_sweep_and_csv_out(tmp_path, capsys):
     cell = next(r for r in rows if r["row"] == "m=4" and r["column"].startswith("final"))
     assert float(cell["mean"]) == pytest.approx(85.4 + 0.025)
     assert "Sweep fashion" not in capsys.readouterr().err
+
+
+def test_regression_resnet50_of_imagenet_sweep_fills_table1(tmp_path):
+    """The ImageNet sweep marks its records paper_table "2"; its ResNet-50 rows are Table 1's."""
+    recs = [make_record(78.6, model="resnet50", dataset="imagenet", ops=["cutmix"],
+                        paper_table="2", test_top5=94.0),
+            make_record(78.9, m=4, model="resnet50", dataset="imagenet", ops=["cutmix"],
+                        paper_table="2", test_top5=94.2),
+            make_record(80.0, m=4, model="resnet101", dataset="imagenet", ops=["cutmix"],
+                        paper_table="2", test_top5=95.0)]
+    df = load_records(write_all(tmp_path, recs))
+    from maxup.analysis.specs import SPECS
+
+    t1 = build_table(df, SPECS["1"])
+    assert [t1.cell(i, 0).mean for i in range(2)] == [78.6, 78.9]
+    t2 = build_table(df, SPECS["2"])
+    row = [key for key, _ in t2.rows].index("resnet101")
+    assert t2.cell(row, 1).mean == 80.0
