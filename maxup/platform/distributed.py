@@ -23,6 +23,7 @@ group starts with what is available instead of waiting forever for a lost node.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -133,20 +134,52 @@ def train_distributed(config: dict | RunConfig, out_dir: str | Path, *, resume: 
             callbacks=callbacks,
         ),
     )
-    trainer.fit()
+    with _train_env(cfg.train.start_timeout_s):
+        trainer.fit()
     rec = records.read_record(record_path)
     if rec is None:
         raise RuntimeError(f"the Ray Train run finished without writing {record_path}")
     return rec
 
 
+@contextlib.contextmanager
+def _train_env(start_timeout_s: float):
+    """Set the Train v2 knobs in this (driver) process's environment while ``fit()`` runs.
+
+    Train v2 reads them from the driver's ``os.environ`` when ``fit()`` starts the controller
+    and passes them on to the controller and workers, so this works whoever started Ray (a
+    joined cluster, a Tune trial, an earlier run with another timeout); the previous values
+    are restored afterwards.
+    """
+    env = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(start_timeout_s),
+           "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get(
+               "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def start_local_ray(start_timeout_s: float = 60.0) -> None:
-    """Start an embedded, private local Ray (loopback, no dashboard, token auth left on)."""
+    """Start an embedded, private local Ray (no dashboard, token auth left on).
+
+    ``address="local"`` always starts a new instance: a plain ``ray.init()`` would instead
+    join whatever ``RAY_ADDRESS`` or the host's last ``ray start`` cluster names. Ray's GCS,
+    raylet and workers still listen on all interfaces (Ray 2.60 offers no loopback-only
+    mode; ``_node_ip_address="127.0.0.1"`` is rewritten to the node's IP); token
+    authentication guards them.
+    """
     import ray
 
     env = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(start_timeout_s),
            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get(
                "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")}
     os.environ.update(env)
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-             logging_level="WARNING", runtime_env={"env_vars": env})
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+             log_to_driver=False, logging_level="WARNING", runtime_env={"env_vars": env})
