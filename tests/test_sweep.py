@@ -408,10 +408,12 @@ def test_raising_trial_is_retried_then_failed_with_the_exception(failing_sweep):
     assert "Traceback" in boom["failure"]["detail"]
     assert boom["history"] == []
     assert re.search(rf"^\[error\]\s+{case['boom'].trial_id} ", first.stdout, re.M)
-    # retries: 2 → three attempts; Tune's own trial directory keeps one error file per trial,
-    # and its status table counts the failures.
-    attempts = re.findall(rf"\| {case['boom'].trial_id} .*?\|\s+(\d+) \| .*error\.txt",
-                          first.stdout)
+    # retries: 2 → three attempts, counted in Tune's table of errored trials (by Tune's name).
+    tune_name = re.findall(rf"^\| (\S+) +\| ERROR +\| .*\| {case['boom'].trial_id} \|",
+                           first.stdout, re.M)
+    assert tune_name, first.stdout[-4000:]
+    attempts = re.findall(rf"^\| {tune_name[-1]} +\| +(\d+) \| .*error\.txt", first.stdout,
+                          re.M)
     assert attempts and int(attempts[-1]) == 3, first.stdout[-4000:]
 
 
