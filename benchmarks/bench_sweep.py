@@ -8,6 +8,7 @@ Usage: .venv/bin/python benchmarks/bench_sweep.py [--reps 3] [--epochs 15]
    prints is time-stamped as it arrives, which splits the sweep's wall into: Ray start
    (process start → the "N trial(s) to run" line, printed right after ``ray.init``), the
    Tune phase (that line → "sweep finished"), and the exit (→ process end: Ray shutdown).
+   The bare process uses one torch thread, as a trial with ``cpus_per_trial: 1`` does.
    Per-trial overhead = Tune phase − the bare ``train()`` call (both include building data
    and model; the Tune phase adds the actor start, the worker's imports, Tune's scheduling,
    per-epoch ``tune.report`` and the record/log writes on top). The bare process's imports
@@ -45,6 +46,8 @@ TARGET_EFFICIENCY = 0.9
 _BARE = """
 import json, sys, time
 t0 = time.perf_counter()
+import torch
+torch.set_num_threads(1)  # as the sweep's trial does with cpus_per_trial: 1
 from maxup.engine import train
 from maxup.platform.space import load_space
 t1 = time.perf_counter()

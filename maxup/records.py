@@ -138,7 +138,14 @@ def build_record(*, config: dict, history: list[dict], status: str, timings: dic
 
 
 def write_record(path: str | os.PathLike, record: dict) -> Path:
-    """Write a record atomically."""
+    """Write a record atomically, keeping the ``created`` time of the record it replaces.
+
+    A run rewrites its record after every epoch; ``created`` stays the time of the first
+    write of that trial's record (``record["created"]`` is updated in place to match).
+    """
+    old = read_record(path)
+    if old and old.get("trial_id") == record.get("trial_id") and old.get("created"):
+        record["created"] = old["created"]
     return atomic_write_json(path, record)
 
 

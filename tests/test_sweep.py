@@ -439,3 +439,29 @@ def test_failed_trials_skipped_unless_rerun_failed(failing_sweep):
         assert new["updated"] >= old["updated"]
         assert {k: v for k, v in new["failure"].items() if k != "detail"} == \
             {k: v for k, v in old["failure"].items() if k != "detail"}
+
+
+def test_regression_record_created_kept_across_rewrites(tmp_path, monkeypatch):
+    """The engine rewrites the record each epoch; ``created`` must stay the first write's."""
+    config = load_space(write_space(tmp_path / "s.yaml", "c", grid="maxup.m: [1]",
+                                    seeds=1)).expand()[0].config
+    path = tmp_path / "records" / "r.json"
+    clock = iter(range(60))
+    monkeypatch.setattr(records, "now", lambda: f"2026-01-01T00:00:{next(clock):02d}+00:00")
+    env = {"device": "cpu"}
+    first = records.build_record(config=config, history=[], status="running", timings={},
+                                 env=env)
+    records.write_record(path, first)
+    second = records.build_record(config=config, history=[], status="completed", timings={},
+                                  env=env)
+    records.write_record(path, second)
+    on_disk = records.read_record(path)
+    assert on_disk["created"] == second["created"] == first["created"]
+    assert on_disk["updated"] == second["updated"] > first["updated"]
+    other = dict(config, seed=config["seed"] + 1)  # another trial's record is not inherited
+    path2 = tmp_path / "records" / "r2.json"
+    path2.write_text(path.read_text())
+    monkeypatch.setattr(records, "now", lambda: "2026-02-02T00:00:00+00:00")
+    records.write_record(path2, records.build_record(config=other, history=[],
+                                                     status="running", timings={}, env=env))
+    assert records.read_record(path2)["created"] == "2026-02-02T00:00:00+00:00"
