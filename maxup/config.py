@@ -95,7 +95,7 @@ class MaxUpConfig:
     mode: Literal["efficient", "naive"] = "efficient"
     bn: Literal["batch_stats", "eval"] = "batch_stats"
     warmup_epochs: int = 0  # epochs of standard augmentation before MaxUp (paper: 5 from scratch)
-    chunk: int | None = None  # copies per selection forward; None: all m in one pass
+    chunk: int | None = 2  # copies per selection forward (bounds its memory); None: all m
 
     def validate(self) -> None:
         _check(self.m >= 1, "maxup.m", self.m, "an int >= 1")

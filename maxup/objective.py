@@ -112,7 +112,10 @@ class MaxUpLoss:
         num_classes: K, for turning class indices into one-hot targets.
         mode: ``"efficient"`` (no-grad selection, then one grad forward) or ``"naive"``.
         bn: ``"batch_stats"`` or ``"eval"``: BatchNorm behaviour in the selection pass.
-        chunk: copies per selection forward (None: all m in one pass of m·B images).
+        chunk: copies per selection forward (None: all m in one pass of m·B images). The
+            default 2 bounds the selection pass's memory at two batches' worth of one layer's
+            activations whatever m is (all m at once measured 2.1× an ERM step's peak at
+            m = 10; chunks of 2 stay within ERM's — BENCHMARKS.md).
         autocast: optional context-manager factory wrapping forwards (bf16 on GPU).
 
     Example::
@@ -123,7 +126,7 @@ class MaxUpLoss:
     """
 
     def __init__(self, augmentation: Augmentation, m: int, num_classes: int, *,
-                 mode: str = "efficient", bn: str = "batch_stats", chunk: int | None = None,
+                 mode: str = "efficient", bn: str = "batch_stats", chunk: int | None = 2,
                  autocast=None):
         if m < 1:
             raise ValueError(f"m must be >= 1, got {m}")
