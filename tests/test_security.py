@@ -113,8 +113,11 @@ def _kind(pid: int) -> str:
 
 LOOPBACK = {"127.0.0.1", "::1"}
 #: What Ray 2.60 binds beyond loopback whatever ray.init is told (measured; see module doc).
+#: ``dashboard`` here is the head process Ray starts even with ``include_dashboard=False``:
+#: ``--disable-frontend --modules-to-load=UsageStatsHead``, a gRPC port on 0.0.0.0 and no
+#: HTTP frontend; ``monitor.py`` is the autoscaler monitor (a metrics port on 0.0.0.0).
 RAY_ALWAYS_WIDE = {"driver", "gcs_server", "raylet", "worker", "DashboardAgent",
-                   "RuntimeEnvAgent"}
+                   "RuntimeEnvAgent", "dashboard", "monitor.py"}
 
 
 def _ray_processes() -> set[int]:
@@ -165,9 +168,12 @@ def _check_embedded_ray() -> None:
         return os.getpid()
 
     ray.get(pid.remote())  # at least one worker is up
-    listeners = _listeners(_ray_processes())
+    pids = _ray_processes()
+    listeners = _listeners(pids)
     kinds = {k for k, _, _ in listeners}
-    assert "dashboard" not in kinds
+    for pid in pids:  # the reduced head process Ray always starts: no web frontend
+        if _kind(pid) == "dashboard":
+            assert "--disable-frontend" in _cmdline(pid)
     assert not [x for x in listeners if x[2] == 8265]
     assert "ray_client_server" not in kinds
     wide = sorted(x for x in listeners if x[1] not in LOOPBACK)
@@ -186,11 +192,27 @@ def no_ray(monkeypatch):
 
 
 @pytest.mark.ray
-def test_start_local_ray_token_auth_no_dashboard(no_ray):
+def test_start_local_ray_token_auth_no_dashboard(no_ray, monkeypatch):
+    from ray._common.usage.usage_lib import usage_stats_enabled
+
     from maxup.platform.distributed import start_local_ray
 
+    monkeypatch.delenv("RAY_USAGE_STATS_ENABLED", raising=False)
     start_local_ray(30.0)
     _check_embedded_ray()
+    # Ray's usage-stats reporting is off in every process the embedded Ray started.
+    assert not usage_stats_enabled()
+    checked = set()
+    for pid in _ray_processes() - {os.getpid()}:
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if not any(b"=" in e for e in environ):
+            continue  # setproctitle reused the environ area (ray::DashboardAgent): unreadable
+        assert b"RAY_USAGE_STATS_ENABLED=0" in environ, _cmdline(pid)
+        checked.add(_kind(pid))
+    assert {"gcs_server", "raylet"} <= checked, checked
 
 
 @pytest.mark.ray

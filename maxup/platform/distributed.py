@@ -173,7 +173,8 @@ def start_local_ray(start_timeout_s: float = 60.0) -> None:
     join whatever ``RAY_ADDRESS`` or the host's last ``ray start`` cluster names. Ray's GCS,
     raylet and workers still listen on all interfaces (Ray 2.60 offers no loopback-only
     mode; ``_node_ip_address="127.0.0.1"`` is rewritten to the node's IP); token
-    authentication guards them.
+    authentication guards them. Ray's usage-stats reporting (on unless disabled explicitly)
+    is turned off unless ``RAY_USAGE_STATS_ENABLED`` says otherwise.
     """
     import ray
 
@@ -181,5 +182,6 @@ def start_local_ray(start_timeout_s: float = 60.0) -> None:
            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get(
                "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")}
     os.environ.update(env)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
              log_to_driver=False, logging_level="WARNING", runtime_env={"env_vars": env})
