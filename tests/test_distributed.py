@@ -528,3 +528,46 @@ def test_node_lost_mid_run_replaced_completes(two_node_cluster, tmp_path):
     assert done_before < SLOW["train"]["epochs"]
     _assert_complete(box["value"], SLOW["train"]["epochs"])
     assert "resumed from" in (out / "log.txt").read_text()
+
+
+def test_regression_staged_checkpoints_do_not_pile_up(monkeypatch, tmp_path):
+    """Each reported checkpoint is staged as a copy; the copies used to stay in the worker's
+    temp dir until the run ended (one full checkpoint per epoch). Now at most one exists, and
+    only while ``ray.train.report`` runs. ``_worker_loop`` runs here in-process, world size 1,
+    with Ray Train's worker-side calls replaced."""
+    import tempfile
+
+    import ray.train
+    import ray.train.torch
+
+    from maxup.platform import distributed
+
+    class Ctx:
+        def get_world_rank(self):
+            return 0
+
+        def get_world_size(self):
+            return 1
+
+    staged_during_report = []
+
+    def fake_report(metrics, checkpoint=None):
+        staged = list(tmp_path.glob("maxup-rank0-*/maxup-ckpt-*"))
+        staged_during_report.append(len(staged))
+        if checkpoint is not None:
+            assert (Path(checkpoint.path) / "last.pt").is_file()
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(ray.train, "get_context", lambda: Ctx())
+    monkeypatch.setattr(ray.train, "get_checkpoint", lambda: None)
+    monkeypatch.setattr(ray.train, "report", fake_report)
+    monkeypatch.setattr(ray.train.torch, "get_device", lambda: torch.device("cpu"))
+    cfg = json.loads(json.dumps(DIGITS))
+    cfg["train"]["epochs"] = 3
+    out = tmp_path / "run"
+    distributed._worker_loop({"config": cfg, "out_dir": str(out),
+                              "record_path": str(out / "record.json"), "record_extra": None,
+                              "threads": 1})
+    assert staged_during_report == [1, 1, 1]
+    assert not list(tmp_path.glob("maxup-rank0-*"))
+    _assert_complete(records.read_record(out / "record.json"), 3, workers=1)

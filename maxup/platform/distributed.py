@@ -60,10 +60,15 @@ def _worker_loop(loop_config: dict) -> None:
     def report(metrics: dict, checkpoint_dir) -> None:
         scalars = {k: v for k, v in metrics.items() if isinstance(v, int | float | bool)}
         if checkpoint_dir is not None and rank == 0:
-            # Copy so Ray can upload it while the engine overwrites last.pt next epoch.
+            # Report a copy: the Train checkpoint holds last.pt alone. The upload is
+            # synchronous (the default), so the copy is removed once report returns; kept,
+            # every epoch's copy piled up in the worker's temp dir until the run ended.
             stage = Path(tempfile.mkdtemp(prefix="maxup-ckpt-", dir=local))
-            shutil.copyfile(Path(checkpoint_dir) / "last.pt", stage / "last.pt")
-            ray.train.report(scalars, checkpoint=ray.train.Checkpoint.from_directory(stage))
+            try:
+                shutil.copyfile(Path(checkpoint_dir) / "last.pt", stage / "last.pt")
+                ray.train.report(scalars, checkpoint=ray.train.Checkpoint.from_directory(stage))
+            finally:
+                shutil.rmtree(stage, ignore_errors=True)
         else:
             ray.train.report(scalars)
 
