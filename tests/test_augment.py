@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch_helpers import clone_gen, gen
 
 from maxup.augment import (
     Compose,
@@ -24,23 +25,7 @@ from maxup.config import AugmentConfig
 K = 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy machine; restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def clone_gen(g: torch.Generator) -> torch.Generator:
-    c = torch.Generator()
-    c.set_state(g.get_state())
-    return c
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 ALL = {

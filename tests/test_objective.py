@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch_helpers import clone_gen, gen
 
 from maxup.augment import Compose, CropFlip, CutMix, Cutout, GaussianNoise, MixUp
 from maxup.objective import MaxUpLoss, soft_cross_entropy
@@ -22,23 +23,7 @@ from maxup.objective import MaxUpLoss, soft_cross_entropy
 K = 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy machine; restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def clone_gen(g: torch.Generator) -> torch.Generator:
-    c = torch.Generator()
-    c.set_state(g.get_state())
-    return c
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class SmallNet(nn.Module):
