@@ -120,6 +120,17 @@ class _Progress:
             sys.stderr.flush()
 
 
+def _all_reduce_sum(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Sum ``t`` over all ranks and return it on the CPU.
+
+    NCCL reduces only CUDA tensors (a CPU tensor raises "No backend type associated with
+    device type cpu"), so the tensor travels to ``device`` for the collective.
+    """
+    moved = t.to(device)
+    torch.distributed.all_reduce(moved)
+    return moved.cpu()
+
+
 # --------------------------------------------------------------------------- data
 
 class _Batches:
@@ -252,7 +263,7 @@ def evaluate(model: nn.Module, dataset, *, device: torch.device, batch_size: int
             sums[2] += hit.any(dim=1).sum().item()
             sums[3] += len(y)
     if dist.world_size > 1 and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(sums)
+        sums = _all_reduce_sum(sums, device)
     loss, top1, top5, count = sums.tolist()
     return {
         "test_loss": loss / count,
@@ -280,6 +291,7 @@ def train_epoch(run: Run, model: nn.Module, epoch: int, dist: DistContext, progr
     loss_sum = correct = seen = 0.0
     gap_sum, wins = 0.0, torch.zeros(m, dtype=torch.long)
     selection_s = 0.0
+    distributed = dist.world_size > 1 and torch.distributed.is_initialized()
     t0 = time.perf_counter()
     for step, (x, y) in enumerate(batches):
         x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
@@ -287,7 +299,14 @@ def train_epoch(run: Run, model: nn.Module, epoch: int, dist: DistContext, progr
             x = x.contiguous(memory_format=torch.channels_last)
         out = run.objective(model, x, y, gen, m=m)
         value = float(out.loss.detach())
-        if not math.isfinite(value):
+        if distributed:
+            # All ranks stop at the same step: one stopping alone would leave the others
+            # waiting in DDP's gradient all-reduce until the collective timeout.
+            total = float(_all_reduce_sum(torch.tensor([value], dtype=torch.float64),
+                                          run.device))
+            if not math.isfinite(total):
+                raise NonFiniteLoss(epoch + 1, step, value if not math.isfinite(value) else total)
+        elif not math.isfinite(value):
             raise NonFiniteLoss(epoch + 1, step, value)
         run.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
@@ -302,12 +321,11 @@ def train_epoch(run: Run, model: nn.Module, epoch: int, dist: DistContext, progr
         bar.update(step + 1, loss_sum / seen)
     bar.close()
     train_s = time.perf_counter() - t0
-    if dist.world_size > 1 and torch.distributed.is_initialized():
+    if distributed:
         # Training metrics over the whole global batch, not rank 0's shard.
         sums = torch.tensor([loss_sum, correct, seen, gap_sum], dtype=torch.float64)
-        torch.distributed.all_reduce(sums)
-        torch.distributed.all_reduce(wins)
-        loss_sum, correct, seen, gap_sum = sums.tolist()
+        loss_sum, correct, seen, gap_sum = _all_reduce_sum(sums, run.device).tolist()
+        wins = _all_reduce_sum(wins, run.device)
     return {
         "epoch": epoch + 1,
         "lr": lr,

@@ -571,3 +571,55 @@ def test_regression_staged_checkpoints_do_not_pile_up(monkeypatch, tmp_path):
     assert staged_during_report == [1, 1, 1]
     assert not list(tmp_path.glob("maxup-rank0-*"))
     _assert_complete(records.read_record(out / "record.json"), 3, workers=1)
+
+
+class _NaNOnRank1:
+    """Wraps ``MaxUpLoss``: on rank 1 the loss of step ``at`` is NaN."""
+
+    def __init__(self, objective, rank: int, at: int):
+        self.objective, self.rank, self.at, self.calls = objective, rank, at, 0
+        self.autocast = objective.autocast
+
+    def __call__(self, *args, **kwargs):
+        out = self.objective(*args, **kwargs)
+        if self.rank == 1 and self.calls == self.at:
+            out.loss = out.loss * float("nan")
+        self.calls += 1
+        return out
+
+
+def _nan_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    import datetime
+
+    import torch.distributed as tdist
+
+    from maxup.engine import DistContext, NonFiniteLoss, build_run, train_epoch
+
+    torch.set_num_threads(1)
+    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                             world_size=world, timeout=datetime.timedelta(seconds=15))
+    try:
+        run = build_run(from_dict(DIGITS), torch.device("cpu"))
+        run.objective = _NaNOnRank1(run.objective, rank, at=2)
+        model = torch.nn.parallel.DistributedDataParallel(run.model)
+        try:
+            train_epoch(run, model, 0, DistContext(rank, world, torch.device("cpu")), False)
+            result = "finished"
+        except NonFiniteLoss as exc:
+            result = f"NonFiniteLoss step {exc.step}"
+        except Exception as exc:  # noqa: BLE001 - a collective timeout is the bug
+            result = f"{type(exc).__name__}"
+        Path(out_dir, f"rank{rank}.txt").write_text(result)
+    finally:
+        tdist.destroy_process_group()
+
+
+def test_regression_nonfinite_loss_on_one_rank_stops_all_ranks(tmp_path):
+    """A NaN loss on one rank used to stop only that rank; the others then waited in DDP's
+    gradient all-reduce until the collective timeout (30 min under Ray Train). Now the ranks
+    agree on finiteness every step and all raise ``NonFiniteLoss`` at the same step."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_nan_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    got = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
+    assert got == ["NonFiniteLoss step 2"] * 2, got
