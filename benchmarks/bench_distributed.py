@@ -96,7 +96,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--subset", type=int, default=4000)
+    parser.add_argument("--subset", type=int, default=1000)
     args = parser.parse_args()
     import shutil
     import tempfile
