@@ -190,6 +190,15 @@ def test_plan_skips_completed_and_failed_unless_rerun(tmp_path):
 def test_summary_line():
     s = SweepSummary(completed=["a", "b"], failed=["c"], skipped=["d"])
     assert s.line() == "completed 2, failed 1, interrupted 0, skipped (already done) 1"
+    assert not s.ok
+
+
+def test_regression_skipped_failed_trials_are_reported_and_not_ok():
+    s = SweepSummary(skipped=["a", "b"], failed_before=["b"])
+    assert s.line().endswith("skipped (already done) 2, of which 1 failed before "
+                             "(run again with --rerun-failed)")
+    assert not s.ok
+    assert SweepSummary(skipped=["a"]).ok
 
 
 _LOCK_CHILD = """
@@ -426,6 +435,8 @@ def test_failed_trials_skipped_unless_rerun_failed(failing_sweep):
     assert "trial(s) to run" not in again.stdout
     assert "skipping 3 trial(s) with a completed or failed record" in again.stdout
     assert runs["again_records"] == runs["first_records"]
+    assert again.returncode == 1, again.stdout[-3000:]  # the sweep still holds failed trials
+    assert "of which 2 failed before (run again with --rerun-failed)" in again.stdout
     # With it: the two failed trials run again and fail again, deterministically.
     assert rerun.returncode == 1, rerun.stdout[-3000:]
     assert "sweep fail: 2 trial(s) to run" in rerun.stdout

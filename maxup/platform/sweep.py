@@ -57,12 +57,20 @@ class SweepSummary:
     failed: list[str] = field(default_factory=list)
     interrupted: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    failed_before: list[str] = field(default_factory=list)  # skipped, record says failed
     wall_s: float = 0.0
 
     def line(self) -> str:
+        before = (f", of which {len(self.failed_before)} failed before (run again with "
+                  "--rerun-failed)" if self.failed_before else "")
         return (f"completed {len(self.completed)}, failed {len(self.failed)}, "
                 f"interrupted {len(self.interrupted)}, skipped (already done) "
-                f"{len(self.skipped)}")
+                f"{len(self.skipped)}{before}")
+
+    @property
+    def ok(self) -> bool:
+        """True when every trial of the sweep has a completed record."""
+        return not (self.failed or self.failed_before or self.interrupted)
 
 
 def plan(spec: SweepSpec, trials: list[Trial], layout: SweepLayout, rerun_failed: bool
@@ -205,6 +213,8 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *,
     layout = SweepLayout(Path(storage).resolve() / spec.name)
     pending, skipped = plan(spec, trials, layout, rerun_failed)
     summary = SweepSummary(skipped=[t.trial_id for t in skipped])
+    summary.failed_before = [t.trial_id for t in skipped if (records.read_record(
+        layout.record(t.trial_id)) or {}).get("status") == "failed"]
     layout.records.mkdir(parents=True, exist_ok=True)
     atomic_write_json(layout.root / "sweep.json", {
         "name": spec.name, "description": spec.description, "paper_table": spec.paper_table,
@@ -257,11 +267,11 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *,
     )
     tuner.fit()
     summary.wall_s = time.perf_counter() - t_start
-    return _finish(summary, pending, layout, echo, already=summary)
+    return _finish(summary, pending, layout, echo)
 
 
 def _finish(summary: SweepSummary, trials: list[Trial], layout: SweepLayout,
-            echo: Callable[[str], None], already: SweepSummary | None = None) -> SweepSummary:
+            echo: Callable[[str], None]) -> SweepSummary:
     for t in trials:
         if t.trial_id in summary.skipped:
             continue

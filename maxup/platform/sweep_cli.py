@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_table and summary.completed + summary.skipped:
         _print_table(results)
     print(f"table: maxup tables {results}")
-    return 0 if not summary.failed and not summary.interrupted else 1
+    return 0 if summary.ok else 1
 
 
 def local_gpus() -> float:
