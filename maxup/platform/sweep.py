@@ -125,39 +125,12 @@ def run_trial(trial: dict, layout_root: str, sweep: dict, log_to: Callable | Non
 
                     record = train(config, trial_dir, reporter=log_to, resume=True,
                                    record_path=layout.record(tid), record_extra=extra, log=log)
-            if record["status"] == "completed" and config["certify"]["enabled"]:
-                record = certify_trial(record, trial_dir, layout.record(tid))
             return record
         except Exception as exc:
             records.mark_failed(layout.record(tid), config=config, extra=extra,
                                 reason=f"{type(exc).__name__}: {exc}",
                                 detail=traceback.format_exc(limit=5))
             raise
-
-
-def certify_trial(record: dict, trial_dir: Path, record_path: Path) -> dict:
-    """Certify the trained model of a trial (Cohen et al.) and store the rows in its record."""
-    from maxup.certify import certification_summary, certify_dataset, load_model_from_checkpoint
-    from maxup.data import build_dataset, dataset_info
-
-    c = record["config"]["certify"]
-    sigma = c["sigma"] or record["config"]["augment"]["sigma"]
-    model, config = load_model_from_checkpoint(trial_dir / "checkpoints" / "last.pt")
-    info = dataset_info(config["data"]["name"])
-    test_set = build_dataset(config["data"]["name"], split="test", root=config["data"]["root"])
-    num_classes = config["model"]["num_classes"] or info.num_classes
-    stop = None
-    if c["max_images"] is not None:
-        stop = min(len(test_set), c["max_images"] * c["skip"])
-    rows = certify_dataset(model, test_set, sigma=sigma, n0=c["n0"], n=c["n"], alpha=c["alpha"],
-                           batch=c["batch"], skip=c["skip"], stop=stop, num_classes=num_classes,
-                           seed=record["seed"])
-    record["certification"] = certification_summary(rows, sigma=sigma, n0=c["n0"], n=c["n"],
-                                                    alpha=c["alpha"], skip=c["skip"],
-                                                    batch=c["batch"])
-    record["updated"] = records.now()
-    records.write_record(record_path, record)
-    return record
 
 
 def _tune_trial(config: dict, trials: dict, layout_root: str, sweep: dict, cpus: float) -> None:
@@ -225,6 +198,7 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *,
         echo(f"skipping {len(skipped)} trial(s) with a completed"
              f"{'' if rerun_failed else ' or failed'} record")
     if not pending:
+        _certify_phase(spec, trials, layout, address, echo)
         summary.wall_s = time.perf_counter() - t_start
         return _finish(summary, trials, layout, echo)
 
@@ -266,8 +240,26 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *,
         ),
     )
     tuner.fit()
+    _certify_phase(spec, trials, layout, address, echo)
     summary.wall_s = time.perf_counter() - t_start
     return _finish(summary, pending, layout, echo)
+
+
+def _certify_phase(spec: SweepSpec, trials: list[Trial], layout: SweepLayout,
+                   address: str | None, echo: Callable[[str], None]) -> None:
+    """Certify trained models that need it, as sharded Ray tasks (see certification.py)."""
+    from maxup.platform.certification import run_certification
+
+    wanted = [t.trial_id for t in trials if t.config["certify"]["enabled"]]
+    needs = [tid for tid in wanted
+             if (rec := records.read_record(layout.record(tid))) is not None
+             and rec["status"] == "completed" and not rec.get("certification")]
+    if not needs:
+        return
+    cpus, gpus = start_ray(address)
+    slots = max_concurrent(spec, trials, cpus, gpus)
+    run_certification(layout, needs, shards=slots, cpus=max(spec.cpus_per_trial, 1.0),
+                      gpus=spec.gpus_per_trial, echo=echo)
 
 
 def _finish(summary: SweepSummary, trials: list[Trial], layout: SweepLayout,

@@ -1,0 +1,132 @@
+"""Certification of a sweep's trained models as Ray tasks, one per shard of test images.
+
+After the training phase, every completed trial with ``certify.enabled`` and no
+certification in its record is certified (Cohen et al.'s CERTIFY, :mod:`maxup.certify`) by
+``shards`` Ray tasks, each a contiguous slice of the certified images (every ``skip``-th
+test image). Image i's noise is seeded from (seed, i), so the shards give exactly the rows of
+one whole run. Each finished shard is written atomically to
+``trials/<id>/certify/shard-<k>-of-<S>.json``; when all are there the rows are merged into
+the trial's record (``certification``, docs/records.md). An interrupted phase resumes with
+the missing shards only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from maxup import records
+from maxup.io import atomic_write_json
+
+
+def shard_bounds(num_images: int, skip: int, shards: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` dataset-index slices, aligned to ``skip``, covering the certified images.
+
+    Args:
+        num_images: how many images are certified (positions 0, skip, 2·skip, …).
+        skip: stride between certified dataset indices.
+        shards: number of slices wanted (fewer when there are fewer images).
+    """
+    shards = max(1, min(shards, num_images))
+    edges = [round(k * num_images / shards) for k in range(shards + 1)]
+    return [(a * skip, b * skip) for a, b in zip(edges, edges[1:], strict=False) if b > a]
+
+
+def certified_image_count(test_size: int, certify_cfg: dict) -> int:
+    """Number of test images a trial certifies (every ``skip``-th, capped by ``max_images``)."""
+    count = len(range(0, test_size, certify_cfg["skip"]))
+    if certify_cfg["max_images"] is not None:
+        count = min(count, certify_cfg["max_images"])
+    return count
+
+
+def certify_shard(checkpoint: str, start: int, stop: int, threads: int = 1) -> list[dict]:
+    """Certify dataset indices ``range(start, stop, skip)`` of a trial's trained model.
+
+    Args:
+        checkpoint: path of the trial's final checkpoint (holds its config).
+        start, stop: the shard's slice of the test set.
+        threads: torch intra-op threads for this task.
+    """
+    import torch
+
+    from maxup.certify import certify_dataset, load_model_from_checkpoint, num_classes_of
+    from maxup.data import build_dataset
+
+    torch.set_num_threads(max(1, int(threads)))
+    model, config = load_model_from_checkpoint(checkpoint)
+    c = config["certify"]
+    test_set = build_dataset(config["data"]["name"], split="test", root=config["data"]["root"])
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return certify_dataset(model, test_set, sigma=c["sigma"] or config["augment"]["sigma"],
+                           n0=c["n0"], n=c["n"], alpha=c["alpha"], batch=c["batch"],
+                           skip=c["skip"], start=start, stop=stop,
+                           num_classes=num_classes_of(config), seed=config["seed"],
+                           device=device)
+
+
+def run_certification(layout, trial_ids: list[str], *, shards: int, cpus: float, gpus: float,
+                      echo: Callable[[str], None]) -> list[str]:
+    """Certify every listed trial that needs it; returns the ids that got a certification.
+
+    Args:
+        layout: the sweep's :class:`~maxup.platform.sweep.SweepLayout`.
+        trial_ids: candidate trials (those without a completed certification are done).
+        shards: Ray tasks per trial.
+        cpus, gpus: resources of one shard task.
+        echo: progress lines.
+    """
+    import ray
+
+    from maxup.certify import certification_summary
+    from maxup.data import dataset_info
+
+    todo = []
+    for tid in trial_ids:
+        rec = records.read_record(layout.record(tid))
+        if (rec and rec["status"] == "completed" and rec["config"]["certify"]["enabled"]
+                and not rec.get("certification")):
+            todo.append(rec)
+    if not todo:
+        return []
+    remote = ray.remote(certify_shard).options(num_cpus=cpus, num_gpus=gpus, max_retries=2)
+    pending: dict = {}
+    plans: dict[str, list[Path]] = {}
+    for rec in todo:
+        tid, c = rec["trial_id"], rec["config"]["certify"]
+        test_size = dataset_info(rec["config"]["data"]["name"]).test_size
+        if test_size is None:
+            from maxup.data import build_dataset
+
+            test_size = len(build_dataset(rec["config"]["data"]["name"], split="test",
+                                          root=rec["config"]["data"]["root"]))
+        bounds = shard_bounds(certified_image_count(test_size, c), c["skip"], shards)
+        folder = layout.trial_dir(tid) / "certify"
+        plans[tid] = [folder / f"shard-{k}-of-{len(bounds)}.json" for k in range(len(bounds))]
+        ckpt = str(layout.trial_dir(tid) / "checkpoints" / "last.pt")
+        for path, (start, stop) in zip(plans[tid], bounds, strict=True):
+            if not path.exists():
+                pending[remote.remote(ckpt, start, stop, max(1, int(cpus)))] = path
+        echo(f"[certify] {tid}: {len(bounds)} shard(s), "
+             f"{sum(not p.exists() for p in plans[tid])} to run")
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        path = pending.pop(done[0])
+        atomic_write_json(path, ray.get(done[0]))
+    finished = []
+    for rec in todo:
+        tid, c = rec["trial_id"], rec["config"]["certify"]
+        rows = sorted((r for p in plans[tid] for r in json.loads(p.read_text())),
+                      key=lambda r: r["index"])
+        sigma = c["sigma"] or rec["config"]["augment"]["sigma"]
+        rec["certification"] = certification_summary(
+            rows, sigma=sigma, n0=c["n0"], n=c["n"], alpha=c["alpha"], skip=c["skip"],
+            batch=c["batch"])
+        rec["updated"] = records.now()
+        records.write_record(layout.record(tid), rec)
+        acc = rec["certification"]["certified_accuracy"]
+        echo(f"[certify] {tid}: certified accuracy {acc[0]:.1f}% at r=0, "
+             f"{acc[len(acc) // 2]:.1f}% at r={rec['certification']['radii'][len(acc) // 2]:g}")
+        finished.append(tid)
+    return finished
