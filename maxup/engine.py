@@ -498,6 +498,10 @@ def train(config: dict | RunConfig, out_dir: str | Path, *, reporter: Reporter |
         if log:
             log(f"FAILED: {exc}")
     record = make_record("failed" if failure else "completed", failure)
+    if dist.is_main and failure is None:
+        # Also when no epoch ran: a run killed after its last checkpoint but before its
+        # record was written resumes straight to here and must still leave a completed record.
+        records.write_record(record_path, record)
     return record
 
 

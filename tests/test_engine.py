@@ -338,3 +338,14 @@ def test_fashion_mnist_subset_learns(tmp_path):
     record = run(to_dict(cfg), tmp_path / "r")
     assert record["status"] == "completed"
     assert record["final"]["test_acc"] > 70.0, record["final"]
+
+
+def test_regression_resume_after_final_checkpoint_writes_the_completed_record(tmp_path):
+    """Killed after the last checkpoint but before the record: resuming must still write it."""
+    out = tmp_path / "run"
+    first = run(config(), out)
+    (out / "record.json").unlink()
+    again = run(config(), out, resume=True)
+    on_disk = json.loads((out / "record.json").read_text())
+    assert on_disk["status"] == "completed" == again["status"]
+    assert metrics_only(on_disk["history"]) == metrics_only(first["history"])

@@ -41,15 +41,22 @@ def certified_image_count(test_size: int, certify_cfg: dict) -> int:
     return count
 
 
-def certify_shard(checkpoint: str, start: int, stop: int, threads: int = 1) -> list[dict]:
+def certify_shard(checkpoint: str, start: int, stop: int, threads: int = 1,
+                  remote: tuple[str, str] | None = None) -> list[dict]:
     """Certify dataset indices ``range(start, stop, skip)`` of a trial's trained model.
 
     Args:
         checkpoint: path of the trial's final checkpoint (holds its config).
         start, stop: the shard's slice of the test set.
         threads: torch intra-op threads for this task.
+        remote: ``(uri, relative path)`` to fetch the checkpoint from when this node lacks it.
     """
     import torch
+
+    if remote is not None and not Path(checkpoint).exists():
+        from maxup.platform.storage import Mirror
+
+        Mirror(remote[0]).get(remote[1], Path(checkpoint))
 
     from maxup.certify import certify_dataset, load_model_from_checkpoint, num_classes_of
     from maxup.data import build_dataset
@@ -104,16 +111,20 @@ def run_certification(layout, trial_ids: list[str], *, shards: int, cpus: float,
         bounds = shard_bounds(certified_image_count(test_size, c), c["skip"], shards)
         folder = layout.trial_dir(tid) / "certify"
         plans[tid] = [folder / f"shard-{k}-of-{len(bounds)}.json" for k in range(len(bounds))]
-        ckpt = str(layout.trial_dir(tid) / "checkpoints" / "last.pt")
+        ckpt = layout.trial_dir(tid) / "checkpoints" / "last.pt"
+        source = None
+        if layout.remote is not None:
+            source = (layout.remote, ckpt.relative_to(layout.root).as_posix())
         for path, (start, stop) in zip(plans[tid], bounds, strict=True):
-            if not path.exists():
-                pending[remote.remote(ckpt, start, stop, max(1, int(cpus)))] = path
+            if not path.exists() and not layout.pull(path):
+                pending[remote.remote(str(ckpt), start, stop, max(1, int(cpus)), source)] = path
         echo(f"[certify] {tid}: {len(bounds)} shard(s), "
              f"{sum(not p.exists() for p in plans[tid])} to run")
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         path = pending.pop(done[0])
         atomic_write_json(path, ray.get(done[0]))
+        layout.push(path)
     finished = []
     for rec in todo:
         tid, c = rec["trial_id"], rec["config"]["certify"]
@@ -125,6 +136,7 @@ def run_certification(layout, trial_ids: list[str], *, shards: int, cpus: float,
             batch=c["batch"])
         rec["updated"] = records.now()
         records.write_record(layout.record(tid), rec)
+        layout.push(layout.record(tid))
         acc = rec["certification"]["certified_accuracy"]
         echo(f"[certify] {tid}: certified accuracy {acc[0]:.1f}% at r=0, "
              f"{acc[len(acc) // 2]:.1f}% at r={rec['certification']['radii'][len(acc) // 2]:g}")

@@ -7,6 +7,9 @@ Storage layout under ``STORAGE/<sweep name>/``:
 - ``tune/`` — Ray Tune's own experiment files (rewritten on restore; never the source of truth);
 - ``sweep.json`` — the expanded sweep (trial ids, axes, seeds) for humans and tools.
 
+With a remote storage root (``s3://…``), trials work in a local scratch directory and the
+durable files are mirrored to the URI (:mod:`maxup.platform.storage`).
+
 Resume is driven by the records, not by Tune's experiment state (which Tune rewrites and
 which would have to be unpickled): running the same file against the same storage skips
 trials with a completed record, resumes interrupted ones from their last checkpoint, and
@@ -34,13 +37,46 @@ _TUNE_METRICS = ("epoch", "train_loss", "test_loss", "test_acc", "lr", "wall_s")
 
 @dataclass
 class SweepLayout:
-    """Paths of one sweep in its storage root."""
+    """Paths of one sweep: ``root`` is local; ``remote`` (a URI or None) mirrors it."""
 
     root: Path
+    remote: str | None = None
 
     @property
     def records(self) -> Path:
         return self.root / "records"
+
+    @property
+    def results(self) -> str:
+        """Where the durable results are read from (``maxup tables`` takes this)."""
+        return self.remote or str(self.root)
+
+    def _mirror(self):
+        if self.remote is None:
+            return None
+        if not hasattr(self, "_mirror_obj"):
+            from maxup.platform.storage import Mirror
+
+            self._mirror_obj = Mirror(self.remote)
+        return self._mirror_obj
+
+    def push(self, path: Path) -> None:
+        """Copy a local file of this sweep to the remote root (no-op when local)."""
+        mirror = self._mirror()
+        if mirror is not None and path.exists():
+            mirror.put(path, path.relative_to(self.root).as_posix())
+
+    def pull(self, path: Path) -> bool:
+        """Fetch a file of this sweep from the remote root; False when absent there."""
+        mirror = self._mirror()
+        return mirror is not None and mirror.get(path.relative_to(self.root).as_posix(), path)
+
+    def pull_records(self) -> None:
+        """Refresh the local copies of all records from the remote root."""
+        mirror = self._mirror()
+        if mirror is not None:
+            for name in mirror.list("records"):
+                mirror.get(f"records/{name}", self.records / name)
 
     def record(self, trial_id: str) -> Path:
         return self.records / f"{trial_id}.json"
@@ -89,25 +125,39 @@ def plan(spec: SweepSpec, trials: list[Trial], layout: SweepLayout, rerun_failed
 
 # --------------------------------------------------------------------------- inside a trial
 
-def run_trial(trial: dict, layout_root: str, sweep: dict, log_to: Callable | None = None) -> dict:
+def run_trial(trial: dict, layout_root: str, sweep: dict, log_to: Callable | None = None,
+              remote: str | None = None) -> dict:
     """Train one trial (engine in-process, or sharded through Ray Train) and keep its record.
 
     Args:
         trial: ``{"trial_id", "config", "axes", "seed"}``.
-        layout_root: the sweep's storage root.
+        layout_root: the sweep's local root (scratch directory when ``remote`` is set).
         sweep: ``{"name", "paper_table"}``.
         log_to: per-epoch reporter (Tune's report inside a Tune trial).
+        remote: URI the durable files are mirrored to, or None.
     """
     from maxup.engine import train
 
-    layout = SweepLayout(Path(layout_root))
+    layout = SweepLayout(Path(layout_root), remote)
     tid, config = trial["trial_id"], trial["config"]
     trial_dir = layout.trial_dir(tid)
     trial_dir.mkdir(parents=True, exist_ok=True)
     extra = {"sweep": sweep["name"], "axes": trial["axes"], "paper_table": sweep["paper_table"]}
+    record_path, checkpoint = layout.record(tid), trial_dir / "checkpoints" / "last.pt"
+
+    def report(metrics: dict, checkpoint_dir) -> None:
+        layout.push(record_path)
+        if checkpoint_dir is not None:
+            layout.push(checkpoint)
+        if log_to is not None:
+            log_to(metrics, checkpoint_dir)
+
     with open(trial_dir / "lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # waits for any stray process still on this trial
-        done = records.read_record(layout.record(tid))
+        if remote is not None and not checkpoint.exists():
+            layout.pull(record_path)  # this node may not have trained the trial before
+            layout.pull(checkpoint)
+        done = records.read_record(record_path)
         if done and done["status"] == "completed":
             return done
         try:
@@ -115,7 +165,7 @@ def run_trial(trial: dict, layout_root: str, sweep: dict, log_to: Callable | Non
                 from maxup.platform.distributed import train_distributed
 
                 record = train_distributed(config, trial_dir, resume=True,
-                                           record_path=layout.record(tid), record_extra=extra,
+                                           record_path=record_path, record_extra=extra,
                                            reporter=log_to)
             else:
                 with open(trial_dir / "log.txt", "a") as fh:
@@ -123,17 +173,21 @@ def run_trial(trial: dict, layout_root: str, sweep: dict, log_to: Callable | Non
                         fh.write(line + "\n")
                         fh.flush()
 
-                    record = train(config, trial_dir, reporter=log_to, resume=True,
-                                   record_path=layout.record(tid), record_extra=extra, log=log)
+                    record = train(config, trial_dir, reporter=report, resume=True,
+                                   record_path=record_path, record_extra=extra, log=log)
             return record
         except Exception as exc:
-            records.mark_failed(layout.record(tid), config=config, extra=extra,
+            records.mark_failed(record_path, config=config, extra=extra,
                                 reason=f"{type(exc).__name__}: {exc}",
                                 detail=traceback.format_exc(limit=5))
             raise
+        finally:
+            layout.push(record_path)
+            layout.push(checkpoint)
 
 
-def _tune_trial(config: dict, trials: dict, layout_root: str, sweep: dict, cpus: float) -> None:
+def _tune_trial(config: dict, trials: dict, layout_root: str, sweep: dict, cpus: float,
+                remote: str | None = None) -> None:
     """The Tune function trainable: look the trial up by id and run it."""
     import torch
     from ray import tune
@@ -144,7 +198,7 @@ def _tune_trial(config: dict, trials: dict, layout_root: str, sweep: dict, cpus:
     def report(metrics: dict, _checkpoint_dir) -> None:
         tune.report({k: metrics[k] for k in _TUNE_METRICS if metrics.get(k) is not None})
 
-    run_trial(trial, layout_root, sweep, log_to=report)
+    run_trial(trial, layout_root, sweep, log_to=report, remote=remote)
     # Nothing returned: a returned dict would become an extra result row.
 
 
@@ -154,19 +208,35 @@ def _trial_payload(t: Trial) -> dict:
     return {"trial_id": t.trial_id, "config": t.config, "axes": t.axes, "seed": t.seed}
 
 
-def start_ray(address: str | None, storage_hint: Path | None = None) -> tuple[float, float]:
-    """Join a cluster (``address``) or start an embedded local one; returns (CPUs, GPUs)."""
+def start_ray(address: str | None, start_timeout_s: float = 60.0) -> tuple[float, float]:
+    """Join a cluster (``address``) or start an embedded local one; returns (CPUs, GPUs).
+
+    Args:
+        address: ``auto`` or ``HOST:PORT`` of a running cluster; None for an embedded,
+            private local Ray (:func:`maxup.platform.distributed.start_local_ray`).
+        start_timeout_s: how long a Ray Train worker group may take to start.
+    """
     import ray
 
     if not ray.is_initialized():
         if address:
             ray.init(address=address, log_to_driver=False)
         else:
-            # Local and private: no dashboard, services on loopback, token auth left on.
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                     configure_logging=True, logging_level="WARNING")
+            from maxup.platform.distributed import start_local_ray
+
+            start_local_ray(start_timeout_s)
     res = ray.cluster_resources()
     return float(res.get("CPU", 0)), float(res.get("GPU", 0))
+
+
+def sweep_layout(storage: str | Path, name: str) -> SweepLayout:
+    """The layout of sweep ``name`` under a local directory or a remote URI."""
+    from maxup.platform.storage import is_remote, scratch_root
+
+    if is_remote(str(storage)):
+        remote = f"{str(storage).rstrip('/')}/{name}"
+        return SweepLayout(scratch_root(remote), remote)
+    return SweepLayout(Path(storage).resolve() / name)
 
 
 def run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *,
@@ -183,7 +253,8 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *,
         echo: where progress lines go.
     """
     t_start = time.perf_counter()
-    layout = SweepLayout(Path(storage).resolve() / spec.name)
+    layout = sweep_layout(storage, spec.name)
+    layout.pull_records()
     pending, skipped = plan(spec, trials, layout, rerun_failed)
     summary = SweepSummary(skipped=[t.trial_id for t in skipped])
     summary.failed_before = [t.trial_id for t in skipped if (records.read_record(
@@ -194,6 +265,7 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *,
         "source": spec.source, "axes": spec.varying_axes(),
         "trials": [{"trial_id": t.trial_id, "axes": t.axes} for t in trials],
     })
+    layout.push(layout.root / "sweep.json")
     if skipped:
         echo(f"skipping {len(skipped)} trial(s) with a completed"
              f"{'' if rerun_failed else ' or failed'} record")
@@ -203,8 +275,7 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *,
         return _finish(summary, trials, layout, echo)
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # use the classic table reporter below
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-    cpus, gpus = start_ray(address)
+    cpus, gpus = start_ray(address, max(t.config["train"]["start_timeout_s"] for t in pending))
     from ray import tune
 
     from maxup.platform.progress import StartFinishLines, status_reporter
@@ -222,7 +293,7 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *,
     trainable = tune.with_resources(
         tune.with_parameters(_tune_trial, trials=payload, layout_root=str(layout.root),
                              sweep={"name": spec.name, "paper_table": spec.paper_table},
-                             cpus=per_trial),
+                             cpus=per_trial, remote=layout.remote),
         resources)
     axes = spec.varying_axes()
     grid = [{"id": t.trial_id, **{a: str(t.axes[a]) for a in axes}} for t in pending]
@@ -232,7 +303,7 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *,
         tune_config=tune.TuneConfig(max_concurrent_trials=slots, reuse_actors=True),
         run_config=tune.RunConfig(
             name=f"run-{time.strftime('%Y%m%d-%H%M%S')}",
-            storage_path=str(layout.root / "tune"),
+            storage_path=f"{layout.remote}/tune" if layout.remote else str(layout.root / "tune"),
             failure_config=tune.FailureConfig(max_failures=spec.retries),
             progress_reporter=status_reporter(axes),
             callbacks=[StartFinishLines(layout, echo)],
@@ -240,6 +311,7 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *,
         ),
     )
     tuner.fit()
+    layout.pull_records()  # trials on other nodes wrote theirs there
     _certify_phase(spec, trials, layout, address, echo)
     summary.wall_s = time.perf_counter() - t_start
     return _finish(summary, pending, layout, echo)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 
 EXAMPLE = """examples:
   maxup sweep search_spaces/quickstart.yaml                 # embedded local Ray, ./results
@@ -39,10 +38,15 @@ def run(args: argparse.Namespace) -> int:
 
     spec = load_space(args.space)
     trials = spec.expand()
-    if "://" in args.storage and not args.storage.startswith("file://"):
-        raise UsageError(f"--storage: {args.storage!r} is a remote URI; allowed: a directory "
-                         "shared by all nodes (local disk or an NFS mount)")
-    storage = Path(args.storage.removeprefix("file://"))
+    storage = args.storage
+    if "://" in storage:
+        try:
+            import pyarrow.fs
+
+            pyarrow.fs.FileSystem.from_uri(storage)
+        except (ValueError, OSError, ImportError) as exc:
+            raise UsageError(f"--storage: {storage!r} cannot be opened ({exc}); allowed: a "
+                             "directory, or a URI pyarrow reads (s3://, gs://, file://)") from None
     cpus = float(os.cpu_count() or 1) if not args.address else None
     gpus = local_gpus() if not args.address else None
     check_space(spec, trials, cpus, gpus)
@@ -53,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
 
     summary = run_sweep(spec, trials, storage, address=args.address,
                         rerun_failed=args.rerun_failed)
-    results = storage / spec.name
+    from maxup.platform.sweep import sweep_layout
+
+    results = sweep_layout(storage, spec.name).results
     if not args.no_table and summary.completed + summary.skipped:
         _print_table(results)
     print(f"table: maxup tables {results}")
@@ -67,14 +73,14 @@ def local_gpus() -> float:
     return float(torch.cuda.device_count())
 
 
-def print_plan(spec, trials, storage: Path, cpus: float | None,
+def print_plan(spec, trials, storage: str, cpus: float | None,
                gpus: float | None = None) -> None:
     from maxup.platform.space import max_concurrent, trial_cpus
 
     axes = spec.varying_axes()
     widths = {a: max(len(a), *(len(str(t.axes[a])) for t in trials)) for a in axes}
     print(f"sweep {spec.name}: {len(trials)} trials ({len(trials) // len(spec.seeds)} arms × "
-          f"{len(spec.seeds)} seeds), storage {storage / spec.name}")
+          f"{len(spec.seeds)} seeds), storage {str(storage).rstrip('/')}/{spec.name}")
     print("  #  trial_id      " + "  ".join(a.ljust(widths[a]) for a in axes))
     for i, t in enumerate(trials):
         print(f"{i:>3}  {t.trial_id}  " + "  ".join(str(t.axes[a]).ljust(widths[a]) for a in axes))
@@ -85,7 +91,7 @@ def print_plan(spec, trials, storage: Path, cpus: float | None,
           f"{slots} trial(s) at a time" + (f" on this machine's {cpus:g} CPUs" if cpus else ""))
 
 
-def _print_table(results: Path) -> None:
+def _print_table(results: str) -> None:
     from maxup.analysis.cli import run_tables
 
     print()
