@@ -43,7 +43,14 @@ def run(args: argparse.Namespace) -> int:
     if cfg.train.workers > 1:
         from maxup.platform.distributed import train_distributed
 
-        record = train_distributed(cfg, out, resume=args.resume)
+        try:
+            record = train_distributed(cfg, out, resume=args.resume)
+        except Exception as exc:  # Ray Train gave up after its retries: keep that on record
+            from maxup import records
+            from maxup.config import to_dict
+
+            record = records.mark_failed(out / "record.json", config=to_dict(cfg),
+                                         reason=f"{type(exc).__name__}: {exc}")
     else:
         from maxup.engine import train
 

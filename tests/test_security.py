@@ -315,7 +315,7 @@ def test_read_record_does_not_unpickle(tmp_path):
 
 
 #: Files allowed to unpickle, with the reason. CIFAR-10/100 ship only as pickle batches.
-KNOWN_UNPICKLERS = {"maxup/data/cifar.py": "CIFAR python batches are pickles (data.root)"}
+KNOWN_UNPICKLERS: dict[str, str] = {}  # CIFAR batches go through a restricted Unpickler
 
 _UNPICKLING_CALLS = {("pickle", "load"), ("pickle", "loads"), ("pickle", "Unpickler"),
                      ("cloudpickle", "load"), ("cloudpickle", "loads"), ("dill", "load"),
@@ -362,3 +362,17 @@ def test_package_never_unpickles_from_storage():
         if calls and rel not in KNOWN_UNPICKLERS:
             offenders[rel] = calls
     assert not offenders, f"unpickling from storage: {offenders}"
+
+
+def test_tampered_cifar_batch_is_refused_without_running_code(tmp_path):
+    from maxup.data import build_dataset
+    from maxup.errors import DataError
+
+    marker = tmp_path / "code-ran"
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
+        (folder / name).write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(DataError, match="refusing to load"):
+        build_dataset("cifar10", split="test", root=str(tmp_path))
+    assert not marker.exists()

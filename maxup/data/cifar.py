@@ -34,6 +34,27 @@ def _str_keys(d) -> dict:
     return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in d.items()}
 
 
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR batches only: dicts, lists, bytes, strings and numpy arrays.
+
+    CIFAR-10/100 ship only as pickles, and a plain ``pickle.load`` would run whatever a
+    tampered file asks for; every global outside numpy's array reconstruction is refused.
+    """
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: not part of a CIFAR "
+                                     "batch")
+
+
 class _LenientCifarMixin:
     """Replaces torchvision's MD5-based loading; see the module docstring."""
 
@@ -86,7 +107,7 @@ class _LenientCifarMixin:
             raise DataError(self._missing(path))
         try:
             with open(path, "rb") as f:
-                entry = pickle.load(f, encoding="latin1")
+                entry = _BatchUnpickler(f, encoding="latin1").load()
         except Exception as exc:  # noqa: BLE001 - any unreadable pickle is malformed data
             raise DataError(
                 f"data.root: {path} is not a readable {self.pretty} pickle batch "
