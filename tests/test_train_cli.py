@@ -97,3 +97,22 @@ def test_train_writes_the_run_directory(tmp_path, capsys):
                  "--train.progress=false", "--resume"]) == 0
     again = json.loads((out / "record.json").read_text())
     assert [h["epoch"] for h in again["history"]] == [1, 2]
+
+
+def test_regression_distributed_run_given_up_by_ray_train_is_recorded_failed(
+        tmp_path, capsys, monkeypatch):
+    import maxup.platform.distributed as distributed
+
+    def gives_up(*args, **kwargs):
+        raise RuntimeError("worker group failed 4 times")
+
+    monkeypatch.setattr(distributed, "train_distributed", gives_up)
+    out = tmp_path / "run"
+    code = main(["train", str(REPO / "configs" / "digits_smoke.yaml"), "--workers", "2",
+                 "--out", str(out)])
+    assert code == 1
+    rec = json.loads((out / "record.json").read_text())
+    assert rec["status"] == "failed"
+    assert rec["failure"]["reason"] == "RuntimeError: worker group failed 4 times"
+    assert rec["config"]["train"]["workers"] == 2
+    assert "run failed" in capsys.readouterr().out
