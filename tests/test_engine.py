@@ -126,8 +126,9 @@ def test_resume_with_a_different_config_is_refused(tmp_path):
 
 
 _CHILD = """
-import json, sys
+import json, sys, torch
 from maxup.engine import train
+torch.set_num_threads(int(sys.argv[3]))
 cfg = json.loads(sys.argv[1])
 train(cfg, sys.argv[2], log=None)
 """
@@ -140,8 +141,9 @@ def test_exact_resume_after_sigkill(tmp_path):
     out = tmp_path / "killed"
     ckpt = out / "checkpoints" / "last.pt"
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-c", _CHILD, json.dumps(cfg), str(out)],
-                            env=env, cwd=REPO)
+    # Same intra-op thread count as this process: float sums depend on it.
+    proc = subprocess.Popen([sys.executable, "-c", _CHILD, json.dumps(cfg), str(out),
+                             str(torch.get_num_threads())], env=env, cwd=REPO)
     killed_at = None
     try:
         deadline = time.monotonic() + 240

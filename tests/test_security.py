@@ -124,8 +124,9 @@ def _ray_processes() -> set[int]:
     import ray
 
     node = ray._private.worker._global_node
-    roots = [os.getpid()] + [i.process.pid for infos in node.all_processes.values()
-                             for i in infos]
+    # Only the node's own processes and their children: this test process may have other
+    # children (e.g. a multiprocessing resource tracker left by an earlier test).
+    roots = [i.process.pid for infos in node.all_processes.values() for i in infos]
     return _descendants(roots)
 
 
