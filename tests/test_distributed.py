@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from proc_helpers import cmdline, descendants
 
 from maxup import records
 from maxup.config import from_dict, to_dict
@@ -262,34 +263,6 @@ def test_regression_start_timeout_reaches_train_when_ray_already_running(fake_tr
 
 # --------------------------------------------------------------------------- Ray helpers
 
-def _proc_children() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                stat = Path(f"/proc/{d}/stat").read_text()
-            except OSError:
-                continue
-            kids.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(d))
-    return kids
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
-def _descendants(roots: list[int]) -> set[int]:
-    kids, seen, stack = _proc_children(), set(), list(roots)
-    while stack:
-        p = stack.pop()
-        if p not in seen:
-            seen.add(p)
-            stack += kids.get(p, [])
-    return seen
-
 
 def _own_train_workers() -> list[int]:
     """Pids of ``RayTrainWorker`` actors under this process's own Ray (never another's)."""
@@ -297,7 +270,7 @@ def _own_train_workers() -> list[int]:
 
     node = ray._private.worker._global_node
     roots = [i.process.pid for infos in node.all_processes.values() for i in infos]
-    return sorted(p for p in _descendants(roots) if _cmdline(p).startswith("ray::RayTrainWorker"))
+    return sorted(p for p in descendants(roots) if cmdline(p).startswith("ray::RayTrainWorker"))
 
 
 def _wait_for(predicate, timeout: float, what: str, poll: float = 0.1):
@@ -460,7 +433,7 @@ def two_node_cluster(monkeypatch):
 
 def _node_pids(node) -> set[int]:
     roots = [i.process.pid for infos in node.all_processes.values() for i in infos]
-    return _descendants(roots)
+    return descendants(roots)
 
 
 @pytest.mark.ray
@@ -496,7 +469,7 @@ def test_node_lost_mid_run_elastic_shrink_completes(two_node_cluster, tmp_path):
 
 def _own_train_workers_on(nodes) -> list[bool]:
     """For each node: does it host a RayTrainWorker?"""
-    return [any(_cmdline(p).startswith("ray::RayTrainWorker") for p in _node_pids(n))
+    return [any(cmdline(p).startswith("ray::RayTrainWorker") for p in _node_pids(n))
             for n in nodes]
 
 

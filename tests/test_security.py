@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from proc_helpers import cmdline, descendants
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "maxup"
@@ -54,31 +55,6 @@ def _listening_inodes() -> dict[int, tuple[str, int]]:
     return out
 
 
-def _descendants(roots: list[int]) -> set[int]:
-    kids: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                stat = Path(f"/proc/{d}/stat").read_text()
-            except OSError:
-                continue
-            kids.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(d))
-    seen, stack = set(), list(roots)
-    while stack:
-        p = stack.pop()
-        if p not in seen:
-            seen.add(p)
-            stack += kids.get(p, [])
-    return seen
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-    except OSError:
-        return ""
-
-
 def _listeners(pids: set[int]) -> list[tuple[str, str, int]]:
     """(process kind, ip, port) of every listening TCP socket the processes hold."""
     inodes = _listening_inodes()
@@ -99,7 +75,7 @@ def _listeners(pids: set[int]) -> list[tuple[str, str, int]]:
 
 
 def _kind(pid: int) -> str:
-    cmd = _cmdline(pid)
+    cmd = cmdline(pid)
     if pid == os.getpid():
         return "driver"
     for kind in ("gcs_server", "raylet", "dashboard", "DashboardAgent", "RuntimeEnvAgent",
@@ -127,7 +103,7 @@ def _ray_processes() -> set[int]:
     # Only the node's own processes and their children: this test process may have other
     # children (e.g. a multiprocessing resource tracker left by an earlier test).
     roots = [i.process.pid for infos in node.all_processes.values() for i in infos]
-    return _descendants(roots)
+    return descendants(roots)
 
 
 def _gcs_call(metadata=None):
@@ -174,7 +150,7 @@ def _check_embedded_ray() -> None:
     kinds = {k for k, _, _ in listeners}
     for pid in pids:  # the reduced head process Ray always starts: no web frontend
         if _kind(pid) == "dashboard":
-            assert "--disable-frontend" in _cmdline(pid)
+            assert "--disable-frontend" in cmdline(pid)
     assert not [x for x in listeners if x[2] == 8265]
     assert "ray_client_server" not in kinds
     wide = sorted(x for x in listeners if x[1] not in LOOPBACK)
@@ -209,9 +185,9 @@ def test_start_local_ray_token_auth_no_dashboard(no_ray, monkeypatch):
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if _cmdline(pid).startswith("ray::"):
+        if cmdline(pid).startswith("ray::"):
             continue  # setproctitle reuses the environ area of ray:: processes: unreadable
-        assert b"RAY_USAGE_STATS_ENABLED=0" in environ, _cmdline(pid)
+        assert b"RAY_USAGE_STATS_ENABLED=0" in environ, cmdline(pid)
         checked.add(_kind(pid))
     assert {"gcs_server", "raylet"} <= checked, checked
 

@@ -1,0 +1,36 @@
+"""Process-tree helpers over /proc, for tests that must touch only their own Ray's processes."""
+
+import os
+from pathlib import Path
+
+
+def proc_children() -> dict[int, list[int]]:
+    """Parent pid → child pids of every process on the host."""
+    kids: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text()
+            except OSError:
+                continue
+            kids.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(d))
+    return kids
+
+
+def descendants(roots: list[int]) -> set[int]:
+    """The roots and every process below them."""
+    kids, seen, stack = proc_children(), set(), list(roots)
+    while stack:
+        p = stack.pop()
+        if p not in seen:
+            seen.add(p)
+            stack += kids.get(p, [])
+    return seen
+
+
+def cmdline(pid: int) -> str:
+    """A process's command line as one string ('' once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return ""
