@@ -112,6 +112,7 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
                 ddp = torch.nn.parallel.DistributedDataParallel(_model(name))
                 result[f"{name}/{mode}"] = _step_grads(ddp, x, y, noise, mode)
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
+        tdist.barrier()  # see _nan_worker: no rank tears gloo down under its peer
     finally:
         tdist.destroy_process_group()
 
@@ -583,6 +584,9 @@ def _nan_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         except Exception as exc:  # noqa: BLE001 - a collective timeout is the bug
             result = f"{type(exc).__name__}"
         Path(out_dir, f"rank{rank}.txt").write_text(result)
+        # Both ranks are here before either tears gloo down: a rank that destroys the group
+        # while its peer is still inside it can abort the peer ("terminate called ...").
+        tdist.barrier()
     finally:
         tdist.destroy_process_group()
 
