@@ -293,10 +293,12 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *,
     slots = max_concurrent(spec, pending, cpus, gpus)
     sharded = any(t.config["train"]["workers"] > 1 for t in pending)
     per_trial = trial_cpus(spec, pending[0].config)
-    # A sharded trial's Tune actor only coordinates: its Ray Train workers hold the CPUs, and
-    # Tune does not count them, so the actor asks for (almost) nothing.
-    resources = {"cpu": 0.001 if sharded else per_trial, "gpu": 0 if sharded
-                 else spec.gpus_per_trial}
+    # A sharded trial's Tune actor only coordinates: its Ray Train workers hold the CPUs in
+    # their own placement group, which Tune does not count. The actor must ask for no CPU at
+    # all (even 0.001 CPU leaves too little for workers that fill the machine exactly, and
+    # they would wait forever); one byte of memory is the smallest request Ray accepts.
+    resources = ({"cpu": 0, "memory": 1} if sharded
+                 else {"cpu": per_trial, "gpu": spec.gpus_per_trial})
     echo(f"sweep {spec.name}: {len(pending)} trial(s) to run, {slots} at a time "
          f"({per_trial:g} CPU each, cluster {cpus:g} CPU / {gpus:g} GPU)")
     payload = {t.trial_id: _trial_payload(t) for t in pending}

@@ -1,0 +1,47 @@
+"""A sweep whose trials are data-parallel: Ray Train inside Ray Tune, on this 2-CPU machine."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from maxup.platform.space import load_space
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_regression_two_worker_trials_fill_the_machine_without_deadlock(tmp_path):
+    """Each trial's 2 workers need both CPUs. The trial's own Tune actor used to hold 0.001
+    CPU, so the workers' placement group never fit and the sweep waited forever."""
+    space = {
+        "name": "sharded", "base_config": str(ROOT / "configs" / "digits_smoke.yaml"),
+        "base": {"model": {"name": "mlp"}, "train": {"epochs": 2, "workers": 2,
+                                                     "progress": False}},
+        "grid": {"maxup.m": [1, 2]}, "seeds": 1, "resources": {"cpus_per_worker": 1},
+        "concurrency": 2, "retries": 1,
+    }
+    path = tmp_path / "sharded.yaml"
+    path.write_text(yaml.safe_dump(space))
+    storage = tmp_path / "results"
+    res = subprocess.run([sys.executable, "-m", "maxup", "sweep", str(path), "--storage",
+                          str(storage), "--no-table"], capture_output=True, text=True,
+                         timeout=300, cwd=ROOT)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "1 at a time" in res.stdout  # 2 CPUs ÷ (2 workers × 1 CPU)
+    expected = {t.trial_id: t for t in load_space(path).expand()}
+    recs = {p.stem: json.loads(p.read_text())
+            for p in (storage / "sharded" / "records").glob("*.json")}
+    assert sorted(recs) == sorted(expected)
+    for tid, rec in recs.items():
+        assert rec["status"] == "completed"
+        assert rec["environment"]["workers"] == 2
+        assert [h["epoch"] for h in rec["history"]] == [1, 2]
+        assert rec["axes"] == expected[tid].axes and rec["sweep"] == "sharded"
+        assert (storage / "sharded" / "trials" / tid / "ray_train").is_dir()
