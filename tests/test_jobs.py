@@ -256,3 +256,25 @@ def test_maxup_cli_wiring_reports_unreachable_in_one_line():
     assert proc.stderr.startswith(
         f"maxup: error: job: cannot reach the Ray job API at http://127.0.0.1:{port}"
     )
+
+
+def test_sweep_job_joins_the_cluster_and_writes_records(with_token, capsys, tmp_path):
+    """The README's cluster path in miniature: `maxup job submit -- maxup sweep --address auto`."""
+    import json
+
+    import yaml
+
+    space = yaml.safe_load((ROOT / "search_spaces" / "quickstart.yaml").read_text())
+    space.update(name="jobsweep", seeds=1)
+    space["base"]["train"]["epochs"] = 2
+    path = tmp_path / "jobsweep.yaml"
+    path.write_text(yaml.safe_dump(space))
+    storage = tmp_path / "results"  # the job runs on this host, so it can write here
+    assert job("submit", "--address", with_token.address, "--", "python", "-m", "maxup",
+               "sweep", str(path), "--address", "auto", "--storage", str(storage),
+               "--no-table") == 0
+    out = capsys.readouterr().out
+    assert "sweep finished" in out and "completed 2, failed 0" in out
+    recs = [json.loads(p.read_text()) for p in (storage / "jobsweep" / "records").glob("*.json")]
+    assert len(recs) == 2 and {r["status"] for r in recs} == {"completed"}
+    assert "1 at a time" in out  # the head has 1 CPU: the sweep sized itself to the cluster
