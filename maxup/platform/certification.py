@@ -73,13 +73,24 @@ def certify_shard(checkpoint: str, start: int, stop: int, threads: int = 1,
                            device=device)
 
 
-def run_certification(layout, trial_ids: list[str], *, shards: int, cpus: float, gpus: float,
+def needing_certification(layout, trial_ids: list[str]) -> list[dict]:
+    """Records of the listed trials that are trained, want certification and lack it."""
+    todo = []
+    for tid in trial_ids:
+        rec = records.read_record(layout.record(tid))
+        if (rec and rec["status"] == "completed" and rec["config"]["certify"]["enabled"]
+                and not rec.get("certification")):
+            todo.append(rec)
+    return todo
+
+
+def run_certification(layout, todo: list[dict], *, shards: int, cpus: float, gpus: float,
                       echo: Callable[[str], None]) -> list[str]:
-    """Certify every listed trial that needs it; returns the ids that got a certification.
+    """Certify the given trials; returns the ids that got a certification.
 
     Args:
         layout: the sweep's :class:`~maxup.platform.sweep.SweepLayout`.
-        trial_ids: candidate trials (those without a completed certification are done).
+        todo: their records, from :func:`needing_certification`.
         shards: Ray tasks per trial.
         cpus, gpus: resources of one shard task.
         echo: progress lines.
@@ -89,12 +100,6 @@ def run_certification(layout, trial_ids: list[str], *, shards: int, cpus: float,
     from maxup.certify import certification_summary
     from maxup.data import dataset_info
 
-    todo = []
-    for tid in trial_ids:
-        rec = records.read_record(layout.record(tid))
-        if (rec and rec["status"] == "completed" and rec["config"]["certify"]["enabled"]
-                and not rec.get("certification")):
-            todo.append(rec)
     if not todo:
         return []
     remote = ray.remote(certify_shard).options(num_cpus=cpus, num_gpus=gpus, max_retries=2)

@@ -110,13 +110,23 @@ class SweepSummary:
         return not (self.failed or self.failed_before or self.interrupted)
 
 
-def plan(spec: SweepSpec, trials: list[Trial], layout: SweepLayout, rerun_failed: bool
-         ) -> tuple[list[Trial], list[Trial]]:
-    """Split trials into (to run, to skip) from the records already in storage."""
+def record_statuses(trials: list[Trial], layout: SweepLayout) -> dict[str, str | None]:
+    """Each trial's record status in storage (None: no readable record yet)."""
+    return {t.trial_id: (records.read_record(layout.record(t.trial_id)) or {}).get("status")
+            for t in trials}
+
+
+def plan(spec: SweepSpec, trials: list[Trial], layout: SweepLayout, rerun_failed: bool,
+         statuses: dict[str, str | None] | None = None) -> tuple[list[Trial], list[Trial]]:
+    """Split trials into (to run, to skip) from the records already in storage.
+
+    Args:
+        statuses: :func:`record_statuses` when the caller already read them.
+    """
+    statuses = record_statuses(trials, layout) if statuses is None else statuses
     pending, skipped = [], []
     for t in trials:
-        rec = records.read_record(layout.record(t.trial_id))
-        status = rec["status"] if rec else None
+        status = statuses[t.trial_id]
         if status == "completed" or (status == "failed" and not rerun_failed):
             skipped.append(t)
         else:
@@ -265,10 +275,10 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *,
     t_start = time.perf_counter()
     layout = sweep_layout(storage, spec.name)
     layout.pull_records()
-    pending, skipped = plan(spec, trials, layout, rerun_failed)
+    statuses = record_statuses(trials, layout)
+    pending, skipped = plan(spec, trials, layout, rerun_failed, statuses)
     summary = SweepSummary(skipped=[t.trial_id for t in skipped])
-    summary.failed_before = [t.trial_id for t in skipped if (records.read_record(
-        layout.record(t.trial_id)) or {}).get("status") == "failed"]
+    summary.failed_before = [t.trial_id for t in skipped if statuses[t.trial_id] == "failed"]
     layout.records.mkdir(parents=True, exist_ok=True)
     atomic_write_json(layout.root / "sweep.json", {
         "name": spec.name, "description": spec.description, "paper_table": spec.paper_table,
@@ -332,17 +342,15 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *,
 def _certify_phase(spec: SweepSpec, trials: list[Trial], layout: SweepLayout,
                    address: str | None, echo: Callable[[str], None]) -> None:
     """Certify trained models that need it, as sharded Ray tasks (see certification.py)."""
-    from maxup.platform.certification import run_certification
+    from maxup.platform.certification import needing_certification, run_certification
 
-    wanted = [t.trial_id for t in trials if t.config["certify"]["enabled"]]
-    needs = [tid for tid in wanted
-             if (rec := records.read_record(layout.record(tid))) is not None
-             and rec["status"] == "completed" and not rec.get("certification")]
-    if not needs:
-        return
+    todo = needing_certification(
+        layout, [t.trial_id for t in trials if t.config["certify"]["enabled"]])
+    if not todo:
+        return  # nothing to certify: Ray is not even started
     cpus, gpus = start_ray(address)
     slots = max_concurrent(spec, trials, cpus, gpus)
-    run_certification(layout, needs, shards=slots, cpus=max(spec.cpus_per_trial, 1.0),
+    run_certification(layout, todo, shards=slots, cpus=max(spec.cpus_per_trial, 1.0),
                       gpus=spec.gpus_per_trial, echo=echo)
 
 
