@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sweep_helpers import run_sweep_cli
 
 from maxup.platform.certification import certified_image_count, shard_bounds
 
@@ -44,9 +45,7 @@ def test_cpu_table8_sweep_certifies_in_shards_and_fills_table8(tmp_path):
     path = tmp_path / "t8.yaml"
     path.write_text(yaml.safe_dump(space))
     storage = tmp_path / "results"
-    res = subprocess.run([sys.executable, "-m", "maxup", "sweep", str(path), "--storage",
-                          str(storage), "--no-table"], capture_output=True, text=True,
-                         timeout=600, cwd=ROOT)
+    res = run_sweep_cli(path, storage)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     records = [json.loads(p.read_text()) for p in (storage / "t8" / "records").glob("*.json")]
     assert len(records) == 2
@@ -63,9 +62,7 @@ def test_cpu_table8_sweep_certifies_in_shards_and_fills_table8(tmp_path):
         assert cert["certified_accuracy"] == pytest.approx(expected)
         assert cert["sigma"] == 0.25 and cert["n"] == 200
     # A second run has nothing left to train or certify.
-    again = subprocess.run([sys.executable, "-m", "maxup", "sweep", str(path), "--storage",
-                            str(storage), "--no-table"], capture_output=True, text=True,
-                           timeout=300, cwd=ROOT)
+    again = run_sweep_cli(path, storage, timeout=300)
     assert again.returncode == 0 and "[certify]" not in again.stdout
     table = subprocess.run([sys.executable, "-m", "maxup", "tables", str(storage / "t8"),
                             "--table", "8"], capture_output=True, text=True, timeout=120)

@@ -437,6 +437,27 @@ def _node_pids(node) -> set[int]:
     return descendants(roots)
 
 
+def _own_train_workers_on(nodes) -> list[bool]:
+    """For each node: does it host a RayTrainWorker?"""
+    return [any(cmdline(p).startswith("ray::RayTrainWorker") for p in _node_pids(n))
+            for n in nodes]
+
+
+def _run_then_lose_a_node(cluster, nodes, cfg: dict, out: Path):
+    """Start a 2-worker run spread over both nodes; once a checkpoint has committed, crash
+    the second node. Returns (thread, result box, epochs recorded before the crash)."""
+    from maxup.platform.distributed import train_distributed
+
+    thread, box = _run_in_thread(train_distributed, cfg, out)
+    _wait_for(lambda: _committed_checkpoints(out) >= 1 or "error" in box, 180,
+              "the first committed checkpoint")
+    assert "error" not in box, box.get("error")
+    assert all(_own_train_workers_on(nodes)), "each node should host one worker"
+    done_before = len((records.read_record(out / "record.json") or {"history": []})["history"])
+    cluster.remove_node(nodes[1], allow_graceful=False)
+    return thread, box, done_before
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_node_lost_mid_run_elastic_shrink_completes(two_node_cluster, tmp_path):
@@ -447,31 +468,17 @@ def test_node_lost_mid_run_elastic_shrink_completes(two_node_cluster, tmp_path):
     checkpoint; the record holds every epoch exactly once (the shared ``out_dir`` is on this
     machine's disk, as a shared filesystem would be on a real cluster).
     """
-    from maxup.platform.distributed import train_distributed
-
     cluster, nodes = two_node_cluster
     cfg = json.loads(json.dumps(SLOW))
     cfg["train"].update(min_workers=1, start_timeout_s=10.0)
     out = tmp_path / "run"
-    thread, box = _run_in_thread(train_distributed, cfg, out)
-    _wait_for(lambda: _committed_checkpoints(out) >= 1 or "error" in box, 180,
-              "the first committed checkpoint")
-    assert "error" not in box, box.get("error")
-    assert all(_own_train_workers_on(nodes)), "each node should host one worker"
-    done_before = len((records.read_record(out / "record.json") or {"history": []})["history"])
-    cluster.remove_node(nodes[1], allow_graceful=False)
+    thread, box, done_before = _run_then_lose_a_node(cluster, nodes, cfg, out)
     thread.join(240)
     assert not thread.is_alive(), "the run did not finish after the node was removed"
     assert "error" not in box, box.get("error")
     assert done_before < cfg["train"]["epochs"]
     _assert_complete(box["value"], cfg["train"]["epochs"], workers=1)
     assert "resumed from" in (out / "log.txt").read_text()
-
-
-def _own_train_workers_on(nodes) -> list[bool]:
-    """For each node: does it host a RayTrainWorker?"""
-    return [any(cmdline(p).startswith("ray::RayTrainWorker") for p in _node_pids(n))
-            for n in nodes]
 
 
 @pytest.mark.ray
@@ -483,17 +490,9 @@ def test_node_lost_mid_run_replaced_completes(two_node_cluster, tmp_path):
     node is added (from the main thread, as Ray requires) the group restarts on it and
     resumes from the last committed checkpoint; every epoch appears exactly once.
     """
-    from maxup.platform.distributed import train_distributed
-
     cluster, nodes = two_node_cluster
     out = tmp_path / "run"
-    thread, box = _run_in_thread(train_distributed, SLOW, out)
-    _wait_for(lambda: _committed_checkpoints(out) >= 1 or "error" in box, 180,
-              "the first committed checkpoint")
-    assert "error" not in box, box.get("error")
-    assert all(_own_train_workers_on(nodes)), "each node should host one worker"
-    done_before = len((records.read_record(out / "record.json") or {"history": []})["history"])
-    cluster.remove_node(nodes[1], allow_graceful=False)
+    thread, box, done_before = _run_then_lose_a_node(cluster, nodes, SLOW, out)
     cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     thread.join(240)

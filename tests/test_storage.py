@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sweep_helpers import run_sweep_cli
 
 from maxup.platform.storage import Mirror, is_remote, scratch_root
 
@@ -60,9 +61,7 @@ def test_sweep_on_uri_storage_resumes_from_the_remote_copy(tmp_path):
     env = {**os.environ, "MAXUP_SCRATCH": str(tmp_path / "scratch")}
 
     def sweep():
-        return subprocess.run([sys.executable, "-m", "maxup", "sweep", str(path), "--storage",
-                               uri, "--no-table"], capture_output=True, text=True, timeout=600,
-                              cwd=ROOT, env=env)
+        return run_sweep_cli(path, uri, env=env)
 
     first = sweep()
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from sweep_helpers import run_sweep_cli
 
 from maxup.platform.space import load_space
 
@@ -30,9 +29,7 @@ def test_regression_two_worker_trials_fill_the_machine_without_deadlock(tmp_path
     path = tmp_path / "sharded.yaml"
     path.write_text(yaml.safe_dump(space))
     storage = tmp_path / "results"
-    res = subprocess.run([sys.executable, "-m", "maxup", "sweep", str(path), "--storage",
-                          str(storage), "--no-table"], capture_output=True, text=True,
-                         timeout=300, cwd=ROOT)
+    res = run_sweep_cli(path, storage, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "1 at a time" in res.stdout  # 2 CPUs ÷ (2 workers × 1 CPU)
     expected = {t.trial_id: t for t in load_space(path).expand()}
