@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from maxup import records
+from maxup import identity, records
 from maxup.augment import build_augmentation
 from maxup.config import RunConfig, from_dict, to_dict
 from maxup.errors import UsageError
@@ -377,21 +377,6 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
-_CONFIG_KEYS_FREE_ON_RESUME = set(records.RUN_LOCAL_KEYS)
-
-
-def _config_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
-    out = []
-    for key in sorted(set(a) | set(b)):
-        name = prefix + key
-        va, vb = a.get(key), b.get(key)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += _config_differences(va, vb, name + ".")
-        elif va != vb and name not in _CONFIG_KEYS_FREE_ON_RESUME:
-            out.append(name)
-    return out
-
-
 # --------------------------------------------------------------------------- entry point
 
 def train(config: dict | RunConfig, out_dir: str | Path, *, reporter: Reporter | None = None,
@@ -433,7 +418,7 @@ def train(config: dict | RunConfig, out_dir: str | Path, *, reporter: Reporter |
     source = Path(checkpoint_in) if checkpoint_in else ckpt_path
     if resume and source.exists():
         state = load_checkpoint(source)
-        diff = _config_differences(state["config"], cfg_dict)
+        diff = identity.identity_differences(state["config"], cfg_dict)
         if diff:
             raise UsageError(f"resume: {diff[0]} differs from the checkpoint in {source}; "
                              "allowed: the same config (use a new --out to start afresh)")

@@ -1,13 +1,16 @@
 """Trial records: the one durable JSON file per run (schema in docs/records.md).
 
-The engine builds a record from a run's history; the sweep driver writes one per trial; the
-analysis package reads them. Plain JSON, written atomically, never pickled.
+The engine builds a record from a run's history and writes it; every reader — the sweep's
+skip/resume logic, the certification phase, the analysis loader — parses it with
+:func:`parse_record` into one typed :class:`TrialRecord` (with a :class:`Status`). Plain JSON,
+written atomically, never pickled. This module imports neither torch nor Ray at import time
+(the analysis package reads records through it).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
+import enum
 import json
 import math
 import os
@@ -15,17 +18,156 @@ import platform
 import socket
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from maxup import identity
 from maxup.io import atomic_write_json
 
 SCHEMA = "maxup.trial/1"
 
-#: Config keys that say where or how verbosely a run happens, not what it computes: they are
-#: left out of the trial id so the same sweep gets the same ids on any machine.
-RUN_LOCAL_KEYS = ("data.root", "data.num_workers", "data.download", "train.progress",
-                  "train.device")
+
+class Status(enum.StrEnum):
+    """Where a trial stands. Equal to its JSON string (``Status.COMPLETED == "completed"``)."""
+
+    RUNNING = "running"  # interim: rewritten after every epoch while training
+    COMPLETED = "completed"  # every epoch trained; the only status that enters statistics
+    FAILED = "failed"  # stopped for good (non-finite loss, an exception, given up by Ray)
+
+
+class RecordError(ValueError):
+    """A file or object is not a usable trial record (the message says why)."""
+
+
+@dataclass
+class TrialRecord:
+    """One trial's record (docs/records.md), as every reader sees it.
+
+    ``to_dict()`` gives the JSON document; ``parse_record(rec.to_dict()) == rec``.
+    """
+
+    trial_id: str
+    status: Status
+    config: dict
+    seed: int | None = None
+    sweep: str | None = None
+    axes: dict = field(default_factory=dict)
+    paper_table: str | None = None
+    final: dict = field(default_factory=dict)
+    best: dict = field(default_factory=dict)
+    history: list = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+    environment: dict = field(default_factory=dict)
+    failure: dict | None = None
+    certification: dict | None = None
+    certifications: dict = field(default_factory=dict)  # certification id → summary
+    created: str | None = None
+    updated: str | None = None
+    schema: str = SCHEMA
+
+    @property
+    def completed(self) -> bool:
+        return self.status is Status.COMPLETED
+
+    def certification_for(self, config: dict) -> dict | None:
+        """The stored certification made with ``config``'s ``certify`` settings, if any.
+
+        Args:
+            config: a resolved run config of this trial (its certify section may differ from
+                the one the trial was trained with).
+        """
+        cid = identity.certification_id(config)
+        if cid in self.certifications:
+            return self.certifications[cid]
+        if self.certification is not None and cid == identity.certification_id(self.config):
+            return self.certification  # written before certifications were keyed by id
+        return None
+
+    def add_certification(self, config: dict, summary: dict) -> None:
+        """Store a certification of this trial made with ``config``'s ``certify`` settings.
+
+        ``certification`` (the single-certification field of the schema) keeps the one made
+        with the record's own config, or the latest when none was.
+        """
+        self.certifications[identity.certification_id(config)] = summary
+        if (self.certification is None
+                or identity.certification_id(config) == identity.certification_id(self.config)):
+            self.certification = summary
+
+    def to_dict(self) -> dict:
+        """The JSON document, in the documented field order."""
+        return {
+            "schema": self.schema, "sweep": self.sweep, "trial_id": self.trial_id,
+            "status": str(self.status), "config": self.config, "seed": self.seed,
+            "axes": self.axes, "paper_table": self.paper_table, "final": self.final,
+            "best": self.best, "history": self.history, "timings": self.timings,
+            "environment": self.environment, "failure": self.failure,
+            "certification": self.certification, "certifications": self.certifications,
+            "created": self.created, "updated": self.updated,
+        }
+
+
+def _schema_ok(schema: Any) -> bool:
+    if not isinstance(schema, str) or not schema.startswith("maxup.trial/"):
+        return False
+    version = schema.split("/", 1)[1]
+    return version == "1" or version.startswith("1.")
+
+
+def _typed(data: dict, key: str, types: tuple, default: Any) -> Any:
+    value = data.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, types):
+        raise RecordError(f"field {key!r} is {type(value).__name__}, expected "
+                          + " or ".join(t.__name__ for t in types))
+    return value
+
+
+def parse_record(data: dict | str | bytes) -> TrialRecord:
+    """Parse and validate one record; the one function every reader of records calls.
+
+    Args:
+        data: the record as a JSON object or its JSON text.
+
+    Raises:
+        RecordError: not JSON, not an object, another schema, or a field of the wrong type;
+            the message says which.
+    """
+    if isinstance(data, str | bytes):
+        try:
+            data = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise RecordError(f"not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise RecordError("not a JSON object")
+    if not _schema_ok(data.get("schema")):
+        raise RecordError(f"schema is {data.get('schema')!r}, expected {SCHEMA!r}")
+    config = data.get("config")
+    if not isinstance(config, dict) or not isinstance(data.get("trial_id"), str):
+        raise RecordError("missing 'config' object or 'trial_id'")
+    try:
+        status = Status(data.get("status"))
+    except ValueError:
+        raise RecordError(f"status {data.get('status')!r} is not one of "
+                          + ", ".join(s.value for s in Status)) from None
+    seed = data.get("seed", config.get("seed"))
+    paper_table = data.get("paper_table")
+    return TrialRecord(
+        schema=data["schema"], trial_id=data["trial_id"], status=status, config=config,
+        seed=config.get("seed") if seed is None else seed,
+        sweep=_typed(data, "sweep", (str,), None),
+        axes=_typed(data, "axes", (dict,), {}),
+        paper_table=None if paper_table is None else str(paper_table),
+        final=_typed(data, "final", (dict,), {}), best=_typed(data, "best", (dict,), {}),
+        history=_typed(data, "history", (list,), []),
+        timings=_typed(data, "timings", (dict,), {}),
+        environment=_typed(data, "environment", (dict,), {}),
+        failure=_typed(data, "failure", (dict,), None),
+        certification=_typed(data, "certification", (dict,), None),
+        certifications=_typed(data, "certifications", (dict,), {}),
+        created=data.get("created"), updated=data.get("updated"))
 
 
 def now() -> str:
@@ -34,20 +176,12 @@ def now() -> str:
 
 
 def trial_id(config: dict) -> str:
-    """12 hex chars of sha256 over the canonical JSON of the resolved config (seed included).
+    """The trial id of a resolved config (the rule: :mod:`maxup.identity`).
 
     Args:
         config: nested resolved run config (``maxup.config.to_dict``).
     """
-    ident = json.loads(json.dumps(config))
-    for key in RUN_LOCAL_KEYS:
-        node = ident
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.get(p, {})
-        node.pop(leaf, None)
-    canon = json.dumps(ident, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canon.encode()).hexdigest()[:12]
+    return identity.trial_id(config)
 
 
 def _git_commit() -> str | None:
@@ -99,12 +233,12 @@ def build_record(*, config: dict, history: list[dict], status: str, timings: dic
                  env: dict, failure: dict | None = None, sweep: str | None = None,
                  axes: dict | None = None, paper_table: str | None = None,
                  certification: dict | None = None, created: str | None = None) -> dict:
-    """Assemble a record (see docs/records.md) from a run's per-epoch history.
+    """Assemble a record's JSON document (see docs/records.md) from a run's per-epoch history.
 
     Args:
         config: nested resolved run config.
         history: per-epoch metric dicts, epochs in order, each once.
-        status: "running", "completed" or "failed".
+        status: a :class:`Status` value.
         timings: totals (wall_s, train_s, eval_s, selection_s, selection_share, images_per_s).
         env: :func:`environment` output.
         failure: reason/epoch/step/value when failed.
@@ -116,63 +250,65 @@ def build_record(*, config: dict, history: list[dict], status: str, timings: dic
     best = {}
     if history:
         best = dict(max(history, key=lambda h: (h.get("test_acc") or -1.0, -h["epoch"])))
-    return _finite({
-        "schema": SCHEMA,
-        "sweep": sweep,
-        "trial_id": trial_id(config),
-        "status": status,
-        "config": config,
-        "seed": config["seed"],
-        "axes": axes or {},
-        "paper_table": paper_table,
-        "final": final,
-        "best": best,
-        "history": history,
-        "timings": timings,
-        "environment": env,
-        "failure": failure,
-        "certification": certification,
-        "created": created or now(),
-        "updated": now(),
-    })
+    rec = TrialRecord(
+        trial_id=trial_id(config), status=Status(status), config=config, seed=config["seed"],
+        sweep=sweep, axes=axes or {}, paper_table=paper_table, final=final, best=best,
+        history=history, timings=timings, environment=env, failure=failure,
+        created=created or now(), updated=now())
+    if certification is not None:
+        rec.add_certification(config, certification)
+    return _finite(rec.to_dict())
 
 
-def write_record(path: str | os.PathLike, record: dict) -> Path:
-    """Write a record atomically, keeping the ``created`` time of the record it replaces.
+def write_record(path: str | os.PathLike, record: dict | TrialRecord) -> Path:
+    """Write a record atomically, keeping what the record it replaces already established.
 
     A run rewrites its record after every epoch; ``created`` stays the time of the first
-    write of that trial's record (``record["created"]`` is updated in place to match).
+    write of that trial's record, and certifications stored earlier (the certification
+    phase writes them into a finished record) are kept when the new version carries none.
+    ``record`` is updated in place to match when it is a dict.
     """
-    old = read_record(path)
-    if old and old.get("trial_id") == record.get("trial_id") and old.get("created"):
-        record["created"] = old["created"]
-    return atomic_write_json(path, record)
+    if isinstance(record, TrialRecord):
+        record = record.to_dict()
+    old = load_record(path)
+    if old is not None and old.trial_id == record.get("trial_id"):
+        if old.created:
+            record["created"] = old.created
+        if old.certifications and not record.get("certifications"):
+            record["certifications"] = old.certifications
+            record["certification"] = record.get("certification") or old.certification
+    return atomic_write_json(path, _finite(record))
+
+
+def load_record(path: str | os.PathLike) -> TrialRecord | None:
+    """Read and parse a record file; None when missing, unreadable or not a valid record."""
+    try:
+        return parse_record(Path(path).read_bytes())
+    except (OSError, RecordError):
+        return None
 
 
 def read_record(path: str | os.PathLike) -> dict | None:
-    """Read a record; None when missing, unreadable or not of this schema."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-        return None
-    return data
+    """The JSON document of a valid record file (see :func:`load_record`), or None."""
+    rec = load_record(path)
+    return None if rec is None else rec.to_dict()
 
 
 def mark_failed(path: str | os.PathLike, *, config: dict, reason: str, extra: dict | None = None,
                 detail: str | None = None) -> dict:
     """Set a trial's record to failed, keeping whatever history it already holds."""
     extra = extra or {}
-    rec = read_record(path)
+    rec = load_record(path)
     if rec is None:
-        rec = build_record(config=config, history=[], status="failed", timings={},
-                           env=environment(), sweep=extra.get("sweep"), axes=extra.get("axes"),
-                           paper_table=extra.get("paper_table"))
-    last = rec["history"][-1]["epoch"] if rec["history"] else 0
-    rec["status"] = "failed"
-    rec["failure"] = {"reason": reason, "epoch": last + 1, "step": None, "value": None,
-                      "detail": detail}
-    rec["updated"] = now()
-    write_record(path, rec)
-    return rec
+        rec = parse_record(build_record(
+            config=config, history=[], status=Status.FAILED, timings={}, env=environment(),
+            sweep=extra.get("sweep"), axes=extra.get("axes"),
+            paper_table=extra.get("paper_table")))
+    last = rec.history[-1]["epoch"] if rec.history else 0
+    rec.status = Status.FAILED
+    rec.failure = {"reason": reason, "epoch": last + 1, "step": None, "value": None,
+                   "detail": detail}
+    rec.updated = now()
+    doc = rec.to_dict()
+    write_record(path, doc)
+    return doc

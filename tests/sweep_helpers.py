@@ -1,5 +1,6 @@
 """Running `maxup sweep` as a user would: a fresh process that starts its own local Ray."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,3 +14,23 @@ def run_sweep_cli(space, storage, *extra: str, env=None, timeout: float = 600
     return subprocess.run([sys.executable, "-m", "maxup", "sweep", str(space), "--storage",
                            str(storage), "--no-table", *extra], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT, env=env)
+
+
+def trial_dir(storage, trial_id: str) -> Path:
+    """A trial's folder in the content-addressed store (docs/records.md)."""
+    return Path(storage) / "trials" / trial_id
+
+
+def sweep_record_files(storage, name: str) -> dict[str, Path]:
+    """Record files of the trials sweep NAME's manifest lists (those written so far), by id."""
+    manifest = Path(storage) / name / "sweep.json"
+    if not manifest.exists():
+        return {}
+    ids = [t["trial_id"] for t in json.loads(manifest.read_text())["trials"]]
+    files = {tid: trial_dir(storage, tid) / "record.json" for tid in ids}
+    return {tid: f for tid, f in files.items() if f.exists()}
+
+
+def sweep_records(storage, name: str) -> dict[str, dict]:
+    """The parsed records of sweep NAME's trials, by trial id."""
+    return {tid: json.loads(f.read_text()) for tid, f in sweep_record_files(storage, name).items()}

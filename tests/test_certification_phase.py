@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from sweep_helpers import run_sweep_cli
+from sweep_helpers import run_sweep_cli, sweep_records, trial_dir
 
 from maxup.platform.certification import certified_image_count, shard_bounds
 
@@ -47,12 +47,12 @@ def test_cpu_table8_sweep_certifies_in_shards_and_fills_table8(tmp_path):
     storage = tmp_path / "results"
     res = run_sweep_cli(path, storage)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    records = [json.loads(p.read_text()) for p in (storage / "t8" / "records").glob("*.json")]
+    records = list(sweep_records(storage, "t8").values())
     assert len(records) == 2
     for rec in records:
         cert = rec["certification"]
         assert [r["index"] for r in cert["rows"]] == [30 * k for k in range(6)]
-        shards = sorted((storage / "t8" / "trials" / rec["trial_id"] / "certify").glob("*.json"))
+        shards = sorted((trial_dir(storage, rec["trial_id"]) / "certify").glob("*/*.json"))
         assert len(shards) == 2  # one Ray task per slot on this 2-CPU machine
         merged = sorted((r for p in shards for r in json.loads(p.read_text())),
                         key=lambda r: r["index"])
@@ -68,3 +68,18 @@ def test_cpu_table8_sweep_certifies_in_shards_and_fills_table8(tmp_path):
                             "--table", "8"], capture_output=True, text=True, timeout=120)
     assert table.returncode == 0, table.stderr
     assert "MaxUp+Gauss" in table.stdout and "Gaussian aug. (m = 1)" in table.stdout
+    # Regression: only certify.* changes — nothing trains again; each model is certified
+    # once more with the new settings, and both certifications stay in its record.
+    space["base"]["certify"]["n"] = 300
+    path.write_text(yaml.safe_dump(space))
+    third = run_sweep_cli(path, storage, timeout=300)
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    assert "skipping 2 trial(s)" in third.stdout and "to run," not in third.stdout
+    assert third.stdout.count("certified accuracy") == 2
+    for rec in sweep_records(storage, "t8").values():
+        assert sorted(c["n"] for c in rec["certifications"].values()) == [200, 300]
+        dirs = sorted(p.name for p in (trial_dir(storage, rec["trial_id"]) / "certify").iterdir())
+        assert len(dirs) == 2  # one folder of shards per certification id
+    from maxup.analysis import load_records
+
+    assert sorted(c["n"] for c in load_records(storage / "t8")["certification"]) == [300, 300]

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from sweep_helpers import sweep_records
 
 from maxup.errors import UsageError
 from maxup.platform import jobs
@@ -260,7 +261,6 @@ def test_maxup_cli_wiring_reports_unreachable_in_one_line():
 
 def test_sweep_job_joins_the_cluster_and_writes_records(with_token, capsys, tmp_path):
     """The README's cluster path in miniature: `maxup job submit -- maxup sweep --address auto`."""
-    import json
 
     import yaml
 
@@ -275,6 +275,6 @@ def test_sweep_job_joins_the_cluster_and_writes_records(with_token, capsys, tmp_
                "--no-table") == 0
     out = capsys.readouterr().out
     assert "sweep finished" in out and "completed 2, failed 0" in out
-    recs = [json.loads(p.read_text()) for p in (storage / "jobsweep" / "records").glob("*.json")]
+    recs = list(sweep_records(storage, "jobsweep").values())
     assert len(recs) == 2 and {r["status"] for r in recs} == {"completed"}
     assert "1 at a time" in out  # the head has 1 CPU: the sweep sized itself to the cluster

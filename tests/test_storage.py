@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from sweep_helpers import run_sweep_cli
+from sweep_helpers import run_sweep_cli, sweep_records, trial_dir
 
 from maxup.platform.storage import Mirror, is_remote, scratch_root
 
@@ -65,11 +65,11 @@ def test_sweep_on_uri_storage_resumes_from_the_remote_copy(tmp_path):
 
     first = sweep()
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    remote = tmp_path / "bucket" / "remote"
-    recs = {p.stem: json.loads(p.read_text()) for p in (remote / "records").glob("*.json")}
+    bucket = tmp_path / "bucket"
+    recs = sweep_records(bucket, "remote")
     assert len(recs) == 2 and all(r["status"] == "completed" for r in recs.values())
     for tid in recs:
-        assert (remote / "trials" / tid / "checkpoints" / "last.pt").exists()
+        assert (trial_dir(bucket, tid) / "checkpoints" / "last.pt").exists()
     assert f"table: maxup tables {uri}/remote" in first.stdout
 
     # A fresh node: no local scratch. One record is rolled back to "running" remotely, as if
@@ -77,13 +77,13 @@ def test_sweep_on_uri_storage_resumes_from_the_remote_copy(tmp_path):
     shutil.rmtree(tmp_path / "scratch")
     tid, rec = next(iter(recs.items()))
     rec["status"] = "running"
-    (remote / "records" / f"{tid}.json").write_text(json.dumps(rec))
+    (trial_dir(bucket, tid) / "record.json").write_text(json.dumps(rec))
     second = sweep()
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "1 trial(s) to run" in second.stdout
     local_log = next((tmp_path / "scratch").glob(f"*/trials/{tid}/log.txt")).read_text()
     assert "resumed from" in local_log and "after epoch 3" in local_log
-    again = json.loads((remote / "records" / f"{tid}.json").read_text())
+    again = json.loads((trial_dir(bucket, tid) / "record.json").read_text())
     assert again["status"] == "completed"
     assert [h["epoch"] for h in again["history"]] == [1, 2, 3]
     assert again["created"] == rec["created"]

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
+from sweep_helpers import sweep_record_files, trial_dir
 
 from maxup import records
 from maxup.platform.space import load_space
@@ -122,16 +123,16 @@ def kill_session(sid: int, grace: float = 5.0) -> None:
 
 def read_records(storage: Path, name: str) -> dict[str, dict]:
     out = {}
-    for f in sorted((storage / name / "records").glob("*.json")):
+    for tid, f in sorted(sweep_record_files(storage, name).items()):
         try:
-            out[f.stem] = json.loads(f.read_text())
+            out[tid] = json.loads(f.read_text())
         except ValueError:  # never expected: records are written atomically
-            out[f.stem] = {"_unreadable": f.read_text()}
+            out[tid] = {"_unreadable": f.read_text()}
     return out
 
 
 def log_epochs(storage: Path, name: str, tid: str) -> list[int]:
-    f = storage / name / "trials" / tid / "log.txt"
+    f = trial_dir(storage, tid) / "log.txt"
     return [int(m.group(1)) for m in EPOCH_LINE.finditer(f.read_text())] if f.exists() else []
 
 
@@ -167,19 +168,19 @@ def no_epoch_twice(rec: dict) -> None:
 
 # --------------------------------------------------------------------------- no Ray
 
-def _fake_record(path: Path, status: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"schema": records.SCHEMA, "status": status}))
+def _fake_record(path: Path, status: str, config: dict) -> None:
+    records.write_record(path, records.build_record(config=config, history=[], status=status,
+                                                    timings={}, env={}))
 
 
 def test_plan_skips_completed_and_failed_unless_rerun(tmp_path):
     spec = load_space(write_space(tmp_path / "s.yaml", "p", grid="maxup.m: [1, 2]"))
     trials = spec.expand()
     layout = SweepLayout(tmp_path / "st" / "p")
-    _fake_record(layout.record(trials[0].trial_id), "completed")
-    _fake_record(layout.record(trials[1].trial_id), "failed")
-    _fake_record(layout.record(trials[2].trial_id), "running")
-    (layout.records / f"{trials[3].trial_id}.json").write_text("{half a rec")  # unreadable
+    for t, status in zip(trials[:3], ("completed", "failed", "running"), strict=True):
+        _fake_record(layout.record(t.trial_id), status, t.config)
+    layout.record(trials[3].trial_id).parent.mkdir(parents=True)
+    layout.record(trials[3].trial_id).write_text("{half a rec")  # unreadable
     pending, skipped = plan(spec, trials, layout, rerun_failed=False)
     assert [t.trial_id for t in skipped] == [t.trial_id for t in trials[:2]]
     assert [t.trial_id for t in pending] == [t.trial_id for t in trials[2:]]

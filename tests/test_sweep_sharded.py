@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import yaml
-from sweep_helpers import run_sweep_cli
+from sweep_helpers import run_sweep_cli, sweep_records, trial_dir
 
 from maxup.platform.space import load_space
 
@@ -33,12 +32,11 @@ def test_regression_two_worker_trials_fill_the_machine_without_deadlock(tmp_path
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "1 at a time" in res.stdout  # 2 CPUs ÷ (2 workers × 1 CPU)
     expected = {t.trial_id: t for t in load_space(path).expand()}
-    recs = {p.stem: json.loads(p.read_text())
-            for p in (storage / "sharded" / "records").glob("*.json")}
+    recs = sweep_records(storage, "sharded")
     assert sorted(recs) == sorted(expected)
     for tid, rec in recs.items():
         assert rec["status"] == "completed"
         assert rec["environment"]["workers"] == 2
         assert [h["epoch"] for h in rec["history"]] == [1, 2]
         assert rec["axes"] == expected[tid].axes and rec["sweep"] == "sharded"
-        assert (storage / "sharded" / "trials" / tid / "ray_train").is_dir()
+        assert (trial_dir(storage, tid) / "ray_train").is_dir()

@@ -1,26 +1,32 @@
 """Load stored trial records (schema ``maxup.trial/1``) into one flat pandas DataFrame.
 
-One row per trial. Nested ``config`` / ``final`` / ``best`` / ``timings`` / ``environment`` /
-``failure`` objects become dotted columns (``config.maxup.m``, ``final.test_acc``, ...); lists of
-scalars inside them become hashable strings (``["crop_flip", "cutout"]`` -> ``"crop_flip+cutout"``,
-``[100, 150]`` -> ``"100,150"``). ``history`` (list) and ``certification`` (dict or None) are kept
-as object columns for the figures and Table 8.
+One row per trial and sweep (a trial two sweeps share is a row of each). Nested ``config``,
+``final``, ``best``, ``timings``, ``environment`` and ``failure`` objects become dotted columns
+(``config.maxup.m``, ``final.test_acc``, ...); lists of scalars inside them become hashable
+strings (``["crop_flip", "cutout"]`` -> ``"crop_flip+cutout"``, ``[100, 150]`` -> ``"100,150"``).
+``history`` (list) and ``certification`` (dict or None) are kept as object columns for the
+figures and Table 8. Records are parsed by :func:`maxup.records.parse_record`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import posixpath
 import warnings
 from collections import Counter
 from typing import Any
 
 import pandas as pd
 
+from maxup import identity, records
 from maxup.errors import UsageError
+from maxup.records import RecordError, Status, TrialRecord
 
-SCHEMA = "maxup.trial/1"
-STATUSES = ("completed", "failed", "running")
+SCHEMA = records.SCHEMA
+STATUSES = tuple(s.value for s in Status)
+#: The schema of a sweep manifest (``maxup.platform.sweep.write_manifest`` writes it).
+MANIFEST_SCHEMA = "maxup.sweep/1"
 #: Scalar top-level record fields that become columns as they are.
 TOP_FIELDS = ("trial_id", "sweep", "status", "seed", "paper_table", "created", "updated")
 #: Nested objects flattened into dotted columns.
@@ -60,11 +66,38 @@ def _flatten(obj: dict, prefix: str, out: dict) -> None:
             out[name] = value
 
 
-def _schema_ok(schema: Any) -> bool:
-    if not isinstance(schema, str) or not schema.startswith("maxup.trial/"):
-        return False
-    version = schema.split("/", 1)[1]
-    return version == "1" or version.startswith("1.")
+def record_row(rec: TrialRecord, source: str = "<record>",
+               context: dict | None = None) -> dict:
+    """One parsed record as a flat row dict.
+
+    Args:
+        rec: the parsed record.
+        source: the file name kept in the ``file`` column.
+        context: a sweep manifest's view of the trial (``sweep``, ``paper_table``, ``axes``
+            and, when it certifies, ``certify``): the row shows the trial as that sweep
+            planned it, with that sweep's certification of it.
+    """
+    doc = rec.to_dict()
+    row: dict[str, Any] = {f: doc.get(f) for f in TOP_FIELDS}
+    # One identity rule for every record, whichever version wrote its stored id.
+    row["trial_id"] = identity.trial_id(rec.config)
+    row["arm_id"] = identity.arm_id(rec.config)
+    config = rec.config
+    cert = rec.certification
+    if context is not None:
+        row["sweep"], row["paper_table"] = context["sweep"], context["paper_table"]
+        if context.get("certify") is not None:
+            config = {**rec.config, "certify": context["certify"]}
+            cert = rec.certification_for(config)
+    for section in FLAT_SECTIONS:
+        value = config if section == "config" else doc.get(section)
+        if isinstance(value, dict):
+            _flatten(value, section + ".", row)
+    row["axes"] = (context or {}).get("axes") or rec.axes
+    row["history"] = rec.history
+    row["certification"] = cert
+    row["file"] = source
+    return row
 
 
 def parse_record(text: str | bytes, source: str = "<record>") -> dict:
@@ -74,34 +107,58 @@ def parse_record(text: str | bytes, source: str = "<record>") -> dict:
         text: the file contents.
         source: the file name used in error messages.
     """
-    try:
-        rec = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"not valid JSON ({exc})") from None
-    if not isinstance(rec, dict):
-        raise ValueError("not a JSON object")
-    if not _schema_ok(rec.get("schema")):
-        raise ValueError(f"schema is {rec.get('schema')!r}, expected {SCHEMA!r}")
-    if not isinstance(rec.get("config"), dict) or not isinstance(rec.get("trial_id"), str):
-        raise ValueError("missing 'config' object or 'trial_id'")
-    if rec.get("status") not in STATUSES:
-        raise ValueError(f"status {rec.get('status')!r} is not one of {', '.join(STATUSES)}")
-    row: dict[str, Any] = {f: rec.get(f) for f in TOP_FIELDS}
-    if row["paper_table"] is not None:
-        row["paper_table"] = str(row["paper_table"])
-    if row["seed"] is None:
-        row["seed"] = rec["config"].get("seed")
-    for section in FLAT_SECTIONS:
-        value = rec.get(section)
-        if isinstance(value, dict):
-            _flatten(value, section + ".", row)
-    row["axes"] = rec.get("axes") or {}
-    history = rec.get("history")
-    row["history"] = history if isinstance(history, list) else []
-    cert = rec.get("certification")
-    row["certification"] = cert if isinstance(cert, dict) else None
-    row["file"] = source
-    return row
+    return record_row(records.parse_record(text), source)
+
+
+class _Tree:
+    """The files under a results root: a local directory or a pyarrow-readable URI."""
+
+    def __init__(self, root: str):
+        self.root = root
+        self.fs = None
+        if "://" in root:
+            from pyarrow import fs as pafs  # lazy: only for URIs
+
+            try:
+                self.fs, self.base = pafs.FileSystem.from_uri(root)
+            except (ValueError, OSError) as exc:  # pyarrow.ArrowInvalid is a ValueError
+                raise UsageError(f"RESULTS: cannot open {root!r} ({exc}); allowed: a local "
+                                 "directory or a URI pyarrow can read (file://, s3://, gs://, "
+                                 "hdfs://)") from None
+            if self.fs.get_file_info(self.base).type == pafs.FileType.NotFound:
+                raise UsageError(f"RESULTS: {root!r} does not exist; allowed: an existing "
+                                 "results root")
+        else:
+            if not os.path.isdir(root):
+                raise UsageError(f"RESULTS: {root!r} is not a directory; allowed: an existing "
+                                 "results root (local directory or URI)")
+            self.base = root
+
+    def files(self) -> list[str]:
+        """Every file path under the root, sorted; hidden files (atomic-write temps) left out."""
+        if self.fs is None:
+            out = []
+            for dirpath, dirnames, filenames in os.walk(self.base):
+                dirnames.sort()
+                out += [os.path.normpath(os.path.join(dirpath, n)) for n in sorted(filenames)
+                        if not n.startswith(".")]
+            return out
+        from pyarrow import fs as pafs
+
+        infos = self.fs.get_file_info(pafs.FileSelector(self.base, recursive=True))
+        return sorted(i.path for i in infos
+                      if i.type == pafs.FileType.File and not i.base_name.startswith("."))
+
+    def read(self, path: str) -> bytes:
+        if self.fs is None:
+            with open(path, "rb") as fh:
+                return fh.read()
+        with self.fs.open_input_stream(path) as fh:
+            return fh.read()
+
+    @staticmethod
+    def join(directory: str, *parts: str) -> str:
+        return posixpath.normpath(posixpath.join(directory, *parts))
 
 
 def _is_record_path(path: str) -> bool:
@@ -112,103 +169,111 @@ def _is_record_path(path: str) -> bool:
     return name.endswith(".json") and len(parts) >= 2 and parts[-2] == "records"
 
 
-def _iter_local(root: str):
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        in_records = os.path.basename(dirpath) == "records"
-        for name in sorted(filenames):
-            if name.startswith("."):  # atomic-write temp files
-                continue
-            if name == "record.json" or (in_records and name.endswith(".json")):
-                path = os.path.join(dirpath, name)
-                yield path, lambda p=path: _read_local(p)
-
-
-def _read_local(path: str) -> bytes:
-    with open(path, "rb") as fh:
-        return fh.read()
-
-
-def _iter_uri(uri: str):
-    from pyarrow import fs as pafs  # lazy: only for URIs
-
+def _manifest(data: bytes) -> dict | None:
+    """A sweep manifest (``<sweep>/sweep.json``, schema ``maxup.sweep/1``), else None."""
     try:
-        filesystem, base = pafs.FileSystem.from_uri(uri)
-    except (ValueError, OSError) as exc:  # pyarrow.ArrowInvalid is a ValueError
-        raise UsageError(f"RESULTS: cannot open {uri!r} ({exc}); allowed: a local directory or "
-                         "a URI pyarrow can read (file://, s3://, gs://, hdfs://)") from None
-    info = filesystem.get_file_info(base)
-    if info.type == pafs.FileType.NotFound:
-        raise UsageError(f"RESULTS: {uri!r} does not exist; allowed: an existing results root")
-    selector = pafs.FileSelector(base, recursive=True)
-    infos = sorted(filesystem.get_file_info(selector), key=lambda i: i.path)
-    for item in infos:
-        if item.type != pafs.FileType.File or item.base_name.startswith("."):
-            continue
-        if _is_record_path(item.path):
-            def read(p=item.path):
-                with filesystem.open_input_stream(p) as fh:
-                    return fh.read()
-            yield item.path, read
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(doc, dict) or doc.get("schema") != MANIFEST_SCHEMA:
+        return None
+    if not isinstance(doc.get("trials"), list) or not isinstance(doc.get("name"), str):
+        return None
+    return doc
 
 
 def load_records(root: str | os.PathLike) -> pd.DataFrame:
-    """Load every ``**/records/*.json`` and ``**/record.json`` under ``root`` into a DataFrame.
+    """Load every trial record under ``root`` into a DataFrame, one row per trial per sweep.
 
-    Corrupt, truncated, non-JSON or foreign files (schema not ``maxup.trial/1``) are skipped with
-    a :class:`RecordSkipped` warning naming the file. A trial_id seen twice (a copied results
-    tree) is kept once, the most recently updated copy. Failed and running trials are kept; the
-    counts are in :func:`summary`.
+    A sweep's trials are the ones its manifest (``<sweep>/sweep.json``) lists, read from the
+    content-addressed store beside it (``trials/<trial_id>/record.json``, docs/records.md),
+    so ``root`` may be a whole storage root or one sweep's folder; a trial shared by two
+    sweeps is a row of each, labelled with that sweep's name, axes and certification. Record
+    files no manifest claims (``maxup train`` runs' ``record.json``, ``records/*.json``) are
+    rows of their own. Corrupt, truncated, non-JSON or foreign files are skipped with a
+    :class:`RecordSkipped` warning naming the file. The same trial (by its identity,
+    :mod:`maxup.identity`) seen twice in one sweep — a copied results tree — is kept once, the
+    most recently updated copy. Failed and running trials are kept; the counts are in
+    :func:`summary`.
 
     Args:
         root: a local directory, or any URI ``pyarrow.fs.FileSystem.from_uri`` reads.
 
     Returns:
-        one row per trial: ``trial_id, sweep, status, seed, paper_table``, ``config.*``,
-        ``final.*``, ``best.*``, ``timings.*``, ``environment.*``, ``failure.*``, and the object
-        columns ``history``, ``certification``, ``axes``, ``file``.
+        one row per trial and sweep: ``trial_id, arm_id, sweep, status, seed, paper_table``,
+        ``config.*``, ``final.*``, ``best.*``, ``timings.*``, ``environment.*``,
+        ``failure.*``, and the object columns ``history``, ``certification``, ``axes``,
+        ``file``.
     """
-    root = os.fspath(root)
-    if "://" in root:
-        files = _iter_uri(root)
-    else:
-        if not os.path.isdir(root):
-            raise UsageError(f"RESULTS: {root!r} is not a directory; allowed: an existing "
-                             "results root (local directory or URI)")
-        files = _iter_local(root)
-    rows: list[dict] = []
+    tree = _Tree(os.fspath(root))
+    paths = tree.files()
+    parsed: dict[str, TrialRecord | None] = {}
     skipped: list[str] = []
-    for path, read in files:
-        try:
-            row = parse_record(read(), path)
-        except (ValueError, OSError) as exc:
-            skipped.append(path)
-            warnings.warn(f"skipping {path}: {exc}", RecordSkipped, stacklevel=2)
+
+    def parse(path: str, warn: bool = True) -> TrialRecord | None:
+        if path not in parsed:
+            try:
+                parsed[path] = records.parse_record(tree.read(path))
+            except (RecordError, OSError) as exc:
+                parsed[path] = None
+                if warn:
+                    skipped.append(path)
+                    warnings.warn(f"skipping {path}: {exc}", RecordSkipped, stacklevel=3)
+        return parsed[path]
+
+    rows: list[dict] = []
+    claimed: set[str] = set()
+    missing = 0
+    for path in paths:
+        if posixpath.basename(path) != "sweep.json":
             continue
-        rows.append(row)
+        try:
+            manifest = _manifest(tree.read(path))
+        except OSError:
+            manifest = None
+        if manifest is None:
+            continue
+        trials_root = tree.join(posixpath.dirname(path), manifest.get("trials_root") or
+                                "../trials")
+        for entry in manifest["trials"]:
+            rec_path = tree.join(trials_root, str(entry.get("trial_id")), "record.json")
+            claimed.add(rec_path)
+            rec = parse(rec_path, warn=rec_path in paths)
+            if rec is None:
+                missing += 1
+                continue
+            rows.append(record_row(rec, rec_path, {
+                "sweep": manifest["name"], "paper_table": manifest.get("paper_table"),
+                "axes": entry.get("axes"), "certify": entry.get("certify")}))
+    for path in paths:
+        if _is_record_path(path) and path not in claimed:
+            rec = parse(path)
+            if rec is not None:
+                rows.append(record_row(rec, path))
     rows, duplicates = _dedupe(rows)
     df = pd.DataFrame.from_records(rows) if rows else pd.DataFrame(
-        columns=[*TOP_FIELDS, "history", "certification", "axes", "file"])
-    df.attrs[ATTR] = {"root": root, "skipped_files": skipped, "duplicates": duplicates}
+        columns=[*TOP_FIELDS, "arm_id", "history", "certification", "axes", "file"])
+    df.attrs[ATTR] = {"root": tree.root, "skipped_files": skipped, "duplicates": duplicates,
+                      "planned_missing": missing}
     return df
 
 
 def _dedupe(rows: list[dict]) -> tuple[list[dict], list[str]]:
-    seen: dict[str, int] = {}
+    seen: dict[tuple, int] = {}
     out: list[dict] = []
     duplicates: list[str] = []
     for row in rows:
-        tid = row["trial_id"]
-        if tid not in seen:
-            seen[tid] = len(out)
+        key = (row["sweep"], row["trial_id"])
+        if key not in seen:
+            seen[key] = len(out)
             out.append(row)
             continue
         duplicates.append(row["file"])
-        kept = out[seen[tid]]
-        warnings.warn(f"trial {tid} appears twice ({kept['file']}, {row['file']}); keeping the "
-                      "most recently updated", RecordSkipped, stacklevel=3)
+        kept = out[seen[key]]
+        warnings.warn(f"trial {row['trial_id']} appears twice ({kept['file']}, {row['file']}); "
+                      "keeping the most recently updated", RecordSkipped, stacklevel=3)
         if str(row.get("updated") or "") > str(kept.get("updated") or ""):
-            out[seen[tid]] = row
+            out[seen[key]] = row
     return out, duplicates
 
 
@@ -219,8 +284,9 @@ def summary(df: pd.DataFrame) -> dict:
         df: a frame from :func:`load_records`.
 
     Returns:
-        ``{"completed", "failed", "running", "skipped", "duplicates": int,
-        "failure_reasons": {reason: count}, "skipped_files": [paths]}``.
+        ``{"completed", "failed", "running", "skipped", "duplicates", "not_run": int,
+        "failure_reasons": {reason: count}, "skipped_files": [paths]}``; ``not_run`` counts
+        trials a sweep manifest planned that have no record yet.
     """
     status = df["status"] if "status" in df else pd.Series([], dtype=object)
     counts = status.value_counts()
@@ -237,6 +303,7 @@ def summary(df: pd.DataFrame) -> dict:
         "running": int(counts.get("running", 0)),
         "skipped": len(skipped),
         "duplicates": len(meta.get("duplicates", [])),
+        "not_run": int(meta.get("planned_missing", 0)),
         "failure_reasons": dict(reasons.most_common()),
         "skipped_files": skipped,
     }
@@ -256,6 +323,8 @@ def summary_line(df: pd.DataFrame) -> str:
             f"excluded), {s['skipped']} files skipped")
     if s["duplicates"]:
         line += f", {s['duplicates']} duplicate copies ignored"
+    if s["not_run"]:
+        line += f", {s['not_run']} planned trials not run yet"
     return line
 
 

@@ -15,25 +15,17 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from maxup import identity
 from maxup.analysis.load import completed
 
-#: Config columns that do not define an arm: the seed (the replicate index) and settings that
-#: only say where/how a run executed, not what was trained. ``config.certify.*`` configures the
-#: post-hoc certification, not training, so it does not split accuracy arms (pass ``by=`` to
-#: group by it explicitly, e.g. for certified accuracy).
-EXCLUDED_COLUMNS: tuple[str, ...] = (
-    "config.seed",
-    "config.data.root",
-    "config.data.num_workers",
-    "config.data.download",
-    "config.train.device",
-    "config.train.progress",
-    "config.train.eval_batch_size",
-    "config.train.checkpoint_every",
-    "config.train.start_timeout_s",
-)
+#: Config columns that do not define an arm: the seed (the replicate index) and every setting
+#: outside the trial identity (:mod:`maxup.identity`: where/how a run executed, and the
+#: post-hoc ``certify.*`` section). Pass ``by=`` to group by them explicitly (e.g. certified
+#: accuracy per ``config.certify.sigma``).
+EXCLUDED_COLUMNS: tuple[str, ...] = tuple(
+    f"config.{k}" for k in (identity.SEED_KEY, *identity.NON_IDENTITY_KEYS))
 #: Prefixes of column families excluded the same way.
-EXCLUDED_PREFIXES: tuple[str, ...] = ("config.certify.",)
+EXCLUDED_PREFIXES: tuple[str, ...] = (f"config.{identity.CERTIFY_SECTION}.",)
 #: In :func:`compare`, a MaxUp arm's baseline must match it on every arm column except the
 #: baseline keys and the other MaxUp settings (mode, bn, warmup, chunk have no effect at m = 1).
 COMPARE_IGNORED_PREFIXES: tuple[str, ...] = ("config.maxup.",)
@@ -42,12 +34,12 @@ STAT_COLUMNS = ("n", "mean", "std", "ci_low", "ci_high", "min", "max")
 
 
 def is_excluded(column: str) -> bool:
-    """Whether a config column is excluded from arm keys (see :data:`EXCLUDED_COLUMNS`).
+    """Whether a config column is excluded from arm keys (:func:`maxup.identity.is_arm_key`).
 
     Args:
-        column: a dotted column name.
+        column: a dotted column name (``config.maxup.m``).
     """
-    return column in EXCLUDED_COLUMNS or column.startswith(EXCLUDED_PREFIXES)
+    return not identity.is_arm_key(column.removeprefix("config."))
 
 
 def arm_columns(df: pd.DataFrame, varying_only: bool = True) -> list[str]:

@@ -1,13 +1,16 @@
 """Certification of a sweep's trained models as Ray tasks, one per shard of test images.
 
-After the training phase, every completed trial with ``certify.enabled`` and no
-certification in its record is certified (Cohen et al.'s CERTIFY, :mod:`maxup.certify`) by
-``shards`` Ray tasks, each a contiguous slice of the certified images (every ``skip``-th
-test image). Image i's noise is seeded from (seed, i), so the shards give exactly the rows of
-one whole run. Each finished shard is written atomically to
-``trials/<id>/certify/shard-<k>-of-<S>.json``; when all are there the rows are merged into
-the trial's record (``certification``, docs/records.md). An interrupted phase resumes with
-the missing shards only.
+After the training phase, every completed trial whose sweep config asks for certification
+(``certify.enabled``) and whose record holds no certification with those settings (its
+*certification id*, :mod:`maxup.identity`) is certified (Cohen et al.'s CERTIFY,
+:mod:`maxup.certify`) by ``shards`` Ray tasks, each a contiguous slice of the certified images
+(every ``skip``-th test image). The settings come from the sweep's config, not from the one
+the model was trained under: a trial trained by another sweep, or certified there with
+another ``n``, trains nothing again and gets a certification of its own. Image i's noise is
+seeded from (seed, i), so the shards give exactly the rows of one whole run. Each finished
+shard is written atomically to ``trials/<id>/certify/<certification id>/shard-<k>-of-<S>.json``;
+when all are there the rows are merged into the trial's record (``certifications``,
+docs/records.md). An interrupted phase resumes with the missing shards only.
 """
 
 from __future__ import annotations
@@ -41,13 +44,14 @@ def certified_image_count(test_size: int, certify_cfg: dict) -> int:
     return count
 
 
-def certify_shard(checkpoint: str, start: int, stop: int, threads: int = 1,
+def certify_shard(checkpoint: str, start: int, stop: int, certify: dict, threads: int = 1,
                   remote: tuple[str, str] | None = None) -> list[dict]:
     """Certify dataset indices ``range(start, stop, skip)`` of a trial's trained model.
 
     Args:
         checkpoint: path of the trial's final checkpoint (holds its config).
         start, stop: the shard's slice of the test set.
+        certify: the ``certify`` config section to certify with.
         threads: torch intra-op threads for this task.
         remote: ``(uri, relative path)`` to fetch the checkpoint from when this node lacks it.
     """
@@ -63,7 +67,7 @@ def certify_shard(checkpoint: str, start: int, stop: int, threads: int = 1,
 
     torch.set_num_threads(max(1, int(threads)))
     model, config = load_model_from_checkpoint(checkpoint)
-    c = config["certify"]
+    c = certify
     test_set = build_dataset(config["data"]["name"], split="test", root=config["data"]["root"])
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return certify_dataset(model, test_set, sigma=c["sigma"] or config["augment"]["sigma"],
@@ -73,30 +77,38 @@ def certify_shard(checkpoint: str, start: int, stop: int, threads: int = 1,
                            device=device)
 
 
-def needing_certification(layout, trial_ids: list[str]) -> list[dict]:
-    """Records of the listed trials that are trained, want certification and lack it."""
+def needing_certification(layout, trials) -> list[tuple[dict, records.TrialRecord]]:
+    """(config, record) of the trials that are trained, want certification with their
+    config's settings and have no certification with those settings yet.
+
+    Args:
+        layout: the sweep's :class:`~maxup.platform.sweep.SweepLayout`.
+        trials: the sweep's :class:`~maxup.platform.space.Trial` list.
+    """
     todo = []
-    for tid in trial_ids:
-        rec = records.read_record(layout.record(tid))
-        if (rec and rec["status"] == "completed" and rec["config"]["certify"]["enabled"]
-                and not rec.get("certification")):
-            todo.append(rec)
+    for t in trials:
+        if not t.config["certify"]["enabled"]:
+            continue
+        rec = records.load_record(layout.record(t.trial_id))
+        if rec is not None and rec.completed and rec.certification_for(t.config) is None:
+            todo.append((t.config, rec))
     return todo
 
 
-def run_certification(layout, todo: list[dict], *, shards: int, cpus: float, gpus: float,
-                      echo: Callable[[str], None]) -> list[str]:
+def run_certification(layout, todo: list[tuple[dict, records.TrialRecord]], *, shards: int,
+                      cpus: float, gpus: float, echo: Callable[[str], None]) -> list[str]:
     """Certify the given trials; returns the ids that got a certification.
 
     Args:
         layout: the sweep's :class:`~maxup.platform.sweep.SweepLayout`.
-        todo: their records, from :func:`needing_certification`.
+        todo: (sweep config, record) pairs, from :func:`needing_certification`.
         shards: Ray tasks per trial.
         cpus, gpus: resources of one shard task.
         echo: progress lines.
     """
     import ray
 
+    from maxup import identity
     from maxup.certify import certification_summary
     from maxup.data import dataset_info
 
@@ -105,24 +117,23 @@ def run_certification(layout, todo: list[dict], *, shards: int, cpus: float, gpu
     remote = ray.remote(certify_shard).options(num_cpus=cpus, num_gpus=gpus, max_retries=2)
     pending: dict = {}
     plans: dict[str, list[Path]] = {}
-    for rec in todo:
-        tid, c = rec["trial_id"], rec["config"]["certify"]
-        test_size = dataset_info(rec["config"]["data"]["name"]).test_size
+    for config, rec in todo:
+        tid, c = rec.trial_id, config["certify"]
+        test_size = dataset_info(config["data"]["name"]).test_size
         if test_size is None:
             from maxup.data import build_dataset
 
-            test_size = len(build_dataset(rec["config"]["data"]["name"], split="test",
-                                          root=rec["config"]["data"]["root"]))
+            test_size = len(build_dataset(config["data"]["name"], split="test",
+                                          root=config["data"]["root"]))
         bounds = shard_bounds(certified_image_count(test_size, c), c["skip"], shards)
-        folder = layout.trial_dir(tid) / "certify"
+        folder = layout.trial_dir(tid) / "certify" / identity.certification_id(config)
         plans[tid] = [folder / f"shard-{k}-of-{len(bounds)}.json" for k in range(len(bounds))]
         ckpt = layout.trial_dir(tid) / "checkpoints" / "last.pt"
-        source = None
-        if layout.remote is not None:
-            source = (layout.remote, ckpt.relative_to(layout.root).as_posix())
+        source = layout.remote_source(ckpt)
         for path, (start, stop) in zip(plans[tid], bounds, strict=True):
             if not path.exists() and not layout.pull(path):
-                pending[remote.remote(str(ckpt), start, stop, max(1, int(cpus)), source)] = path
+                pending[remote.remote(str(ckpt), start, stop, c, max(1, int(cpus)),
+                                      source)] = path
         echo(f"[certify] {tid}: {len(bounds)} shard(s), "
              f"{sum(not p.exists() for p in plans[tid])} to run")
     while pending:
@@ -131,19 +142,21 @@ def run_certification(layout, todo: list[dict], *, shards: int, cpus: float, gpu
         atomic_write_json(path, ray.get(done[0]))
         layout.push(path)
     finished = []
-    for rec in todo:
-        tid, c = rec["trial_id"], rec["config"]["certify"]
+    for config, rec in todo:
+        tid, c = rec.trial_id, config["certify"]
         rows = sorted((r for p in plans[tid] for r in json.loads(p.read_text())),
                       key=lambda r: r["index"])
-        sigma = c["sigma"] or rec["config"]["augment"]["sigma"]
-        rec["certification"] = certification_summary(
-            rows, sigma=sigma, n0=c["n0"], n=c["n"], alpha=c["alpha"], skip=c["skip"],
-            batch=c["batch"])
-        rec["updated"] = records.now()
+        sigma = c["sigma"] or config["augment"]["sigma"]
+        cert = certification_summary(rows, sigma=sigma, n0=c["n0"], n=c["n"], alpha=c["alpha"],
+                                     skip=c["skip"], batch=c["batch"])
+        # Re-read under the same name: another sweep may have added its own certification.
+        rec = records.load_record(layout.record(tid)) or rec
+        rec.add_certification(config, cert)
+        rec.updated = records.now()
         records.write_record(layout.record(tid), rec)
         layout.push(layout.record(tid))
-        acc = rec["certification"]["certified_accuracy"]
+        acc = cert["certified_accuracy"]
         echo(f"[certify] {tid}: certified accuracy {acc[0]:.1f}% at r=0, "
-             f"{acc[len(acc) // 2]:.1f}% at r={rec['certification']['radii'][len(acc) // 2]:g}")
+             f"{acc[len(acc) // 2]:.1f}% at r={cert['radii'][len(acc) // 2]:g}")
         finished.append(tid)
     return finished

@@ -35,11 +35,11 @@ class StartFinishLines(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         tid = trial.config.get("trial", {}).get("id")
-        rec = records.read_record(self.layout.record(tid)) or {}
-        if rec.get("status") == "failed":
-            self.echo(f"[failed] {self._label(trial)}: {(rec.get('failure') or {}).get('reason')}")
+        rec = records.load_record(self.layout.record(tid))
+        if rec is not None and rec.status is records.Status.FAILED:
+            self.echo(f"[failed] {self._label(trial)}: {(rec.failure or {}).get('reason')}")
         else:
-            acc = (rec.get("final") or {}).get("test_acc")
+            acc = rec.final.get("test_acc") if rec is not None else None
             acc_s = f"test acc {acc:.2f}%" if isinstance(acc, float) else "no metrics"
             self.echo(f"[done]   {self._label(trial)}: {acc_s}")
 

@@ -1,20 +1,23 @@
 """Running a sweep on Ray Tune: one Tune trial per expanded trial, one durable record each.
 
-Storage layout under ``STORAGE/<sweep name>/``:
+Storage layout under the storage root ``STORAGE/`` (docs/records.md):
 
-- ``records/<trial_id>.json`` — the trial's record (docs/records.md): the durable history;
-- ``trials/<trial_id>/`` — the run directory (checkpoints, metrics, log, lock);
-- ``tune/`` — Ray Tune's own experiment files (rewritten on restore; never the source of truth);
-- ``sweep.json`` — the expanded sweep (trial ids, axes, seeds) for humans and tools.
+- ``trials/<trial_id>/`` — one trial, content-addressed by its trial id (:mod:`maxup.identity`)
+  and shared by every sweep that plans it: ``record.json`` (the durable history), checkpoints,
+  metrics, log, lock, and ``certify/<certification id>/`` shards;
+- ``<sweep name>/sweep.json`` — the sweep's manifest: the trial ids it planned, with their axes
+  and certification ids (what its table shows);
+- ``<sweep name>/tune/`` — Ray Tune's own files (rewritten on restore; never the source of truth).
 
 With a remote storage root (``s3://…``), trials work in a local scratch directory and the
 durable files are mirrored to the URI (:mod:`maxup.platform.storage`).
 
 Resume is driven by the records, not by Tune's experiment state (which Tune rewrites and
-which would have to be unpickled): running the same file against the same storage skips
-trials with a completed record, resumes interrupted ones from their last checkpoint, and
-leaves failed ones alone unless ``rerun_failed``. Each trial holds an exclusive lock on its
-directory while it trains, so no two processes ever train (or write the record of) one trial.
+which would have to be unpickled): running a sweep against a storage skips every trial with a
+completed record there — whichever sweep trained it — resumes interrupted ones from their last
+checkpoint, and leaves failed ones alone unless ``rerun_failed``. Each trial holds an
+exclusive lock on its directory while it trains, so no two processes ever train (or write the
+record of) one trial, even when two sweeps share it.
 """
 
 from __future__ import annotations
@@ -38,18 +41,30 @@ REPORT_INTERVAL_S = 2.0
 
 @dataclass
 class SweepLayout:
-    """Paths of one sweep: ``root`` is local; ``remote`` (a URI or None) mirrors it."""
+    """Paths of one sweep inside its storage root (layout in docs/records.md).
+
+    ``root`` is the sweep's own folder, ``STORAGE/<sweep name>`` (its manifest ``sweep.json``
+    and Tune's files); trials are content-addressed beside it, ``STORAGE/trials/<trial_id>/``
+    (record, checkpoints, log, lock, certification shards), so a trial shared by two sweeps
+    is trained and stored once. ``remote`` (a URI or None) is the sweep folder's URI when the
+    storage is remote; ``root`` is then its local scratch copy.
+    """
 
     root: Path
     remote: str | None = None
 
     @property
-    def records(self) -> Path:
-        return self.root / "records"
+    def storage(self) -> Path:
+        """The local storage root that holds ``trials/`` and every sweep's folder."""
+        return self.root.parent
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "sweep.json"
 
     @property
     def results(self) -> str:
-        """Where the durable results are read from (``maxup tables`` takes this)."""
+        """Where this sweep's results are read from (``maxup tables`` takes this)."""
         return self.remote or str(self.root)
 
     def _mirror(self):
@@ -58,32 +73,39 @@ class SweepLayout:
         if not hasattr(self, "_mirror_obj"):
             from maxup.platform.storage import Mirror
 
-            self._mirror_obj = Mirror(self.remote)
+            self._mirror_obj = Mirror(self.remote.rstrip("/").rsplit("/", 1)[0])
         return self._mirror_obj
 
+    def _rel(self, path: Path) -> str:
+        return path.relative_to(self.storage).as_posix()
+
     def push(self, path: Path) -> None:
-        """Copy a local file of this sweep to the remote root (no-op when local)."""
+        """Copy a local file of this storage to the remote root (no-op when local)."""
         mirror = self._mirror()
         if mirror is not None and path.exists():
-            mirror.put(path, path.relative_to(self.root).as_posix())
+            mirror.put(path, self._rel(path))
 
     def pull(self, path: Path) -> bool:
-        """Fetch a file of this sweep from the remote root; False when absent there."""
+        """Fetch a file of this storage from the remote root; False when absent there."""
         mirror = self._mirror()
-        return mirror is not None and mirror.get(path.relative_to(self.root).as_posix(), path)
+        return mirror is not None and mirror.get(self._rel(path), path)
 
-    def pull_records(self) -> None:
-        """Refresh the local copies of all records from the remote root."""
+    def remote_source(self, path: Path) -> tuple[str, str] | None:
+        """``(storage URI, relative path)`` of a local file's remote copy; None when local."""
         mirror = self._mirror()
-        if mirror is not None:
-            for name in mirror.list("records"):
-                mirror.get(f"records/{name}", self.records / name)
+        return None if mirror is None else (mirror.uri, self._rel(path))
+
+    def pull_records(self, trial_ids: list[str]) -> None:
+        """Refresh the local copies of these trials' records from the remote root."""
+        if self._mirror() is not None:
+            for tid in trial_ids:
+                self.pull(self.record(tid))
 
     def record(self, trial_id: str) -> Path:
-        return self.records / f"{trial_id}.json"
+        return self.trial_dir(trial_id) / "record.json"
 
     def trial_dir(self, trial_id: str) -> Path:
-        return self.root / "trials" / trial_id
+        return self.storage / "trials" / trial_id
 
 
 @dataclass
@@ -110,14 +132,19 @@ class SweepSummary:
         return not (self.failed or self.failed_before or self.interrupted)
 
 
-def record_statuses(trials: list[Trial], layout: SweepLayout) -> dict[str, str | None]:
+def record_statuses(trials: list[Trial], layout: SweepLayout
+                    ) -> dict[str, records.Status | None]:
     """Each trial's record status in storage (None: no readable record yet)."""
-    return {t.trial_id: (records.read_record(layout.record(t.trial_id)) or {}).get("status")
-            for t in trials}
+    out: dict[str, records.Status | None] = {}
+    for t in trials:
+        rec = records.load_record(layout.record(t.trial_id))
+        out[t.trial_id] = None if rec is None else rec.status
+    return out
 
 
 def plan(spec: SweepSpec, trials: list[Trial], layout: SweepLayout, rerun_failed: bool,
-         statuses: dict[str, str | None] | None = None) -> tuple[list[Trial], list[Trial]]:
+         statuses: dict[str, records.Status | None] | None = None
+         ) -> tuple[list[Trial], list[Trial]]:
     """Split trials into (to run, to skip) from the records already in storage.
 
     Args:
@@ -127,7 +154,8 @@ def plan(spec: SweepSpec, trials: list[Trial], layout: SweepLayout, rerun_failed
     pending, skipped = [], []
     for t in trials:
         status = statuses[t.trial_id]
-        if status == "completed" or (status == "failed" and not rerun_failed):
+        if status is records.Status.COMPLETED or (status is records.Status.FAILED
+                                                   and not rerun_failed):
             skipped.append(t)
         else:
             pending.append(t)
@@ -168,9 +196,9 @@ def run_trial(trial: dict, layout_root: str, sweep: dict, log_to: Callable | Non
         if remote is not None and not checkpoint.exists():
             layout.pull(record_path)  # this node may not have trained the trial before
             layout.pull(checkpoint)
-        done = records.read_record(record_path)
-        if done and done["status"] == "completed":
-            return done
+        done = records.load_record(record_path)
+        if done is not None and done.completed:
+            return done.to_dict()
         try:
             if config["train"]["workers"] > 1:
                 from maxup.platform.distributed import train_distributed
@@ -254,9 +282,36 @@ def sweep_layout(storage: str | Path, name: str) -> SweepLayout:
     from maxup.platform.storage import is_remote, scratch_root
 
     if is_remote(str(storage)):
-        remote = f"{str(storage).rstrip('/')}/{name}"
-        return SweepLayout(scratch_root(remote), remote)
+        root = str(storage).rstrip("/")
+        return SweepLayout(scratch_root(root) / name, f"{root}/{name}")
     return SweepLayout(Path(storage).resolve() / name)
+
+
+MANIFEST_SCHEMA = "maxup.sweep/1"
+
+
+def write_manifest(spec: SweepSpec, trials: list[Trial], layout: SweepLayout) -> None:
+    """Write (and mirror) the sweep's manifest: what it planned, for its table and tools.
+
+    Each trial entry carries its trial id, its axes (seed included) and, when it is to be
+    certified, its certification id and settings: a trial shared with another sweep shows in
+    this sweep's table with this sweep's axes and certification.
+    """
+    from maxup import identity
+
+    entries = []
+    for t in trials:
+        entry = {"trial_id": t.trial_id, "axes": t.axes}
+        if t.config["certify"]["enabled"]:
+            entry["certification_id"] = identity.certification_id(t.config)
+            entry["certify"] = t.config["certify"]
+        entries.append(entry)
+    atomic_write_json(layout.manifest, {
+        "schema": MANIFEST_SCHEMA, "name": spec.name, "description": spec.description,
+        "paper_table": spec.paper_table, "source": spec.source, "axes": spec.varying_axes(),
+        "trials_root": "../trials", "trials": entries,
+    })
+    layout.push(layout.manifest)
 
 
 def run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *,
@@ -274,18 +329,13 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *,
     """
     t_start = time.perf_counter()
     layout = sweep_layout(storage, spec.name)
-    layout.pull_records()
+    layout.pull_records([t.trial_id for t in trials])
     statuses = record_statuses(trials, layout)
     pending, skipped = plan(spec, trials, layout, rerun_failed, statuses)
     summary = SweepSummary(skipped=[t.trial_id for t in skipped])
-    summary.failed_before = [t.trial_id for t in skipped if statuses[t.trial_id] == "failed"]
-    layout.records.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(layout.root / "sweep.json", {
-        "name": spec.name, "description": spec.description, "paper_table": spec.paper_table,
-        "source": spec.source, "axes": spec.varying_axes(),
-        "trials": [{"trial_id": t.trial_id, "axes": t.axes} for t in trials],
-    })
-    layout.push(layout.root / "sweep.json")
+    summary.failed_before = [t.trial_id for t in skipped
+                             if statuses[t.trial_id] is records.Status.FAILED]
+    write_manifest(spec, trials, layout)
     if skipped:
         echo(f"skipping {len(skipped)} trial(s) with a completed"
              f"{'' if rerun_failed else ' or failed'} record")
@@ -333,7 +383,7 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *,
         ),
     )
     tuner.fit()
-    layout.pull_records()  # trials on other nodes wrote theirs there
+    layout.pull_records([t.trial_id for t in pending])  # trials on other nodes wrote theirs
     _certify_phase(spec, trials, layout, address, echo)
     summary.wall_s = time.perf_counter() - t_start
     return _finish(summary, pending, layout, echo)
@@ -344,8 +394,7 @@ def _certify_phase(spec: SweepSpec, trials: list[Trial], layout: SweepLayout,
     """Certify trained models that need it, as sharded Ray tasks (see certification.py)."""
     from maxup.platform.certification import needing_certification, run_certification
 
-    todo = needing_certification(
-        layout, [t.trial_id for t in trials if t.config["certify"]["enabled"]])
+    todo = needing_certification(layout, trials)
     if not todo:
         return  # nothing to certify: Ray is not even started
     cpus, gpus = start_ray(address)
@@ -359,12 +408,12 @@ def _finish(summary: SweepSummary, trials: list[Trial], layout: SweepLayout,
     for t in trials:
         if t.trial_id in summary.skipped:
             continue
-        rec = records.read_record(layout.record(t.trial_id))
-        status = rec["status"] if rec else None
-        {"completed": summary.completed, "failed": summary.failed}.get(
+        rec = records.load_record(layout.record(t.trial_id))
+        status = None if rec is None else rec.status
+        {records.Status.COMPLETED: summary.completed, records.Status.FAILED: summary.failed}.get(
             status, summary.interrupted).append(t.trial_id)
     echo(f"sweep finished in {summary.wall_s:.0f}s: {summary.line()}")
     for tid in summary.failed:
-        rec = records.read_record(layout.record(tid)) or {}
-        echo(f"  FAILED {tid}: {(rec.get('failure') or {}).get('reason')}")
+        rec = records.load_record(layout.record(tid))
+        echo(f"  FAILED {tid}: {((rec.failure if rec else None) or {}).get('reason')}")
     return summary

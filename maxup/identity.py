@@ -1,0 +1,145 @@
+"""Experiment identity: when two runs are the same experiment. The one place this rule lives.
+
+The rule
+--------
+A run is identified by its resolved config (:func:`maxup.config.to_dict`) with the
+*non-identity* settings removed: those that say where, how fast or how verbosely a run
+happens (:data:`NON_IDENTITY_KEYS`: data root, data-loading workers, download flag, device,
+progress display, evaluation batch size, checkpoint frequency, start time-out) and the whole
+post-hoc certification section (:data:`CERTIFY_SECTION`): certifying the same model with
+another ``n`` is not another training run. Everything else changes what training computes
+and is part of the identity — the seed, the model, the data subset, every augmentation,
+MaxUp, optimiser and training-loop setting (workers included: each rank draws its own data).
+
+- **trial id** — 12 hex digits of sha256 over the canonical JSON (sorted keys, no spaces) of
+  the identity config, seed included. Two runs with the same trial id train the same model
+  bit for bit; the sweep stores, skips, locks and resumes trials by it, and the analysis
+  loader counts each trial id once per sweep.
+- **arm id** — the same hash without the seed: the unit one table cell aggregates; its seeds
+  are the cell's observations.
+- **certification id** — the trial id together with the certification settings: one
+  trained model certified with other settings is another certification, not another trial.
+
+Nothing else in the project hashes configs; this module imports neither torch nor Ray, so
+the analysis package can use it.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Iterable
+from typing import Any
+
+#: Dotted keys that say where, how fast or how verbosely a run executes, not what it trains.
+NON_IDENTITY_KEYS: tuple[str, ...] = (
+    "data.root",
+    "data.num_workers",
+    "data.download",
+    "train.device",
+    "train.progress",
+    "train.eval_batch_size",
+    "train.checkpoint_every",
+    "train.start_timeout_s",
+)
+#: The config section of post-hoc certification: part of the certification id only.
+CERTIFY_SECTION = "certify"
+#: The replicate index: in the trial id, not in the arm id.
+SEED_KEY = "seed"
+
+ID_LENGTH = 12
+
+
+def _digest(obj: Any) -> str:
+    canon = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canon.encode()).hexdigest()[:ID_LENGTH]
+
+
+def _drop(config: dict, keys: Iterable[str]) -> dict:
+    out = copy.deepcopy(config)
+    for key in keys:
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+            if node is None:
+                break
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return out
+
+
+def identity_config(config: dict) -> dict:
+    """The part of a resolved config that defines the trial (a new dict; input untouched).
+
+    Args:
+        config: nested resolved run config (``maxup.config.to_dict``).
+    """
+    return _drop(config, (*NON_IDENTITY_KEYS, CERTIFY_SECTION))
+
+
+def trial_id(config: dict) -> str:
+    """The trial id of a resolved config (seed included; see the module docstring).
+
+    Args:
+        config: nested resolved run config.
+    """
+    return _digest(identity_config(config))
+
+
+def arm_id(config: dict) -> str:
+    """The arm id: the trial id's rule without the seed.
+
+    Args:
+        config: nested resolved run config.
+    """
+    return _digest(_drop(identity_config(config), (SEED_KEY,)))
+
+
+def certification_id(config: dict) -> str:
+    """The id of one certification of one trial: trial id + the ``certify`` section.
+
+    Args:
+        config: nested resolved run config.
+    """
+    return _digest({"trial": trial_id(config), CERTIFY_SECTION: config.get(CERTIFY_SECTION)})
+
+
+def is_identity_key(key: str) -> bool:
+    """Whether a dotted config key (``"maxup.m"``) is part of the trial id.
+
+    Args:
+        key: dotted key inside the config (no ``config.`` prefix).
+    """
+    return key not in NON_IDENTITY_KEYS and key.split(".", 1)[0] != CERTIFY_SECTION
+
+
+def is_arm_key(key: str) -> bool:
+    """Whether a dotted config key defines the arm (identity keys except the seed).
+
+    Args:
+        key: dotted key inside the config.
+    """
+    return key != SEED_KEY and is_identity_key(key)
+
+
+def identity_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted identity keys whose values differ between two configs (sorted).
+
+    Two configs with no differences have the same trial id; a checkpoint may be resumed
+    under any config without differences (another device, data root or certification).
+
+    Args:
+        a, b: nested configs.
+        prefix: dotted path of ``a`` and ``b`` inside the whole config (for recursion).
+    """
+    out: list[str] = []
+    for key in sorted(set(a) | set(b)):
+        name = prefix + key
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += identity_differences(va, vb, name + ".")
+        elif va != vb and is_identity_key(name):
+            out.append(name)
+    return out
