@@ -28,6 +28,7 @@ from scipy.stats import binomtest as _binomtest
 from scipy.stats import norm as _norm
 from torch import nn
 
+from maxup.checkpoint import load_checkpoint
 from maxup.errors import DataError
 
 ABSTAIN = -1
@@ -456,20 +457,7 @@ def load_model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
         ``(model, config)``; the model takes (B, C, H, W) images in [0, 1].
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"checkpoint {str(path)!r}: no such file; expected a torch.save'd dict")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # malformed file or a pickle that weights_only refuses
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(
-            f"checkpoint {str(path)!r}: cannot be loaded with weights_only=True ({first})"
-        ) from exc
-    if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
-        keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise DataError(
-            f"checkpoint {str(path)!r}: got {keys}; expected a dict with 'config' and 'model'"
-        )
+    ckpt = load_checkpoint(path, require=("config", "model"))
     config = ckpt["config"]
     try:
         model_cfg, data_name = config["model"], config["data"]["name"]

@@ -34,12 +34,14 @@ import torch.nn.functional as F
 
 from maxup import identity, records
 from maxup.augment import build_augmentation
+from maxup.checkpoint import CHECKPOINT_FORMAT as CHECKPOINT_FORMAT  # re-exported
+from maxup.checkpoint import load_checkpoint as load_checkpoint  # re-exported
+from maxup.checkpoint import save_checkpoint as save_checkpoint  # re-exported
 from maxup.config import RunConfig, from_dict, to_dict
 from maxup.errors import UsageError
-from maxup.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from maxup.io import atomic_write_json, atomic_write_text
 from maxup.objective import MaxUpLoss
 
-CHECKPOINT_FORMAT = 1
 Reporter = Callable[[dict, "Path | None"], None]
 
 
@@ -341,41 +343,14 @@ def train_epoch(run: Run, model: nn.Module, epoch: int, dist: DistContext, progr
     }
 
 
-# --------------------------------------------------------------------------- checkpoints
-
-def save_checkpoint(path: Path, *, config: dict, model: nn.Module, optimizer, epoch: int,
-                    history: list[dict]) -> None:
-    """Atomically write a checkpoint loadable with ``torch.load(weights_only=True)``.
-
-    Contents: config, model and optimiser state, the scheduler's description (the learning
-    rate is a pure function of the epoch), the number of finished epochs, the history, and the
-    per-epoch seeding rule (the RNG state at an epoch boundary is a function of the seed).
-    """
-    import io
-
-    state = {
-        "format": CHECKPOINT_FORMAT,
-        "config": config,
-        "model": _unwrap(model).state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": {"schedule": config["optim"]["schedule"], "next_epoch": epoch},
-        "rng": {"rule": "reseeded per epoch from (seed, epoch, rank)", "seed": config["seed"]},
-        "epoch": epoch,
-        "history": history,
-    }
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def load_checkpoint(path: Path) -> dict:
-    """Load a checkpoint with ``weights_only=True`` (no arbitrary unpickling)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
-
+# --------------------------------------------------------------------------- resume
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
+
+#: What a resumed run reads from its checkpoint.
+RESUME_KEYS = ("config", "model", "optimizer", "epoch", "history")
 
 # --------------------------------------------------------------------------- entry point
 
@@ -417,7 +392,7 @@ def train(config: dict | RunConfig, out_dir: str | Path, *, reporter: Reporter |
     created = None
     source = Path(checkpoint_in) if checkpoint_in else ckpt_path
     if resume and source.exists():
-        state = load_checkpoint(source)
+        state = load_checkpoint(source, require=RESUME_KEYS)
         diff = identity.identity_differences(state["config"], cfg_dict)
         if diff:
             raise UsageError(f"resume: {diff[0]} differs from the checkpoint in {source}; "

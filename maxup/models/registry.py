@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from maxup.checkpoint import CheckpointError, load_checkpoint
 from maxup.errors import ConfigError
 from maxup.models.normalize import Normalize
 
@@ -134,10 +135,10 @@ def load_weights(model: nn.Sequential, path: str | os.PathLike) -> list[str]:
     if not os.path.isfile(path):
         raise ConfigError("model.weights", path, "an existing local file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is a usage error
+        state = load_checkpoint(path, require=())
+    except CheckpointError as exc:
         raise ConfigError(
-            "model.weights", path, f"a torch.save'd state_dict ({type(exc).__name__}: {exc})"
+            "model.weights", path, f"a torch.save'd state_dict ({exc.problem})"
         ) from exc
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
