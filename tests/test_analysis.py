@@ -27,9 +27,12 @@ from maxup.analysis import (
     sweep_table,
     tables_for,
 )
-from maxup.analysis.cli import configure_figures, configure_tables, run_figures, run_tables
 from maxup.analysis.load import RecordSkipped
 from maxup.analysis.published import PUBLISHED
+from maxup.cli.figures import configure as configure_figures
+from maxup.cli.figures import run as run_figures
+from maxup.cli.tables import configure as configure_tables
+from maxup.cli.tables import run as run_tables
 from maxup.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,7 +126,7 @@ def t_ci(x):
 
 # ------------------------------------------------------------------------------------ import
 def test_import_pulls_in_neither_ray_nor_torch():
-    code = ("import sys, maxup.analysis, maxup.analysis.cli; "
+    code = ("import sys, maxup.analysis, maxup.cli.tables, maxup.cli.figures; "
             "bad = [m for m in ('ray', 'torch') if m in sys.modules]; "
             "assert not bad, bad")
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)

@@ -326,7 +326,7 @@ def test_certification_summary_layout(tmp_path):
 
 
 def _parse(argv):
-    from maxup import certify_cli
+    from maxup.cli import certify as certify_cli
 
     parser = argparse.ArgumentParser(prog="maxup certify")
     certify_cli.configure(parser)

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from sweep_helpers import sweep_records
 
+from maxup.cli import job as jobs
 from maxup.errors import UsageError
-from maxup.platform import jobs
 
 pytestmark = [
     pytest.mark.slow,
@@ -141,7 +141,7 @@ def with_token(head, monkeypatch):
 
 
 def job(*argv: str) -> int:
-    """Parse ``maxup job ARGV`` as maxup/cli.py does (top-level dest "command") and run it."""
+    """Parse ``maxup job ARGV`` as maxup.cli does (top-level dest "command") and run it."""
     parser = argparse.ArgumentParser(prog="maxup")
     jobs.configure(parser.add_subparsers(dest="command").add_parser("job"))
     args, extra = parser.parse_known_args(["job", *argv])
@@ -244,7 +244,7 @@ def test_status_list_stop_long_job(with_token, capsys):
 
 
 def test_maxup_cli_wiring_reports_unreachable_in_one_line():
-    """`python -m maxup job ...` goes through maxup/cli.py: exit 2, one line on stderr."""
+    """`python -m maxup job ...` goes through maxup.cli: exit 2, one line on stderr."""
     port = _free_port(set())
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     proc = subprocess.run(

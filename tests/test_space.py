@@ -268,7 +268,7 @@ REFUSALS = {  # id: (YAML body, field named, bad value shown)
 
 @pytest.mark.parametrize("case", list(REFUSALS))
 def test_dry_run_refusals_one_line_exit_2_nothing_written(tmp_path, capsys, monkeypatch, case):
-    import maxup.platform.sweep_cli as sweep_cli
+    import maxup.cli.sweep as sweep_cli
 
     body, field, value = REFUSALS[case]
     monkeypatch.setattr(sweep_cli.os, "cpu_count", lambda: 2)  # "this 2-CPU machine"
@@ -297,7 +297,7 @@ def test_refusal_exit_code_from_the_console_script(tmp_path):
 def test_regression_local_gpus_counted(tmp_path, capsys, monkeypatch):
     # sweep_cli passed 0 GPUs for the embedded local Ray, so a GPU space was refused even on a
     # machine with GPUs; it now counts the CUDA devices this process sees.
-    import maxup.platform.sweep_cli as sweep_cli
+    import maxup.cli.sweep as sweep_cli
 
     path = _write_space(tmp_path, "resources: {cpus_per_trial: 1, gpus_per_trial: 1}\n"
                         "concurrency: 4\ngrid:\n  maxup.m: [1, 4]\n", name="gpu")

@@ -1,28 +1,21 @@
-"""`maxup job`: submit, follow, inspect and stop ad-hoc Ray jobs on a (remote) cluster.
+"""Ad-hoc Ray jobs on a (remote) cluster: submit, follow, inspect and stop them.
 
 The cluster is reached through its dashboard's job API (``http://HEAD:8265``; on a
 ``ray up`` cluster open it with ``ray dashboard cluster.yaml``, an SSH tunnel to
 127.0.0.1:8265). Ray's token authentication stays on: the token is read the way Ray
-documents it and sent as ``Authorization: Bearer <token>``.
-
-Examples::
-
-    maxup job submit -- maxup sweep search_spaces/table3_cifar10.yaml --address auto
-    maxup job status raysubmit_XXXX
-    maxup job logs raysubmit_XXXX --follow
-    maxup job stop raysubmit_XXXX
-    maxup job list
+documents it and sent as ``Authorization: Bearer <token>``. The command line for all of
+this is ``maxup job`` (maxup/cli/job.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import os
 import shlex
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from maxup.errors import UsageError
@@ -65,27 +58,25 @@ DOCS = "docs/cluster.md"
 # --------------------------------------------------------------------------- helpers
 
 
-def project_root() -> Path:
+def project_root() -> Path | None:
     """Return the directory holding maxup's ``pyproject.toml`` (the job's working_dir).
 
-    Looks upward from the current directory first, then next to the installed package.
+    Looks upward from the current directory first, then next to the installed package;
+    None when neither holds the project.
     """
     candidates = [Path.cwd(), *Path.cwd().parents, Path(__file__).resolve().parents[2]]
     for directory in candidates:
         pyproject = directory / "pyproject.toml"
         if pyproject.is_file() and (directory / "maxup").is_dir():
             return directory
-    raise UsageError(
-        f"job submit: no maxup project (pyproject.toml + maxup/) above {Path.cwd()}; "
-        "run from the project checkout or pass --working-dir"
-    )
+    return None
 
 
 def resolve_address(address: str | None) -> str:
-    """Pick the job API address: ``--address``, else the Ray env vars, else the local default.
+    """Pick the job API address: the one given, else the Ray env vars, else the local default.
 
     Args:
-        address: the ``--address`` value or None.
+        address: an explicit address or None.
     """
     if address:
         return address
@@ -147,12 +138,20 @@ def _refused(address: str, status: str) -> UsageError:
     )
 
 
-def _unreachable(address: str) -> UsageError:
-    return UsageError(
-        f"job: cannot reach the Ray job API at {address}: start the cluster (`ray up "
-        "cluster.yaml`) and open its tunnel (`ray dashboard cluster.yaml`), or pass "
-        f"--address http://HEAD:8265 (see {DOCS})"
-    )
+class JobAPIUnreachable(UsageError):
+    """Nothing answers at the job API address (the message says how to open it).
+
+    Args:
+        address: the job API address that was tried.
+    """
+
+    def __init__(self, address: str):
+        self.address = address
+        super().__init__(
+            f"job: cannot reach the Ray job API at {address}: start the cluster (`ray up "
+            "cluster.yaml`) and open its tunnel (`ray dashboard cluster.yaml`), or use the "
+            f"head's job API address http://HEAD:8265 (see {DOCS})"
+        )
 
 
 @contextlib.contextmanager
@@ -171,10 +170,10 @@ def _translate_errors(address: str, job_id: str | None = None):
             raise _refused(address, str(exc.status)) from None
         raise
     except (ConnectionError, requests.exceptions.ConnectionError, aiohttp.ClientConnectionError):
-        raise _unreachable(address) from None
+        raise JobAPIUnreachable(address) from None
     except (requests.exceptions.Timeout, RpcError):
         # RpcError: an address without http:// is taken (as Ray does) for a GCS address.
-        raise _unreachable(address) from None
+        raise JobAPIUnreachable(address) from None
     except RuntimeError as exc:
         text = str(exc)
         if job_id is not None and ("does not exist" in text or "status code 404" in text):
@@ -189,7 +188,7 @@ def connect(address: str | None):
     """Open a ``JobSubmissionClient`` with the cluster token; errors become one line.
 
     Args:
-        address: the ``--address`` value or None (then env vars, then the local default).
+        address: the job API address or None (then env vars, then the local default).
 
     Returns:
         (client, address) with the address actually used.
@@ -251,203 +250,108 @@ def follow_logs(client, job_id: str, address: str, out=None) -> str:
     return status
 
 
-# --------------------------------------------------------------------------- commands
+# --------------------------------------------------------------------------- operations
 
 
-def _cmd_submit(args) -> int:
-    command = list(args.job_argv or [])
-    if command and command[0] == "--":
-        command = command[1:]
-    if not command:
-        raise UsageError(
-            "job submit: no command given; allowed: `maxup job submit [options] -- COMMAND ...`"
-        )
-    # One argument is taken as a shell command line; several are quoted word by word.
-    entrypoint = command[0] if len(command) == 1 else shlex.join(command)
-    if args.working_dir:
-        working_dir = Path(args.working_dir).expanduser().resolve()
-        if not working_dir.is_dir():
-            raise UsageError(
-                f"job submit --working-dir: got {args.working_dir!r}; allowed: a directory"
-            )
-    else:
-        working_dir = project_root()
-    runtime_env = {"working_dir": str(working_dir), "excludes": list(WORKING_DIR_EXCLUDES)}
-
-    client, address = connect(args.address)
-    kwargs = {}
-    if args.submission_id:
-        kwargs["submission_id"] = args.submission_id
-    if args.num_cpus is not None:
-        kwargs["entrypoint_num_cpus"] = args.num_cpus
-    if args.num_gpus is not None:
-        kwargs["entrypoint_num_gpus"] = args.num_gpus
-    with _translate_errors(address):
-        job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, **kwargs)
-    print(job_id, flush=True)
-    if args.no_wait:
-        print(
-            f"maxup: submitted to {address}; follow with `maxup job logs {job_id} --follow`",
-            file=sys.stderr,
-        )
-        return 0
-    try:
-        status = follow_logs(client, job_id, address)
-    except KeyboardInterrupt:
-        print(
-            f"\nmaxup: stopped following; job {job_id} keeps running "
-            f"(stop it with `maxup job stop {job_id}`)",
-            file=sys.stderr,
-        )
-        return 130
-    print(f"maxup: job {job_id} {status}", file=sys.stderr)
-    return 0 if status == "SUCCEEDED" else 1
-
-
-def _cmd_status(args) -> int:
-    client, address = connect(args.address)
-    with _translate_errors(address, args.job_id):
-        info = client.get_job_info(args.job_id)
-    status = str(info.status.value)
-    line = f"{args.job_id}\t{status}"
-    if info.message:
-        line += f"\t{info.message}"
-    print(line)
-    return 0
-
-
-def _cmd_logs(args) -> int:
-    client, address = connect(args.address)
-    if args.follow:
-        status = follow_logs(client, args.job_id, address)
-        print(f"maxup: job {args.job_id} {status}", file=sys.stderr)
-        return 0
-    with _translate_errors(address, args.job_id):
-        logs = client.get_job_logs(args.job_id)
-    sys.stdout.write(logs)
-    sys.stdout.flush()
-    return 0
-
-
-def _cmd_stop(args) -> int:
-    client, address = connect(args.address)
-    with _translate_errors(address, args.job_id):
-        stopping = client.stop_job(args.job_id)
-    if not stopping:
-        print(f"{args.job_id}\t{_status(client, args.job_id, address)}\t(already finished)")
-        return 0
-    status = _status(client, args.job_id, address)
-    deadline = time.monotonic() + args.timeout
-    while status not in TERMINAL_STATES and time.monotonic() < deadline:
-        time.sleep(0.5)
-        status = _status(client, args.job_id, address)
-    print(f"{args.job_id}\t{status}")
-    return 0 if status in TERMINAL_STATES else 1
-
-
-def _cmd_list(args) -> int:
-    client, address = connect(args.address)
-    with _translate_errors(address):
-        jobs = client.list_jobs()
-    jobs = sorted(jobs, key=lambda j: j.start_time or 0)
-    print("SUBMISSION_ID\tSTATUS\tSTART\tENTRYPOINT")
-    for job in jobs:
-        start = (
-            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.start_time / 1000))
-            if job.start_time
-            else "-"
-        )
-        job_id = job.submission_id or job.job_id or "-"
-        print(f"{job_id}\t{job.status.value}\t{start}\t{job.entrypoint}")
-    return 0
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def _add_address(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--address",
-        default=None,
-        help="job API of the cluster, e.g. http://127.0.0.1:8265 (default: "
-        "$RAY_API_SERVER_ADDRESS, $RAY_ADDRESS, else http://127.0.0.1:8265)",
-    )
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    """Add the ``submit/status/logs/stop/list`` sub-subcommands to ``maxup job``.
+def entrypoint_for(command: Sequence[str]) -> str:
+    """The job's entrypoint: one argument is a shell command line, several are quoted each.
 
     Args:
-        parser: the ``job`` subcommand's parser.
+        command: the command and its arguments, at least one.
     """
-    parser.description = (
-        "Ad-hoc jobs on a Ray cluster through its job API. The token is read from "
-        "RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token (see docs/cluster.md)."
-    )
-    sub = parser.add_subparsers(dest="job_command", metavar="ACTION", required=True)
-
-    p = sub.add_parser("submit", help="upload this project and run COMMAND on the cluster")
-    _add_address(p)
-    p.add_argument("--no-wait", action="store_true", help="print the job id and return")
-    p.add_argument("--working-dir", default=None, help="directory to upload (default: project)")
-    p.add_argument("--submission-id", default=None, help="job id to use (default: generated)")
-    p.add_argument("--num-cpus", type=float, default=None, help="CPUs reserved for COMMAND")
-    p.add_argument("--num-gpus", type=float, default=None, help="GPUs reserved for COMMAND")
-    # dest must not be "command": maxup/cli.py keeps the subcommand name there.
-    p.add_argument(
-        "job_argv", nargs=argparse.REMAINDER, metavar="COMMAND", help="-- COMMAND [ARG ...]"
-    )
-    p.set_defaults(job_func=_cmd_submit)
-
-    p = sub.add_parser("status", help="print a job's status")
-    _add_address(p)
-    p.add_argument("job_id")
-    p.set_defaults(job_func=_cmd_status)
-
-    p = sub.add_parser("logs", help="print a job's logs")
-    _add_address(p)
-    p.add_argument("job_id")
-    p.add_argument("--follow", "-f", action="store_true", help="stream until the job ends")
-    p.set_defaults(job_func=_cmd_logs)
-
-    p = sub.add_parser("stop", help="stop a job and wait until it has stopped")
-    _add_address(p)
-    p.add_argument("job_id")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
-    p.set_defaults(job_func=_cmd_stop)
-
-    p = sub.add_parser("list", help="list the cluster's jobs")
-    _add_address(p)
-    p.set_defaults(job_func=_cmd_list)
+    return command[0] if len(command) == 1 else shlex.join(command)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run the chosen ``maxup job`` action.
+def runtime_env_for(working_dir: Path) -> dict:
+    """The job's runtime_env: upload ``working_dir`` without caches, results or weights.
 
     Args:
-        args: parsed arguments from a parser set up by :func:`configure`.
+        working_dir: the directory the job runs in on the cluster.
+    """
+    return {"working_dir": str(working_dir), "excludes": list(WORKING_DIR_EXCLUDES)}
+
+
+def submit(client, address: str, command: Sequence[str], *, working_dir: Path,
+           submission_id: str | None = None, num_cpus: float | None = None,
+           num_gpus: float | None = None) -> str:
+    """Submit ``command`` as a job running in an upload of ``working_dir``; return its id.
+
+    Args:
+        client: a connected ``JobSubmissionClient`` (:func:`connect`).
+        address: the job API address (for error messages).
+        command: the command and its arguments, at least one.
+        working_dir: the directory to upload.
+        submission_id: the job id to use (None: Ray generates one).
+        num_cpus: CPUs reserved for the entrypoint (None: Ray's default).
+        num_gpus: GPUs reserved for the entrypoint (None: Ray's default).
+    """
+    kwargs = {}
+    if submission_id:
+        kwargs["submission_id"] = submission_id
+    if num_cpus is not None:
+        kwargs["entrypoint_num_cpus"] = num_cpus
+    if num_gpus is not None:
+        kwargs["entrypoint_num_gpus"] = num_gpus
+    with _translate_errors(address):
+        return client.submit_job(entrypoint=entrypoint_for(command),
+                                 runtime_env=runtime_env_for(working_dir), **kwargs)
+
+
+def job_info(client, job_id: str, address: str):
+    """The job's ``JobDetails`` (status, message, entrypoint, times).
+
+    Args:
+        client: a connected ``JobSubmissionClient``.
+        job_id: the submission id.
+        address: the job API address (for error messages).
+    """
+    with _translate_errors(address, job_id):
+        return client.get_job_info(job_id)
+
+
+def job_logs(client, job_id: str, address: str) -> str:
+    """The job's logs so far.
+
+    Args:
+        client: a connected ``JobSubmissionClient``.
+        job_id: the submission id.
+        address: the job API address (for error messages).
+    """
+    with _translate_errors(address, job_id):
+        return client.get_job_logs(job_id)
+
+
+def stop_job(client, job_id: str, address: str, timeout: float) -> tuple[bool, str]:
+    """Ask the job to stop and wait up to ``timeout`` seconds for a terminal state.
+
+    Args:
+        client: a connected ``JobSubmissionClient``.
+        job_id: the submission id.
+        address: the job API address (for error messages).
+        timeout: seconds to wait for the job to reach a terminal state.
 
     Returns:
-        0 on success; 1 when a followed job did not succeed.
+        ``(was_running, status)``: False when the job had already finished; the last status.
     """
-    return args.job_func(args)
+    with _translate_errors(address, job_id):
+        stopping = client.stop_job(job_id)
+    status = _status(client, job_id, address)
+    if not stopping:
+        return False, status
+    deadline = time.monotonic() + timeout
+    while status not in TERMINAL_STATES and time.monotonic() < deadline:
+        time.sleep(0.5)
+        status = _status(client, job_id, address)
+    return True, status
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point (``python -m maxup.platform.jobs ...``).
+def list_jobs(client, address: str) -> list:
+    """The cluster's jobs, oldest first.
 
     Args:
-        argv: command-line arguments after the program name.
+        client: a connected ``JobSubmissionClient``.
+        address: the job API address (for error messages).
     """
-    parser = argparse.ArgumentParser(prog="maxup job")
-    configure(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except UsageError as exc:
-        print(f"maxup: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    with _translate_errors(address):
+        jobs = client.list_jobs()
+    return sorted(jobs, key=lambda j: j.start_time or 0)

@@ -1,7 +1,9 @@
-"""The ``maxup`` command: subcommands dispatched to their own modules, imported lazily.
+"""The ``maxup`` command: one module per subcommand under ``maxup/cli/``, imported lazily.
 
-Every subcommand module exposes ``configure(parser)`` and ``run(args) -> int``. Bad input is
-a :class:`maxup.errors.UsageError`: one line on stderr, exit status 2, nothing launched.
+Every subcommand module exposes ``configure(parser)`` and ``run(args) -> int`` and is imported
+only when its command is chosen, so ``maxup tables`` never imports torch or ray. Only this
+package speaks of flags; the work is done by library code it imports. Bad input is a
+:class:`maxup.errors.UsageError`: one line on stderr, exit status 2, nothing launched.
 """
 
 from __future__ import annotations
@@ -10,18 +12,22 @@ import argparse
 import importlib
 import sys
 
+#: What ``maxup --help`` says about the program (plain text: argparse prints it verbatim).
+DESCRIPTION = ("MaxUp training, ablation sweeps on Ray, randomized-smoothing certification "
+               "and the paper's tables and figures.")
+
 #: name → (module, configure function, run function, one-line help)
 COMMANDS = {
-    "train": ("maxup.train_cli", "configure", "run", "train one run from a YAML config"),
-    "sweep": ("maxup.platform.sweep_cli", "configure", "run",
+    "train": ("maxup.cli.train", "configure", "run", "train one run from a YAML config"),
+    "sweep": ("maxup.cli.sweep", "configure", "run",
               "run an ablation sweep (search_spaces/*.yaml) on Ray Tune"),
-    "tables": ("maxup.analysis.cli", "configure_tables", "run_tables",
+    "tables": ("maxup.cli.tables", "configure", "run",
                "print the paper's tables from stored records"),
-    "figures": ("maxup.analysis.cli", "configure_figures", "run_figures",
+    "figures": ("maxup.cli.figures", "configure", "run",
                 "write the paper's figures from stored records"),
-    "certify": ("maxup.certify_cli", "configure", "run",
+    "certify": ("maxup.cli.certify", "configure", "run",
                 "randomized-smoothing certification of a checkpoint"),
-    "job": ("maxup.platform.jobs", "configure", "run",
+    "job": ("maxup.cli.job", "configure", "run",
             "submit and manage ad-hoc jobs on a Ray cluster"),
 }
 
@@ -37,7 +43,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     """The top-level parser; only the chosen subcommand's module is imported."""
     import maxup
 
-    parser = argparse.ArgumentParser(prog="maxup", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="maxup", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"maxup {maxup.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = _selected_command(argv)

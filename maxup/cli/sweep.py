@@ -92,7 +92,7 @@ def print_plan(spec, trials, storage: str, cpus: float | None,
 
 
 def _print_table(results: str) -> None:
-    from maxup.analysis.cli import run_tables
+    from maxup.cli.tables import run as run_tables
 
     print()
     run_tables(argparse.Namespace(results=str(results), table=None, format="md",

@@ -1,7 +1,7 @@
-"""``maxup tables`` and ``maxup figures``: argparse wiring for :mod:`maxup.analysis`.
+"""``maxup tables RESULTS [--table N] [--format F] [--vs-paper] [--out DIR]``.
 
-``maxup/cli.py`` maps ``tables`` to :func:`configure_tables` / :func:`run_tables` and
-``figures`` to :func:`configure_figures` / :func:`run_figures`. Neither imports ray or torch.
+Argparse wiring for :mod:`maxup.analysis`, which builds and renders the tables. Neither this
+module nor what it imports pulls in ray or torch: tables need no cluster and no GPU.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from maxup.errors import UsageError
 from maxup.io import atomic_write_text
 
 
-def configure_tables(parser: argparse.ArgumentParser) -> None:
+def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``maxup tables RESULTS [--table N] [--format F] [--vs-paper] [--out DIR]``.
 
     Args:
@@ -45,20 +45,17 @@ def configure_tables(parser: argparse.ArgumentParser) -> None:
                         help="also write each table to DIR/table<N>.<ext>")
 
 
-def configure_figures(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``maxup figures RESULTS [--out DIR]``.
+def load_results(results: str, out=None):
+    """Load the records under ``results``; UsageError naming RESULTS when none load.
 
     Args:
-        parser: the subcommand's parser.
+        results: the RESULTS argument: a local directory or a URI.
+        out: where each skipped file's warning goes, one line each (default stderr).
+
+    Returns:
+        The records' DataFrame (:func:`maxup.analysis.load_records`).
     """
-    parser.add_argument("results", metavar="RESULTS",
-                        help="results root (local directory or URI)")
-    parser.add_argument("--out", default="figures", metavar="DIR",
-                        help="output directory for PNG and PDF files (default ./figures)")
-
-
-def _load(results: str, out=sys.stderr):
-    """Load with skip warnings shown as one line each; UsageError when nothing loads."""
+    out = out or sys.stderr
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         df = load_records(results)
@@ -80,7 +77,7 @@ def _file_name(table: Table, index: int) -> str:
     return f"table{table.id}"
 
 
-def run_tables(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Print (and with ``--out`` write) the tables regenerated from ``args.results``.
 
     Args:
@@ -99,7 +96,7 @@ def run_tables(args: argparse.Namespace) -> int:
             raise UsageError(f"--table: got {table_id!r}; allowed: {', '.join(TABLE_IDS)}")
     if fmt not in FORMATS:
         raise UsageError(f"--format: got {fmt!r}; allowed: {', '.join(FORMATS)}")
-    df = _load(args.results)
+    df = load_results(args.results)
     print(summary_line(df))
     if table_id is None:
         tables = tables_for(df)
@@ -123,27 +120,5 @@ def run_tables(args: argparse.Namespace) -> int:
             atomic_write_text(path, text)
             written.append(path)
     for path in written:
-        print(f"wrote {path}")
-    return 0
-
-
-def run_figures(args: argparse.Namespace) -> int:
-    """Write every figure the records under ``args.results`` can fill into ``args.out``.
-
-    Args:
-        args: ``results`` and ``out``.
-
-    Returns:
-        0 on success; bad input raises :class:`~maxup.errors.UsageError`.
-    """
-    df = _load(args.results)
-    print(summary_line(df))
-    from maxup.analysis.figures import write_figures
-
-    paths = write_figures(df, getattr(args, "out", None) or "figures")
-    if not paths:
-        print("no figure can be drawn from these records (no completed trials with history, "
-              "m sweep or certification)")
-    for path in paths:
         print(f"wrote {path}")
     return 0
