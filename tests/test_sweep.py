@@ -262,7 +262,7 @@ def test_sweep_end_to_end_one_record_per_trial(tmp_path, ray_tmp):
     for t in trials:
         check_record(recs[t.trial_id], t, "e2e", epochs=3)
         assert log_epochs(storage, "e2e", t.trial_id) == [1, 2, 3]
-        assert (storage / "e2e" / "trials" / t.trial_id / "checkpoints" / "last.pt").is_file()
+        assert (trial_dir(storage, t.trial_id) / "checkpoints" / "last.pt").is_file()
     sweep_json = json.loads((storage / "e2e" / "sweep.json").read_text())
     assert [s["trial_id"] for s in sweep_json["trials"]] == [t.trial_id for t in trials]
 
@@ -347,10 +347,10 @@ def test_resume_after_driver_sigkill(tmp_path, ray_tmp):
         assert (recs[tid]["created"], recs[tid]["updated"]) == (at_kill[tid]["created"],
                                                                 at_kill[tid]["updated"])
         assert log_epochs(storage, "res", tid) == logs_at_kill[tid]
-        assert "resumed" not in (storage / "res" / "trials" / tid / "log.txt").read_text()
+        assert "resumed" not in (trial_dir(storage, tid) / "log.txt").read_text()
     for tid in interrupted:  # resumed from its checkpoint, not from scratch
         last = at_kill[tid]["history"][-1]["epoch"]
-        log = (storage / "res" / "trials" / tid / "log.txt").read_text()
+        log = (trial_dir(storage, tid) / "log.txt").read_text()
         resumed = re.findall(r"^resumed from .*last\.pt after epoch (\d+)$", log, re.M)
         assert [int(e) for e in resumed] == [last], log
         after = log_epochs(storage, "res", tid)[len(logs_at_kill[tid]):]
