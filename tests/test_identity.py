@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from maxup import identity, records
-from maxup.config import to_dict
 from maxup.config import load_config as _load
+from maxup.config import to_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -76,14 +76,27 @@ def local_gpus() -> float:
 def print_plan(spec, trials, storage: str, cpus: float | None,
                gpus: float | None = None) -> None:
     from maxup.platform.space import max_concurrent, trial_cpus
+    from maxup.platform.sweep import record_statuses, sweep_layout
 
     axes = spec.varying_axes()
     widths = {a: max(len(a), *(len(str(t.axes[a])) for t in trials)) for a in axes}
+    layout = sweep_layout(storage, spec.name)
+    # Read only: a dry run writes nothing, not even a local scratch copy of remote records.
+    stored = record_statuses(trials, layout, remote=layout.remote is not None)
     print(f"sweep {spec.name}: {len(trials)} trials ({len(trials) // len(spec.seeds)} arms × "
           f"{len(spec.seeds)} seeds), storage {str(storage).rstrip('/')}/{spec.name}")
-    print("  #  trial_id      " + "  ".join(a.ljust(widths[a]) for a in axes))
+    # The "stored" column (status of a record already in the storage, e.g. from another
+    # sweep that shares the trial) appears only when the storage holds any of these trials.
+    any_stored = any(s is not None for s in stored.values())
+    print("  #  trial_id      " + "  ".join(a.ljust(widths[a]) for a in axes)
+          + ("  stored" if any_stored else ""))
     for i, t in enumerate(trials):
-        print(f"{i:>3}  {t.trial_id}  " + "  ".join(str(t.axes[a]).ljust(widths[a]) for a in axes))
+        mark = f"  {stored[t.trial_id] or '-'}" if any_stored else ""
+        print(f"{i:>3}  {t.trial_id}  "
+              + "  ".join(str(t.axes[a]).ljust(widths[a]) for a in axes) + mark)
+    done = sum(s == "completed" for s in stored.values())
+    print(f"stored: {done} of {len(trials)} trials already completed in the storage "
+          f"(skipped when run), {len(trials) - done} to train")
     need = trial_cpus(spec, trials[0].config)
     slots = max_concurrent(spec, trials, cpus or need * spec.concurrency,
                            gpus if gpus is not None else spec.gpus_per_trial * spec.concurrency)
