@@ -162,7 +162,7 @@ def main() -> None:
             q_storage = tmp / "q"
             quick = run_sweep(ROOT / "search_spaces" / "quickstart.yaml", q_storage)
             recs = [json.loads(f.read_text())
-                    for f in (q_storage / "quickstart" / "records").glob("*.json")]
+                    for f in (q_storage / "trials").glob("*/record.json")]
             quick["n"] = len(recs)
             quick["compute_s"] = sum(r["timings"]["wall_s"] for r in recs)
             quick["slots"] = 2
@@ -173,8 +173,8 @@ def main() -> None:
                 "epochs: 15", f"epochs: {args.long_epochs}")
             (tmp / "ten.yaml").write_text(text)
             long = run_sweep(tmp / "ten.yaml", tmp / "ten")
-            recs = [json.loads(f.read_text()) for f in (tmp / "ten" / "ten" / "records").glob(
-                "*.json")]
+            recs = [json.loads(f.read_text())
+                    for f in (tmp / "ten" / "trials").glob("*/record.json")]
             long.update(n=len(recs), slots=2,
                         compute_s=sum(r["timings"]["wall_s"] for r in recs))
     finally:

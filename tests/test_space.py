@@ -320,3 +320,34 @@ def test_regression_empty_base_section_keeps_base_config(tmp_path):
     space.write_text("name: s\nbase_config: base.yaml\nbase: {certify: {}}\nseeds: 1\n")
     trial = load_space(space).expand()[0]
     assert trial.config["certify"]["enabled"] is True and trial.config["certify"]["n"] == 123
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*")
+            if p.is_file()}
+
+
+@pytest.mark.parametrize("remote", [False, True], ids=["local", "uri"])
+def test_dry_run_marks_trials_already_in_the_storage_and_writes_nothing(tmp_path, capsys,
+                                                                         remote):
+    from maxup import records
+
+    path = _write_space(tmp_path, "seeds: 2\ngrid:\n  maxup.m: [1, 4]\n", name="dr")
+    trials = load_space(path).expand()
+    storage = tmp_path / "s"
+    # Another sweep finished one of these trials; a third trial is half-way.
+    for t, status in ((trials[1], "completed"), (trials[2], "running")):
+        records.write_record(storage / "trials" / t.trial_id / "record.json",
+                             records.build_record(config=t.config, history=[], status=status,
+                                                  timings={}, env={}))
+    before = _tree(storage)
+    target = f"file://{storage}" if remote else str(storage)
+    assert main(["sweep", str(path), "--dry-run", "--storage", target]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[1]: line.split()[-1] for line in out.splitlines()
+            if line[:3].strip().isdigit()}
+    expected = {t.trial_id: "-" for t in trials}
+    expected.update({trials[1].trial_id: "completed", trials[2].trial_id: "running"})
+    assert rows == expected
+    assert f"stored: 1 of {len(trials)} trials already completed" in out
+    assert _tree(storage) == before  # nothing written, not even the sweep's manifest

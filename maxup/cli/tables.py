@@ -65,7 +65,8 @@ def load_results(results: str, out=None):
     if len(df) == 0:
         extra = f" ({s['skipped']} unreadable files skipped)" if s["skipped"] else ""
         raise UsageError(f"RESULTS: no trial records found under {results!r}{extra}; allowed: "
-                         "a results root holding <sweep>/records/*.json or **/record.json")
+                         "a storage root, a sweep folder (<sweep>/sweep.json) or a folder holding "
+                         "**/record.json")
     return df
 
 

@@ -75,6 +75,11 @@ class SweepSpec:
     def gpus_per_trial(self) -> float:
         return float(self.resources.get("gpus_per_trial", 0))
 
+    @property
+    def cpus_per_worker(self) -> float:
+        """CPUs each Ray Train worker of a sharded trial holds (and its torch threads)."""
+        return float(self.resources.get("cpus_per_worker", 1))
+
     def expand(self) -> list[Trial]:
         """All trials (grid × seeds), validated, in a seeded order that is stratified by seed:
         every arm's first seed comes before any arm's second, so every arm has early results."""
@@ -252,7 +257,7 @@ def trial_cpus(spec: SweepSpec, config: dict) -> float:
     workers = config["train"]["workers"]
     if workers <= 1:
         return spec.cpus_per_trial
-    return workers * float(spec.resources.get("cpus_per_worker", 1))
+    return workers * spec.cpus_per_worker
 
 
 def max_concurrent(spec: SweepSpec, trials: list[Trial], cluster_cpus: float,

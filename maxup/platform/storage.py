@@ -57,12 +57,18 @@ class Mirror:
         with self.fs.open_output_stream(target) as out:
             out.write(data)
 
-    def get(self, rel: str, local: Path) -> bool:
-        """Download ``rel`` to ``local`` atomically; False when it does not exist."""
+    def read(self, rel: str) -> bytes | None:
+        """The contents of ``rel``; None when it does not exist."""
         try:
             with self.fs.open_input_stream(self._path(rel)) as src:
-                data = src.read()
+                return src.read()
         except (FileNotFoundError, OSError):
+            return None
+
+    def get(self, rel: str, local: Path) -> bool:
+        """Download ``rel`` to ``local`` atomically; False when it does not exist."""
+        data = self.read(rel)
+        if data is None:
             return False
         atomic_write_bytes(local, data)
         return True

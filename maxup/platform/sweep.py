@@ -132,12 +132,27 @@ class SweepSummary:
         return not (self.failed or self.failed_before or self.interrupted)
 
 
-def record_statuses(trials: list[Trial], layout: SweepLayout
+def record_statuses(trials: list[Trial], layout: SweepLayout, *, remote: bool = False
                     ) -> dict[str, records.Status | None]:
-    """Each trial's record status in storage (None: no readable record yet)."""
+    """Each trial's record status in storage (None: no readable record yet).
+
+    Args:
+        trials: the trials to look up.
+        layout: the sweep's layout.
+        remote: read the records from the remote storage root itself, writing nothing
+            locally (a dry run); by default the local copies are read.
+    """
     out: dict[str, records.Status | None] = {}
+    mirror = layout._mirror() if remote else None
     for t in trials:
-        rec = records.load_record(layout.record(t.trial_id))
+        if mirror is not None:
+            data = mirror.read(layout._rel(layout.record(t.trial_id)))
+            try:
+                rec = None if data is None else records.parse_record(data)
+            except records.RecordError:
+                rec = None
+        else:
+            rec = records.load_record(layout.record(t.trial_id))
         out[t.trial_id] = None if rec is None else rec.status
     return out
 
@@ -171,7 +186,7 @@ def run_trial(trial: dict, layout_root: str, sweep: dict, log_to: Callable | Non
     Args:
         trial: ``{"trial_id", "config", "axes", "seed"}``.
         layout_root: the sweep's local root (scratch directory when ``remote`` is set).
-        sweep: ``{"name", "paper_table"}``.
+        sweep: ``{"name", "paper_table", "cpus_per_worker"}`` (the last for sharded trials).
         log_to: per-epoch reporter (Tune's report inside a Tune trial).
         remote: URI the durable files are mirrored to, or None.
     """
@@ -204,6 +219,7 @@ def run_trial(trial: dict, layout_root: str, sweep: dict, log_to: Callable | Non
                 from maxup.platform.distributed import train_distributed
 
                 record = train_distributed(config, trial_dir, resume=True,
+                                           cpus_per_worker=sweep.get("cpus_per_worker", 1.0),
                                            record_path=record_path, record_extra=extra,
                                            reporter=log_to)
             else:
@@ -231,6 +247,8 @@ def _tune_trial(config: dict, trials: dict, layout_root: str, sweep: dict, cpus:
     import torch
     from ray import tune
 
+    # This runs in a Ray worker process that exists for this trial: its thread setting is
+    # ours to choose (the engine itself never changes thread settings).
     torch.set_num_threads(max(1, int(cpus)))
     trial = trials[config["trial"]["id"]]
 
@@ -364,7 +382,8 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *,
     payload = {t.trial_id: _trial_payload(t) for t in pending}
     trainable = tune.with_resources(
         tune.with_parameters(_tune_trial, trials=payload, layout_root=str(layout.root),
-                             sweep={"name": spec.name, "paper_table": spec.paper_table},
+                             sweep={"name": spec.name, "paper_table": spec.paper_table,
+                                    "cpus_per_worker": spec.cpus_per_worker},
                              cpus=per_trial, remote=layout.remote),
         resources)
     axes = spec.varying_axes()
