@@ -292,15 +292,14 @@ def summary(df: pd.DataFrame) -> dict:
     counts = status.value_counts()
     reasons: Counter = Counter()
     if "failure.reason" in df:
-        reasons.update(df.loc[status == "failed", "failure.reason"].fillna("unknown").astype(str))
+        reasons.update(df.loc[status == Status.FAILED, "failure.reason"].fillna("unknown")
+                       .astype(str))
     else:
-        reasons.update(["unknown"] * int(counts.get("failed", 0)))
+        reasons.update(["unknown"] * int(counts.get(Status.FAILED, 0)))
     meta = df.attrs.get(ATTR, {})
     skipped = list(meta.get("skipped_files", []))
     return {
-        "completed": int(counts.get("completed", 0)),
-        "failed": int(counts.get("failed", 0)),
-        "running": int(counts.get("running", 0)),
+        **{s.value: int(counts.get(s.value, 0)) for s in Status},
         "skipped": len(skipped),
         "duplicates": len(meta.get("duplicates", [])),
         "not_run": int(meta.get("planned_missing", 0)),
@@ -336,4 +335,4 @@ def completed(df: pd.DataFrame) -> pd.DataFrame:
     """
     if "status" not in df:
         return df.iloc[0:0]
-    return df[df["status"] == "completed"]
+    return df[df["status"] == Status.COMPLETED]

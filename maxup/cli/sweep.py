@@ -77,6 +77,7 @@ def print_plan(spec, trials, storage: str, cpus: float | None,
                gpus: float | None = None) -> None:
     from maxup.platform.space import max_concurrent, trial_cpus
     from maxup.platform.sweep import record_statuses, sweep_layout
+    from maxup.records import Status
 
     axes = spec.varying_axes()
     widths = {a: max(len(a), *(len(str(t.axes[a])) for t in trials)) for a in axes}
@@ -94,7 +95,7 @@ def print_plan(spec, trials, storage: str, cpus: float | None,
         mark = f"  {stored[t.trial_id] or '-'}" if any_stored else ""
         print(f"{i:>3}  {t.trial_id}  "
               + "  ".join(str(t.axes[a]).ljust(widths[a]) for a in axes) + mark)
-    done = sum(s == "completed" for s in stored.values())
+    done = sum(s is Status.COMPLETED for s in stored.values())
     print(f"stored: {done} of {len(trials)} trials already completed in the storage "
           f"(skipped when run), {len(trials) - done} to train")
     need = trial_cpus(spec, trials[0].config)

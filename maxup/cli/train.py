@@ -30,6 +30,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from maxup.config import check_registered_names, load_config, parse_overrides
     from maxup.errors import UsageError
+    from maxup.records import Status
 
     overrides = parse_overrides(args.extra)
     if args.workers is not None:
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
         record = train(cfg, out, resume=args.resume)
     final = record.get("final") or {}
-    if record["status"] == "failed":
+    if record["status"] == Status.FAILED:
         print(f"run failed: {record['failure']['reason']} (see {out / 'record.json'})")
         return 1
     print(f"done: test acc {final.get('test_acc', float('nan')):.2f}% after "
