@@ -1,9 +1,10 @@
 """The ``maxup`` command: one module per subcommand under ``maxup/cli/``, imported lazily.
 
 Every subcommand module exposes ``configure(parser)`` and ``run(args) -> int`` and is imported
-only when its command is chosen, so ``maxup tables`` never imports torch or ray. Only this
-package speaks of flags; the work is done by library code it imports. Bad input is a
-:class:`maxup.errors.UsageError`: one line on stderr, exit status 2, nothing launched.
+only when its command is chosen, so ``maxup tables`` never imports torch or ray. The argparse
+wiring and the checks that name a flag live here; the work is done by library code these
+modules import. Bad input is a :class:`maxup.errors.UsageError`: one line on stderr, exit
+status 2, nothing launched.
 """
 
 from __future__ import annotations
