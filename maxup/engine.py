@@ -370,7 +370,8 @@ def train(config: dict | RunConfig, out_dir: str | Path, *, reporter: Reporter |
         resume: continue from ``checkpoints/last.pt`` when it exists.
         dist: data-parallel context (default: a plain single process).
         record_path: where to write the record (default ``out_dir/record.json``).
-        record_extra: ``sweep``, ``axes``, ``paper_table`` for sweep trials.
+        record_extra: ``sweep``, ``axes``, ``paper_table`` for sweep trials; ``environment``
+            (facts merged into the record's environment, e.g. the resources Ray granted).
         checkpoint_in: resume from this checkpoint file instead of ``checkpoints/last.pt``
             (a Ray Train worker restores the run's latest committed checkpoint here).
         log: one summary line per epoch goes here (None: silent).
@@ -409,6 +410,7 @@ def train(config: dict | RunConfig, out_dir: str | Path, *, reporter: Reporter |
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
     env = records.environment(device=str(device), workers=dist.world_size)
+    env.update(extra.get("environment") or {})
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out_dir / "config.json", cfg_dict)

@@ -40,3 +40,33 @@ def test_regression_two_worker_trials_fill_the_machine_without_deadlock(tmp_path
         assert [h["epoch"] for h in rec["history"]] == [1, 2]
         assert rec["axes"] == expected[tid].axes and rec["sweep"] == "sharded"
         assert (trial_dir(storage, tid) / "ray_train").is_dir()
+        # What Ray granted each worker is what the space asked for, and its torch threads.
+        assert rec["environment"]["worker_resources"] == {"CPU": 1.0}
+        assert rec["environment"]["torch_threads"] == 1
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_cpus_per_worker_reaches_the_workers_ray_grants(tmp_path):
+    """resources.cpus_per_worker flows from the space to Tune's concurrency, Ray Train's
+    ScalingConfig and the workers: with 0.5 CPU each, two 2-worker trials run at once on two
+    CPUs, and each worker is granted exactly 0.5 CPU (threads: at least 1)."""
+    space = {
+        "name": "half", "base_config": str(ROOT / "configs" / "digits_smoke.yaml"),
+        "base": {"model": {"name": "mlp"}, "train": {"epochs": 1, "workers": 2,
+                                                     "progress": False}},
+        "grid": {"maxup.m": [1, 2]}, "seeds": 1, "resources": {"cpus_per_worker": 0.5},
+        "concurrency": 2, "retries": 1,
+    }
+    path = tmp_path / "half.yaml"
+    path.write_text(yaml.safe_dump(space))
+    storage = tmp_path / "results"
+    res = run_sweep_cli(path, storage, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "2 at a time" in res.stdout  # 2 CPUs ÷ (2 workers × 0.5 CPU)
+    recs = sweep_records(storage, "half")
+    assert len(recs) == 2
+    for rec in recs.values():
+        assert rec["status"] == "completed"
+        assert rec["environment"]["worker_resources"] == {"CPU": 0.5}
+        assert rec["environment"]["torch_threads"] == 1

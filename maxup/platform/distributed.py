@@ -38,6 +38,7 @@ MAX_FAILURES = 3
 
 def _worker_loop(loop_config: dict) -> None:
     """Runs in every Ray Train worker: restore the latest checkpoint, then the engine."""
+    import ray
     import ray.train
     import ray.train.torch
     import torch
@@ -47,7 +48,18 @@ def _worker_loop(loop_config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    torch.set_num_threads(max(1, int(loop_config.get("threads", 1))))
+    # A Ray Train worker process belongs to this run: its thread setting is ours to choose
+    # (the engine itself never changes thread settings).
+    threads = max(1, int(loop_config.get("threads", 1)))
+    torch.set_num_threads(threads)
+    # What Ray actually granted this worker goes into the record (rank 0 writes it), so a
+    # run's resources are auditable after the fact, not only what was asked for.
+    runtime = ray.get_runtime_context()
+    # Only a Ray worker process has granted resources (the loop also runs in-process in tests).
+    granted = (runtime.get_assigned_resources()
+               if runtime.worker.mode == ray._private.worker.WORKER_MODE else {})
+    record_extra = dict(loop_config.get("record_extra") or {})
+    record_extra["environment"] = {"worker_resources": granted, "torch_threads": threads}
     out_dir = Path(loop_config["out_dir"])
     local = Path(tempfile.mkdtemp(prefix=f"maxup-rank{rank}-"))
     checkpoint_in = None
@@ -83,7 +95,7 @@ def _worker_loop(loop_config: dict) -> None:
                   resume=checkpoint_in is not None,
                   dist=DistContext(rank=rank, world_size=world, device=device),
                   record_path=loop_config.get("record_path"),
-                  record_extra=loop_config.get("record_extra"), checkpoint_in=checkpoint_in,
+                  record_extra=record_extra, checkpoint_in=checkpoint_in,
                   log=log)
     finally:
         shutil.rmtree(local, ignore_errors=True)
@@ -100,7 +112,8 @@ def train_distributed(config: dict | RunConfig, out_dir: str | Path, *, resume: 
         resume: continue from the Train run's latest committed checkpoint, if any.
         record_path, record_extra: as in :func:`maxup.engine.train`.
         reporter: forwarded per-epoch metrics (a Tune trial passes ``tune.report``).
-        cpus_per_worker: CPUs each worker holds.
+        cpus_per_worker: CPUs each worker holds (its Ray resource request and its torch
+            intra-op threads, at least 1).
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
