@@ -12,6 +12,11 @@ Exact resume: every source of randomness (data order, augmentation draws, dropou
 workers) is re-seeded at the start of each epoch from (seed, epoch, rank), and the learning
 rate is a pure function of the epoch; so a run restored from the checkpoint of epoch k
 continues exactly as an uninterrupted run would, with no RNG state to restore.
+
+No hidden global state: that re-seeding uses the process's global Python, NumPy and torch
+generators (dropout and data-loader workers draw from them), so ``train`` saves them on entry
+and restores them on exit, however it exits; and it never changes torch's thread settings
+(the Ray worker and task functions that own their process set those).
 """
 
 from __future__ import annotations
@@ -74,11 +79,46 @@ def derive_seed(*parts: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA) global generators."""
+def seed_everything(seed: int, device: torch.device | None = None) -> None:
+    """Seed the global Python, NumPy and torch CPU generators, and ``device``'s if CUDA.
+
+    Args:
+        seed: a non-negative integer (NumPy takes it modulo 2**32).
+        device: the training device; for a CUDA device its generator is seeded too.
+    """
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    # Not torch.manual_seed: it also seeds every CUDA device (lazily, at CUDA's first use,
+    # when CUDA is not initialised yet), which train() could then not give back to its caller.
+    torch.default_generator.manual_seed(seed)
+    if device is not None and device.type == "cuda":
+        torch.cuda.default_generators[_cuda_index(device)].manual_seed(seed)
+
+
+def _cuda_index(device: torch.device) -> int:
+    """The index of a CUDA device (``cuda`` alone means the current one); initialises CUDA."""
+    torch.cuda.init()  # the generators exist only once CUDA is initialised
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+@contextlib.contextmanager
+def global_rng_preserved(device: torch.device):
+    """Run the block, then put the global RNG states back as they were on entry.
+
+    Covers Python's ``random``, NumPy's legacy global generator, torch's CPU generator and,
+    for a CUDA ``device``, that device's generator; also when the block raises.
+
+    Args:
+        device: the device the code inside runs on; a CUDA device's generator is restored too.
+    """
+    py_state, np_state = random.getstate(), np.random.get_state()
+    cuda = [_cuda_index(device)] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=cuda):
+            yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -207,7 +247,11 @@ class Run:
 
 
 def build_run(cfg: RunConfig, device: torch.device) -> Run:
-    """Build datasets, model, optimiser and objective for ``cfg`` on ``device``."""
+    """Build datasets, model, optimiser and objective for ``cfg`` on ``device``.
+
+    Seeds the global generators for the model's initialisation (:func:`seed_everything`);
+    :func:`train` runs this inside :func:`global_rng_preserved`.
+    """
     from maxup.data import build_dataset, dataset_info
     from maxup.models import build_model
 
@@ -218,7 +262,7 @@ def build_run(cfg: RunConfig, device: torch.device) -> Run:
                               train_transform=cfg.data.train_transform,
                               subset=cfg.data.subset, seed=cfg.seed, **common)
     test_set = build_dataset(cfg.data.name, split="test", **common)
-    seed_everything(derive_seed(cfg.seed, "init"))
+    seed_everything(derive_seed(cfg.seed, "init"), device)
     model = build_model(cfg.model.name, num_classes=num_classes, in_channels=info.in_channels,
                         mean=info.mean, std=info.std, dropout=cfg.model.dropout,
                         weights=cfg.model.weights, image_size=tuple(info.image_size))
@@ -275,10 +319,14 @@ def evaluate(model: nn.Module, dataset, *, device: torch.device, batch_size: int
 
 
 def train_epoch(run: Run, model: nn.Module, epoch: int, dist: DistContext, progress: bool) -> dict:
-    """One epoch (0-based ``epoch``) of MaxUp training; returns its metrics."""
+    """One epoch (0-based ``epoch``) of MaxUp training; returns its metrics.
+
+    Re-seeds the global generators from (seed, epoch, rank) first (:func:`seed_everything`);
+    :func:`train` runs this inside :func:`global_rng_preserved`.
+    """
     cfg = run.cfg
     epoch_seed = derive_seed(cfg.seed, epoch, dist.rank)
-    seed_everything(epoch_seed)
+    seed_everything(epoch_seed, run.device)
     gen = torch.Generator(device=run.device).manual_seed(derive_seed(epoch_seed, "augment"))
     lr = learning_rate(cfg, epoch)
     for group in run.optimizer.param_groups:
@@ -375,12 +423,25 @@ def train(config: dict | RunConfig, out_dir: str | Path, *, reporter: Reporter |
         checkpoint_in: resume from this checkpoint file instead of ``checkpoints/last.pt``
             (a Ray Train worker restores the run's latest committed checkpoint here).
         log: one summary line per epoch goes here (None: silent).
+
+    The caller's global Python, NumPy and torch RNG states are the same on return (or on an
+    exception) as on entry; torch's thread settings are left alone.
     """
     cfg = config if isinstance(config, RunConfig) else from_dict(config)
-    cfg_dict = to_dict(cfg)
     dist = dist or DistContext()
     device = dist.device or resolve_device(cfg.train.device)
-    out_dir = Path(out_dir)
+    with global_rng_preserved(device):
+        return _train(cfg, Path(out_dir), device=device, dist=dist, reporter=reporter,
+                      resume=resume, record_path=record_path, record_extra=record_extra,
+                      checkpoint_in=checkpoint_in, log=log)
+
+
+def _train(cfg: RunConfig, out_dir: Path, *, device: torch.device, dist: DistContext,
+           reporter: Reporter | None, resume: bool, record_path: str | Path | None,
+           record_extra: dict | None, checkpoint_in: str | Path | None,
+           log: Callable[[str], None] | None) -> dict:
+    """The body of :func:`train`, run with the caller's global RNG states set aside."""
+    cfg_dict = to_dict(cfg)
     ckpt_path = out_dir / "checkpoints" / "last.pt"
     record_path = Path(record_path) if record_path else out_dir / "record.json"
     extra = record_extra or {}

@@ -8,12 +8,14 @@ import hashlib
 import json
 import math
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -165,6 +167,73 @@ def test_exact_resume_after_sigkill(tmp_path):
     assert metrics_only(resumed["history"]) == metrics_only(full["history"])
     sf, sr = final_state(tmp_path / "full"), final_state(out)
     assert all(torch.equal(sf[k], sr[k]) for k in sf)
+
+
+# --------------------------------------------------------------------------- global state
+
+def _stir_callers_rngs(seed: int) -> None:
+    """Seed the caller's global generators and draw once, so they sit mid-stream."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    random.random(), np.random.rand(), torch.rand(1)
+
+
+def _expected_next_draws(seed: int) -> tuple[list, list, list]:
+    """What the stirred global generators draw next, from private generators seeded alike."""
+    r, rs = random.Random(seed), np.random.RandomState(seed)
+    g = torch.Generator().manual_seed(seed)
+    r.random(), rs.rand(), torch.rand(1, generator=g)
+    return [r.random() for _ in range(3)], rs.rand(3).tolist(), torch.rand(3, generator=g).tolist()
+
+
+def _global_states(device: str) -> tuple:
+    np_state = np.random.get_state()
+    cuda = torch.cuda.get_rng_state().numpy().tobytes() if device == "cuda" else None
+    return (random.getstate(), np_state[0], np_state[1].tobytes(), np_state[2:],
+            torch.get_rng_state().numpy().tobytes(), cuda,
+            torch.get_num_threads(), torch.get_num_interop_threads())
+
+
+@pytest.mark.parametrize("device", [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                  reason="needs a CUDA device")),
+])
+def test_train_leaves_the_callers_global_rngs_and_threads_alone(tmp_path, device):
+    """train() re-seeds the global generators inside; the caller's are as before, however
+    the run ends (completed, interrupted, resumed), and thread settings are untouched."""
+    cfg = config(model={"name": "small_cnn", "dropout": 0.3},  # dropout draws from them
+                 train={"epochs": 3, "device": device})
+    outcomes = {}
+    for seed, name, kw in [(11, "full", {}), (12, "cut", {"reporter": _StopAfter(1)}),
+                           (13, "cut", {"resume": True})]:
+        _stir_callers_rngs(seed)
+        before = _global_states(device)
+        try:
+            outcomes[(seed, name)] = run(cfg, tmp_path / name, **kw)
+        except KeyboardInterrupt:
+            outcomes[(seed, name)] = None
+        assert _global_states(device) == before, (seed, name)
+        py, npy, tt = _expected_next_draws(seed)
+        assert [random.random() for _ in range(3)] == py
+        assert np.random.rand(3).tolist() == npy
+        assert torch.rand(3).tolist() == tt
+    assert outcomes[(12, "cut")] is None  # the interrupted run did raise
+    full, resumed = outcomes[(11, "full")], outcomes[(13, "cut")]
+    # The caller's generators do not leak in either: a run sees only its own seed.
+    assert metrics_only(resumed["history"]) == metrics_only(full["history"])
+
+
+def test_train_does_not_depend_on_the_callers_rngs(tmp_path):
+    cfg = config(model={"name": "small_cnn", "dropout": 0.3}, train={"epochs": 2})
+    _stir_callers_rngs(1)
+    a = run(cfg, tmp_path / "a")
+    _stir_callers_rngs(2)
+    b = run(cfg, tmp_path / "b")
+    assert metrics_only(a["history"]) == metrics_only(b["history"])
+    sa, sb = final_state(tmp_path / "a"), final_state(tmp_path / "b")
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 # --------------------------------------------------------------------------- checkpoints

@@ -65,6 +65,8 @@ def certify_shard(checkpoint: str, start: int, stop: int, certify: dict, threads
     from maxup.certify import certify_dataset, load_model_from_checkpoint, num_classes_of
     from maxup.data import build_dataset
 
+    # This runs as a Ray task (run_certification), in a Ray worker process that holds the
+    # task's CPUs: its thread setting is ours to choose (maxup.certify never changes it).
     torch.set_num_threads(max(1, int(threads)))
     model, config = load_model_from_checkpoint(checkpoint)
     c = certify
