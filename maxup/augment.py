@@ -124,7 +124,9 @@ class _TorchvisionMix:
         perm = torch.randperm(b, generator=generator, device=x.device)
         seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=x.device))
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            # The CPU generator only (torchvision draws there): torch.manual_seed would also
+            # reseed every CUDA device's generator, which fork_rng(devices=[]) does not restore.
+            torch.default_generator.manual_seed(seed)
             mixed, mixed_t = self.transform(x[perm], targets[perm])
         inverse = torch.argsort(perm)
         return mixed[inverse], mixed_t[inverse]
