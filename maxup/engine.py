@@ -476,7 +476,7 @@ def _train(cfg: RunConfig, out_dir: Path, *, device: torch.device, dist: DistCon
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out_dir / "config.json", cfg_dict)
 
-    def make_record(status: str, failure: dict | None = None) -> dict:
+    def make_record(status: records.Status, failure: dict | None = None) -> dict:
         return records.build_record(
             config=cfg_dict, history=history, status=status, timings=_totals(history), env=env,
             failure=failure, sweep=extra.get("sweep"), axes=extra.get("axes"),
@@ -507,7 +507,8 @@ def _train(cfg: RunConfig, out_dir: Path, *, device: torch.device, dist: DistCon
                     save_checkpoint(ckpt_path, config=cfg_dict, model=model,
                                     optimizer=run.optimizer, epoch=done, history=history)
                 _write_metrics(out_dir, history)
-                status = "completed" if done == cfg.train.epochs else "running"
+                status = (records.Status.COMPLETED if done == cfg.train.epochs
+                          else records.Status.RUNNING)
                 records.write_record(record_path, make_record(status))
             if log:
                 log(_summary_line(metrics, cfg.train.epochs))
@@ -517,10 +518,11 @@ def _train(cfg: RunConfig, out_dir: Path, *, device: torch.device, dist: DistCon
         failure = {"reason": "non-finite loss", "epoch": exc.epoch, "step": exc.step,
                    "value": str(exc.value)}
         if dist.is_main:
-            records.write_record(record_path, make_record("failed", failure))
+            records.write_record(record_path, make_record(records.Status.FAILED, failure))
         if log:
             log(f"FAILED: {exc}")
-    record = make_record("failed" if failure else "completed", failure)
+    record = make_record(records.Status.FAILED if failure else records.Status.COMPLETED,
+                         failure)
     if dist.is_main and failure is None:
         # Also when no epoch ran: a run killed after its last checkpoint but before its
         # record was written resumes straight to here and must still leave a completed record.

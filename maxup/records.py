@@ -229,7 +229,7 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def build_record(*, config: dict, history: list[dict], status: str, timings: dict,
+def build_record(*, config: dict, history: list[dict], status: Status | str, timings: dict,
                  env: dict, failure: dict | None = None, sweep: str | None = None,
                  axes: dict | None = None, paper_table: str | None = None,
                  certification: dict | None = None, created: str | None = None) -> dict:
