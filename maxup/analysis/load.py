@@ -24,9 +24,7 @@ from maxup.errors import UsageError
 from maxup.records import RecordError, Status, TrialRecord
 
 SCHEMA = records.SCHEMA
-STATUSES = tuple(s.value for s in Status)
-#: The schema of a sweep manifest (``maxup.platform.sweep.write_manifest`` writes it).
-MANIFEST_SCHEMA = "maxup.sweep/1"
+MANIFEST_SCHEMA = records.MANIFEST_SCHEMA
 #: Scalar top-level record fields that become columns as they are.
 TOP_FIELDS = ("trial_id", "sweep", "status", "seed", "paper_table", "created", "updated")
 #: Nested objects flattened into dotted columns.

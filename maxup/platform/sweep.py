@@ -305,9 +305,6 @@ def sweep_layout(storage: str | Path, name: str) -> SweepLayout:
     return SweepLayout(Path(storage).resolve() / name)
 
 
-MANIFEST_SCHEMA = "maxup.sweep/1"
-
-
 def write_manifest(spec: SweepSpec, trials: list[Trial], layout: SweepLayout) -> None:
     """Write (and mirror) the sweep's manifest: what it planned, for its table and tools.
 
@@ -325,7 +322,7 @@ def write_manifest(spec: SweepSpec, trials: list[Trial], layout: SweepLayout) ->
             entry["certify"] = t.config["certify"]
         entries.append(entry)
     atomic_write_json(layout.manifest, {
-        "schema": MANIFEST_SCHEMA, "name": spec.name, "description": spec.description,
+        "schema": records.MANIFEST_SCHEMA, "name": spec.name, "description": spec.description,
         "paper_table": spec.paper_table, "source": spec.source, "axes": spec.varying_axes(),
         "trials_root": "../trials", "trials": entries,
     })
