@@ -19,6 +19,9 @@ MaxUp, optimiser and training-loop setting (workers included: each rank draws it
   are the cell's observations.
 - **certification id** — the trial id together with the certification settings: one
   trained model certified with other settings is another certification, not another trial.
+- **counterpart arm** — the arm equal to a given one in every key except one ablated key
+  (:func:`counterpart_arm_id`): a MaxUp arm's baseline is its counterpart at ``maxup.m = 1``,
+  nothing about it pooled.
 
 Nothing else in the project hashes configs; this module imports neither torch nor Ray, so
 the analysis package can use it.
@@ -104,6 +107,34 @@ def certification_id(config: dict) -> str:
         config: nested resolved run config.
     """
     return _digest({"trial": trial_id(config), CERTIFY_SECTION: config.get(CERTIFY_SECTION)})
+
+
+def with_value(config: dict, key: str, value: Any) -> dict:
+    """A copy of ``config`` with the dotted ``key`` set to ``value`` (input untouched).
+
+    Args:
+        config: nested resolved run config.
+        key: dotted key inside the config (``"maxup.m"``).
+        value: the new value.
+    """
+    out = copy.deepcopy(config)
+    node = out
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    return out
+
+
+def counterpart_arm_id(config: dict, key: str, value: Any) -> str:
+    """The arm id of the arm equal to ``config``'s in every key except ``key`` = ``value``.
+
+    Args:
+        config: nested resolved run config.
+        key: the ablated dotted key (``"maxup.m"``).
+        value: its value in the counterpart (the baseline's ``1``).
+    """
+    return arm_id(with_value(config, key, value))
 
 
 def is_identity_key(key: str) -> bool:

@@ -99,6 +99,9 @@ def session_processes(sid: int) -> list[tuple[int, str]]:
         try:
             stat = (entry / "stat").read_text()
             cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+            # A process past its memory teardown (exiting) has an empty command line; its name
+            # still says what it was.
+            cmd = cmd or f"[{(entry / 'comm').read_text().strip()}]"
         except OSError:
             continue
         fields = stat[stat.rfind(")") + 2:].split()  # state, ppid, pgrp, session, ...

@@ -92,6 +92,7 @@ def record_row(rec: TrialRecord, source: str = "<record>",
         if isinstance(value, dict):
             _flatten(value, section + ".", row)
     row["axes"] = (context or {}).get("axes") or rec.axes
+    row["run_config"] = config
     row["history"] = rec.history
     row["certification"] = cert
     row["file"] = source
@@ -201,7 +202,9 @@ def load_records(root: str | os.PathLike) -> pd.DataFrame:
         one row per trial and sweep: ``trial_id, arm_id, sweep, status, seed, paper_table``,
         ``config.*``, ``final.*``, ``best.*``, ``timings.*``, ``environment.*``,
         ``failure.*``, and the object columns ``history``, ``certification``, ``axes``,
-        ``file``.
+        ``run_config`` (the resolved config as the sweep planned it) and ``file``.
+        ``df.attrs["maxup_load"]["planned"]`` maps each arm id to the trial ids sweep
+        manifests planned for it (the cells' ``n_planned``).
     """
     tree = _Tree(os.fspath(root))
     paths = tree.files()
@@ -221,6 +224,7 @@ def load_records(root: str | os.PathLike) -> pd.DataFrame:
 
     rows: list[dict] = []
     claimed: set[str] = set()
+    planned: dict[str, set[str]] = {}
     missing = 0
     for path in paths:
         if posixpath.basename(path) != "sweep.json":
@@ -234,6 +238,8 @@ def load_records(root: str | os.PathLike) -> pd.DataFrame:
         trials_root = tree.join(posixpath.dirname(path), manifest.get("trials_root") or
                                 "../trials")
         for entry in manifest["trials"]:
+            if isinstance(entry.get("arm_id"), str):
+                planned.setdefault(entry["arm_id"], set()).add(str(entry.get("trial_id")))
             rec_path = tree.join(trials_root, str(entry.get("trial_id")), "record.json")
             claimed.add(rec_path)
             rec = parse(rec_path, warn=rec_path in paths)
@@ -250,9 +256,11 @@ def load_records(root: str | os.PathLike) -> pd.DataFrame:
                 rows.append(record_row(rec, path))
     rows, duplicates = _dedupe(rows)
     df = pd.DataFrame.from_records(rows) if rows else pd.DataFrame(
-        columns=[*TOP_FIELDS, "arm_id", "history", "certification", "axes", "file"])
+        columns=[*TOP_FIELDS, "arm_id", "history", "certification", "axes", "run_config",
+                 "file"])
     df.attrs[ATTR] = {"root": tree.root, "skipped_files": skipped, "duplicates": duplicates,
-                      "planned_missing": missing}
+                      "planned_missing": missing,
+                      "planned": {k: sorted(v) for k, v in planned.items()}}
     return df
 
 
@@ -323,6 +331,28 @@ def summary_line(df: pd.DataFrame) -> str:
     if s["not_run"]:
         line += f", {s['not_run']} planned trials not run yet"
     return line
+
+
+def unique_trials(df: pd.DataFrame, keys: tuple[str, ...] = ("trial_id",)) -> pd.DataFrame:
+    """Each trial once: a trial two sweeps planned is one observation, not two.
+
+    Args:
+        df: a frame from :func:`load_records` (any selection of its rows).
+        keys: the columns that make a row distinct (Table 8 adds the certification).
+    """
+    if not len(df) or any(k not in df for k in keys):
+        return df
+    return df[~df[list(keys)].astype(str).duplicated(keep="first")]
+
+
+def planned_trials(df: pd.DataFrame, arm: str) -> set[str]:
+    """Trial ids a sweep manifest under the loaded root planned for arm id ``arm``.
+
+    Args:
+        df: a frame from :func:`load_records`.
+        arm: an arm id.
+    """
+    return set(df.attrs.get(ATTR, {}).get("planned", {}).get(arm, ()))
 
 
 def completed(df: pd.DataFrame) -> pd.DataFrame:

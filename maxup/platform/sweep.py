@@ -308,15 +308,15 @@ def sweep_layout(storage: str | Path, name: str) -> SweepLayout:
 def write_manifest(spec: SweepSpec, trials: list[Trial], layout: SweepLayout) -> None:
     """Write (and mirror) the sweep's manifest: what it planned, for its table and tools.
 
-    Each trial entry carries its trial id, its axes (seed included) and, when it is to be
-    certified, its certification id and settings: a trial shared with another sweep shows in
-    this sweep's table with this sweep's axes and certification.
+    Each trial entry carries its trial and arm ids, its axes (seed included) and, when it is
+    to be certified, its certification id and settings: a trial shared with another sweep
+    shows in this sweep's table with this sweep's axes and certification.
     """
     from maxup import identity
 
     entries = []
     for t in trials:
-        entry = {"trial_id": t.trial_id, "axes": t.axes}
+        entry = {"trial_id": t.trial_id, "arm_id": identity.arm_id(t.config), "axes": t.axes}
         if t.config["certify"]["enabled"]:
             entry["certification_id"] = identity.certification_id(t.config)
             entry["certify"] = t.config["certify"]
