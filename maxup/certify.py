@@ -10,11 +10,12 @@ Noise is added in pixel space ([0, 1] inputs), *before* the model's own normalis
 models in this project take [0, 1] images and normalise inside, so ``sigma`` is measured in the
 same units as the paper's Table 8 radii.
 
-Used for the paper's Section 4.4 / Table 8 (certified accuracy on CIFAR-10 at radii 0..2.5).
+Used for the paper's Section 4.4 / Table 8 (certified accuracy on CIFAR-10 at radii 0.25..2.75).
 """
 
 from __future__ import annotations
 
+import datetime
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -34,12 +35,13 @@ from maxup.errors import DataError
 ABSTAIN = -1
 """Prediction returned when the smoothed classifier abstains."""
 
-DEFAULT_RADII: list[float] = [round(0.25 * i, 2) for i in range(11)]
-"""The l2 radii of the paper's Table 8: 0.0, 0.25, ..., 2.5 (11 values)."""
+DEFAULT_RADII: list[float] = [round(0.25 * i, 2) for i in range(12)]
+"""Clean accuracy (r = 0) and the l2 radii of the paper's Table 8: 0.0, 0.25, ..., 2.75."""
 
 __all__ = [
     "ABSTAIN",
     "DEFAULT_RADII",
+    "cohen_tsv",
     "certification_summary",
     "certified_accuracy",
     "certify",
@@ -387,6 +389,25 @@ def certified_accuracy(rows: Sequence[dict], radii: Sequence[float] = DEFAULT_RA
         100.0 * sum(1 for row in rows if row["correct"] and row["radius"] >= r) / total
         for r in radii
     ]
+
+
+def cohen_tsv(rows: Sequence[dict]) -> str:
+    """The rows as the tab-separated file Cohen et al.'s ``code/certify.py`` writes.
+
+    Header ``idx label predict radius correct time``, one line per certified image:
+    ``predict`` is -1 for an abstention, ``correct`` 1 or 0, ``time`` the image's wall time
+    as ``H:MM:SS.ffffff``; so their ``code/analyze.py`` (and any script written for it) reads
+    our certifications unchanged. Radii keep full precision (Cohen et al. print 3 digits).
+
+    Args:
+        rows: rows from :func:`certify_dataset`.
+    """
+    lines = ["idx\tlabel\tpredict\tradius\tcorrect\ttime"]
+    for r in rows:
+        elapsed = str(datetime.timedelta(seconds=float(r.get("seconds", 0.0))))
+        lines.append(f"{r['index']}\t{r['label']}\t{r['prediction']}\t{float(r['radius'])!r}"
+                     f"\t{int(bool(r['correct']))}\t{elapsed}")
+    return "\n".join(lines) + "\n"
 
 
 def certification_summary(

@@ -36,7 +36,9 @@ from maxup.cli.tables import run as run_tables
 from maxup.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
-RADII = [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5]
+RADII = [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 2.75]
+#: Table 8's columns in the paper: 0.25 ... 2.75 (r = 0 is clean accuracy, not a column).
+T8_RADII = RADII[1:]
 
 BASE_CONFIG = {
     "seed": 0,
@@ -287,16 +289,16 @@ def test_table3_markdown_bold_missing_and_n(tmp_path):
     r110 = lines["ResNet-110"]
     b = np.asarray(vals[("resnet110", 1)])
     assert f"{b.mean():.2f} ± {b.std(ddof=1):.2f}" in r110
-    assert f"{b.mean():.2f} ± {b.std(ddof=1):.2f} (n=" not in r110  # n = 5: no n shown
+    assert f"{b.mean():.2f} ± {b.std(ddof=1):.2f} (n = 5) |" in r110  # n = 5: unmarked
     mx = np.asarray(vals[("resnet110", 10)])
-    assert f"{mx.mean():.2f} ± {mx.std(ddof=1):.2f} (n=3)" in r110
+    assert f"{mx.mean():.2f} ± {mx.std(ddof=1):.2f} (n = 3) †" in r110
     wrn = lines["WideResNet-28-10"]
     assert wrn.rstrip(" |").endswith("—")
     # best per column: WRN baseline is the highest + Cutout mean, PreAct the best MaxUp one
     w = np.asarray(vals[("wrn28_10", 1)])
-    assert f"**{w.mean():.2f} ± {w.std(ddof=1):.2f}**" in wrn
+    assert f"**{w.mean():.2f} ± {w.std(ddof=1):.2f} (n = 5)**" in wrn
     p = np.asarray(vals[("preact_resnet110", 10)])
-    assert f"**{p.mean():.2f} ± {p.std(ddof=1):.2f} (n=3)**" in lines["PreAct-ResNet-110"]
+    assert f"**{p.mean():.2f} ± {p.std(ddof=1):.2f} (n = 3) †**" in lines["PreAct-ResNet-110"]
     assert md.count("**") == 2 * 2 + 2  # two bold cells + bold caption
     assert table.missing() == [("WideResNet-28-10", "+ MaxUp+Cutout")]
 
@@ -307,7 +309,7 @@ def test_latex_booktabs_and_bold(tmp_path):
     for rule in (r"\toprule", r"\midrule", r"\bottomrule"):
         assert tex.count(rule) == 1
     w = np.asarray(vals[("wrn28_10", 1)])
-    assert rf"\textbf{{{w.mean():.2f} $\pm$ {w.std(ddof=1):.2f}}}" in tex
+    assert rf"\textbf{{{w.mean():.2f} $\pm$ {w.std(ddof=1):.2f} (n = 5)}}" in tex
     assert "---" in tex  # the missing cell
     assert r"\caption{Table 3" in tex
 
@@ -332,10 +334,11 @@ def test_csv_parses_back_with_the_numbers(tmp_path):
 def test_vs_paper_delta_and_inside_ci(tmp_path):
     # ResNet-110 / + Cutout published 94.84 ± 0.11
     inside = [94.70, 94.80, 94.90, 94.85, 94.95]
-    outside = [95.90, 95.91, 95.92]  # MaxUp cell, published 95.41 far below
-    recs = [make_record(None, seed=s, paper_table="3", test_acc=v)
+    outside = [95.90, 95.91, 95.92, 95.93, 95.94]  # MaxUp cell, published 95.41 far below
+    # The paper's protocol: 200 epochs, batch 256, the full training set.
+    recs = [make_record(None, seed=s, paper_table="3", test_acc=v, epochs=200)
             for s, v in enumerate(inside)]
-    recs += [make_record(None, seed=s, m=10, paper_table="3", test_acc=v)
+    recs += [make_record(None, seed=s, m=10, paper_table="3", test_acc=v, epochs=200)
              for s, v in enumerate(outside)]
     table = build_table(load_records(write_all(tmp_path, recs)), "3", vs_paper=True)
     rows = {(r["row"], r["column"]): r for r in csv.DictReader(io.StringIO(
@@ -371,9 +374,10 @@ def test_table5_rows_are_m_and_order(tmp_path):
 
 
 def test_table8_envelope_cpu_scale_any_dataset(tmp_path):
-    a = [80.0, 60.0, 40.0, 20.0, 10.0, 5.0, 2.0, 1.0, 0.0, 0.0, 0.0]
-    b = [78.0, 62.0, 45.0, 22.0, 9.0, 6.0, 3.0, 1.0, 0.5, 0.0, 0.0]
-    c = [85.0, 70.0, 50.0, 30.0, 20.0, 10.0, 5.0, 3.0, 2.0, 1.0, 0.5]
+    # certified accuracy at r = 0, 0.25, ..., 2.75 (the summary's radii)
+    a = [80.0, 60.0, 40.0, 20.0, 10.0, 5.0, 2.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    b = [78.0, 62.0, 45.0, 22.0, 9.0, 6.0, 3.0, 1.0, 0.5, 0.0, 0.0, 0.0]
+    c = [85.0, 70.0, 50.0, 30.0, 20.0, 10.0, 5.0, 3.0, 2.0, 1.0, 0.5, 0.2]
     recs = [make_record(90.0, seed=0, dataset="digits", model="small_cnn", ops=["gaussian"],
                         certified=a),
             make_record(90.0, seed=1, dataset="digits", model="small_cnn", ops=["gaussian"],
@@ -383,12 +387,13 @@ def test_table8_envelope_cpu_scale_any_dataset(tmp_path):
     df = load_records(write_all(tmp_path, recs))
     table = build_table(df, "8")
     assert [lab for _, lab in table.rows] == ["Gaussian aug. (m = 1)", "MaxUp+Gauss"]
-    assert len(table.columns) == 11
-    for j in range(11):
-        assert table.cell(0, j).mean == max(a[j], b[j])
-        assert table.cell(1, j).mean == c[j]
+    assert [c.key for c in table.columns] == T8_RADII
+    for j in range(11):  # column j is radius 0.25 * (j + 1): index j + 1 of the summary
+        assert table.cell(0, j).mean == max(a[j + 1], b[j + 1]) and table.cell(0, j).n == 2
+        assert table.cell(1, j).mean == c[j + 1] and table.cell(1, j).n == 1
     md = render(table, "md")
-    assert "**85.0**" in md and "(n=" not in md
+    assert "**70.0 (n = 1)**" in md and "digits, not the paper's cifar10" in md
+    assert not table.paper and render(table, "md", vs_paper=True) == md
     ids = [t.id for t in tables_for(df)]
     assert "8" in ids and "sweep" in ids  # digits feeds no paper table 1-7
 
@@ -424,7 +429,8 @@ def test_generic_sweep_table(tmp_path):
     assert t.cell(1, 2).n == len(mx)
     md = render(t, "md")
     assert f"| 3 | [{np.mean(mx) - half:.2f}, {np.mean(mx) + half:.2f}] |" in md
-    assert "Sweep quick" in md and f"{np.mean(mx):.2f} ± {np.std(mx, ddof=1):.2f} (n=3)" in md
+    assert "Sweep quick" in md
+    assert f"{np.mean(mx):.2f} ± {np.std(mx, ddof=1):.2f} (n = 3) †" in md
     assert f"{np.mean(mx) - np.mean(base):+.2f}" in md
     assert sweep_table(df, "quick").rows == t.rows
 
@@ -435,7 +441,7 @@ def test_published_transcription_spot_checks():
     assert PUBLISHED["5"][(20, "resnet110")].value == 74.37
     assert PUBLISHED["2"][("proxyless_mobile", "maxup")].value == 77.17
     assert PUBLISHED["7"][("maxup", "final.test_ppl")].value == 60.19
-    assert [PUBLISHED["8"][("maxup", r)].value for r in RADII] == [
+    assert [PUBLISHED["8"][("maxup", r)].value for r in T8_RADII] == [
         74, 57, 49, 40, 35, 31, 27, 22, 19, 17, 15]
     assert PUBLISHED["1"][("maxup", "final.test_top5")].value == 94.2
 

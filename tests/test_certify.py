@@ -112,7 +112,7 @@ def test_predict_pvalue_known_answer():
 
 
 def test_default_radii():
-    assert C.DEFAULT_RADII == [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5]
+    assert C.DEFAULT_RADII == [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 2.75]
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -315,7 +315,7 @@ def test_certification_summary_layout(tmp_path):
                                 batch=400)
     assert list(s) == ["sigma", "n0", "n", "alpha", "skip", "batch", "radii",
                        "certified_accuracy", "rows"]
-    assert s["radii"] == C.DEFAULT_RADII and len(s["certified_accuracy"]) == 11
+    assert s["radii"] == C.DEFAULT_RADII and len(s["certified_accuracy"]) == 12
     assert s["certified_accuracy"][:5] == [60.0, 40.0, 20.0, 20.0, 20.0]
     assert s["rows"] == HAND_ROWS
     atomic_write_json(tmp_path / "c.json", s)
@@ -448,9 +448,35 @@ def test_cli_end_to_end(tmp_path, monkeypatch, capsys):
     assert [r["index"] for r in summary["rows"]] == [0, 4]
     assert summary["sigma"] == 0.25 and summary["n"] == 50 and summary["skip"] == 4
     assert summary["certified_accuracy"] == C.certified_accuracy(summary["rows"])
+    assert out.with_suffix(".tsv").read_text() == C.cohen_tsv(summary["rows"])
     printed = capsys.readouterr().out
-    assert printed.count("radius") == 11 and "radius 2.50" in printed
+    assert printed.count("radius") == 12 and "radius 2.75" in printed
     assert all(math.isfinite(r["radius"]) for r in summary["rows"])
+
+
+def test_cohen_format_file_reads_like_their_analyze(tmp_path):
+    """The .tsv beside the summary is Cohen et al.'s certify.py output: pandas reads it with
+    their analyze.py's call, and certified accuracy from it equals our summary's."""
+    import pandas as pd
+
+    rows = [{"index": i, "label": i % 3, "prediction": (i % 3) if i % 4 else -1,
+             "radius": 0.0 if i % 4 == 0 else 0.1 * i, "correct": bool(i % 4),
+             "seconds": 1.5 + i} for i in range(12)]
+    rows[5]["prediction"], rows[5]["correct"] = 0, False  # certified, wrong class
+    path = tmp_path / "certify.tsv"
+    path.write_text(C.cohen_tsv(rows))
+    df = pd.read_csv(path, delimiter="\t")  # as code/analyze.py reads it
+    assert list(df.columns) == ["idx", "label", "predict", "radius", "correct", "time"]
+    assert df["idx"].tolist() == list(range(12)) and df["predict"].tolist()[0] == -1
+    assert df["time"].iloc[0] == "0:00:01.500000"
+    summary = C.certification_summary(rows, sigma=0.25, n0=1, n=1, alpha=0.001, skip=1,
+                                      batch=1)
+    for r, ours in zip(summary["radii"], summary["certified_accuracy"]):
+        theirs = 100.0 * (df["correct"].astype(bool) & (df["radius"] >= r)).mean()
+        assert theirs == pytest.approx(ours)
+    # Independent count at r = 0.5: correct rows with 0.1 * i >= 0.5, i not a multiple of 4.
+    expect = sum(1 for i in range(12) if i % 4 and i != 5 and 0.1 * i >= 0.5) / 12 * 100
+    assert summary["certified_accuracy"][2] == pytest.approx(expect)
 
 
 def test_cli_end_to_end_real_digits(tmp_path, capsys):

@@ -22,7 +22,10 @@ from maxup.analysis.published import RADII
 METHOD = "method"
 METRIC = "metric"
 RADIUS = "radius"
-BASELINE = {"config.maxup.m": 1}
+#: The ablation of every MaxUp table: ``maxup.m``, whose baseline value 1 is plain augmentation.
+M_ABLATION = ("maxup.m", 1)
+#: The paper's CIFAR protocol (Section 4.2): 200 epochs, batch 256, the full training set.
+CIFAR_PROTOCOL = {"train.epochs": 200, "train.batch_size": 256, "data.subset": None}
 
 CIFAR_MODELS = (("resnet110", "ResNet-110"), ("preact_resnet110", "PreAct-ResNet-110"),
                 ("wrn28_10", "WideResNet-28-10"))
@@ -68,9 +71,16 @@ class TableSpec:
         digits: decimals printed.
         scale: factor applied to the metric before printing.
         lower_is_better: which end of each column is bolded (perplexity: lower).
-        baseline: column -> value of the baseline arm (m = 1).
-        expected_n: seeds per cell in the paper; cells with fewer show their n.
+        ablation: ``(dotted config key, baseline value)``: each arm is compared with the arm
+            equal to it in every other key and holding the baseline value (Δ, Welch p);
+            the ``method`` axis splits on it. None: the table has no baseline.
+        expected_n: seeds per cell in the paper (None: the paper reports single runs).
         unit: printed unit of the metric.
+        dataset: the paper's dataset of the table; an envelope table is built per dataset and
+            only this one's carries published values.
+        protocol: dotted config key -> the paper's value; a published number is shown beside a
+            cell only when every record of the cell has these values (and the dataset).
+        row_protocol: row value -> further protocol keys of that row (e.g. epochs per model).
     """
 
     id: str
@@ -83,9 +93,29 @@ class TableSpec:
     digits: int = 2
     scale: float = 1.0
     lower_is_better: bool = False
-    baseline: dict = field(default_factory=lambda: dict(BASELINE))
+    ablation: tuple[str, object] | None = M_ABLATION
     expected_n: int | None = 5
     unit: str = "%"
+    dataset: str | None = None
+    protocol: dict = field(default_factory=dict)
+    row_protocol: dict = field(default_factory=dict)
+
+    @property
+    def baseline(self) -> dict:
+        """``{record column: value}`` of the baseline arms (empty without an ablation)."""
+        return {} if self.ablation is None else {f"config.{self.ablation[0]}":
+                                                 self.ablation[1]}
+
+    def protocol_for(self, row) -> dict:
+        """The paper's setting for one row: dataset, protocol and the row's own keys.
+
+        Args:
+            row: the row's axis value.
+        """
+        out = {} if self.dataset is None else {"data.name": self.dataset}
+        out.update(self.protocol)
+        out.update(self.row_protocol.get(row, {}))
+        return out
 
 
 def _col(df: pd.DataFrame, name: str) -> pd.Series:
@@ -129,7 +159,8 @@ def _cifar(name: str, models=tuple(v for v, _ in CIFAR_MODELS)):
 
 
 def has_certification(df: pd.DataFrame) -> pd.Series:
-    """Filter for Table 8: every record carrying certification results, whatever the dataset."""
+    """Filter for Table 8: every record carrying certification results (the table is built
+    once per dataset; only the paper's dataset gets published values)."""
     cert = _col(df, "certification")
     return cert.apply(lambda c: isinstance(c, dict) and bool(c.get("radii"))).astype(bool)
 
@@ -154,7 +185,8 @@ _add(TableSpec(
     rows=_methods("CutMix (m = 1)", "MaxUp+CutMix"),
     cols=Axis(METRIC, (("final.test_acc", "Top-1 (%)"), ("final.test_top5", "Top-5 (%)")),
               extra=False),
-    metric=None, digits=1, expected_n=None))
+    metric=None, digits=1, expected_n=None, dataset="imagenet",
+    protocol={"train.epochs": 20, "data.subset": None}))
 _add(TableSpec(
     id="2", title="Top-1 accuracy (%) of different models on the ImageNet validation set",
     filter=paper_table("2", lambda df: _dataset("imagenet")(df) & _ops_has(df, "cutmix")),
@@ -163,19 +195,25 @@ _add(TableSpec(
         ("proxyless_gpu", "ProxylessNet-GPU"), ("proxyless_mobile", "ProxylessNet-Mobile"),
         ("efficientnet_b7", "EfficientNet-B7"), ("fix_efficientnet_b8", "Fix-EfficientNet-B8")),
         title="Model"),
-    cols=_methods("+CutMix (%)", "+MaxUp+CutMix (%)"), expected_n=None))
+    cols=_methods("+CutMix (%)", "+MaxUp+CutMix (%)"), expected_n=None, dataset="imagenet",
+    # Section 4.1: ResNet-101 and the ProxylessNets fine-tune 20 epochs, EfficientNets 5.
+    protocol={"data.subset": None},
+    row_protocol={**{m: {"train.epochs": 20} for m in (
+        "resnet101", "proxyless_cpu", "proxyless_gpu", "proxyless_mobile")},
+        **{m: {"train.epochs": 5} for m in ("efficientnet_b7", "fix_efficientnet_b8")}}))
 for _tid, _ds, _name in (("3", "cifar10", "CIFAR-10"), ("4", "cifar100", "CIFAR-100")):
     _add(TableSpec(
         id=_tid, title=f"Test accuracy (%) on {_name} for different architectures",
         filter=paper_table(_tid, _cifar(_ds)),
         rows=Axis("config.model.name", CIFAR_MODELS, title="Model"),
-        cols=_methods("+ Cutout", "+ MaxUp+Cutout")))
+        cols=_methods("+ Cutout", "+ MaxUp+Cutout"), dataset=_ds, protocol=CIFAR_PROTOCOL))
 _add(TableSpec(
     id="5", title="Test accuracy (%) on CIFAR-100 when the sample size m varies",
     filter=paper_table("5", _cifar("cifar100", ("resnet110", "wrn28_10"))),
     rows=Axis("config.maxup.m", tuple((m, str(m)) for m in (1, 4, 10, 20)), title="m"),
     cols=Axis("config.model.name", (("resnet110", "ResNet-110"),
-                                    ("wrn28_10", "WideResNet-28-10")))))
+                                    ("wrn28_10", "WideResNet-28-10"))),
+    dataset="cifar100", protocol=CIFAR_PROTOCOL))
 for _tid, _ds, _name in (("6", "ptb", "Penn Treebank"), ("7", "wikitext2", "WikiText-2")):
     _add(TableSpec(
         id=_tid, title=f"Perplexities on the validation and test sets of {_name} "
@@ -184,13 +222,18 @@ for _tid, _ds, _name in (("6", "ptb", "Penn Treebank"), ("7", "wikitext2", "Wiki
         rows=_methods("ADV-AWD-LSTM (m = 1)", "ADV-AWD-LSTM + MaxUp"),
         cols=Axis(METRIC, (("final.val_ppl", "Valid"), ("final.test_ppl", "Test")),
                   extra=False),
-        metric=None, lower_is_better=True, expected_n=None, unit="perplexity"))
+        metric=None, lower_is_better=True, expected_n=None, unit="perplexity", dataset=_ds,
+        protocol={"data.subset": None}))
 _add(TableSpec(
     id="8", title="Certified accuracy (%) of the best classifiers per method vs l2 radius",
     filter=has_certification,
     rows=_methods("Gaussian aug. (m = 1)", "MaxUp+Gauss"),
     cols=Axis(RADIUS, tuple((r, f"{r:g}") for r in RADII)),
-    metric="certification", kind="envelope", digits=1, expected_n=None))
+    metric="certification", kind="envelope", digits=1, expected_n=None, dataset="cifar10",
+    # Section 4.4: ResNet-110, Salman et al.'s pipeline (150 epochs, batch 256); Cohen et
+    # al.'s certification (n = 100,000, alpha = 0.001).
+    protocol={"model.name": "resnet110", "train.epochs": 150, "train.batch_size": 256,
+              "data.subset": None, "certify.n": 100_000, "certify.alpha": 0.001}))
 
 #: Table ids accepted by ``--table`` (``"sweep"`` is the generic per-sweep table).
 TABLE_IDS: tuple[str, ...] = (*SPECS, "sweep")

@@ -2,8 +2,9 @@
 
 An *arm* is one setting of every config column except the seed and the run-local columns in
 :data:`EXCLUDED_COLUMNS`; its seeds are its observations. Only completed trials count: failed
-trials and interim ("running") records never enter a mean. Equal values are never de-duplicated
-(two seeds that reach the same accuracy are two observations).
+trials and interim ("running") records never enter a mean. A trial two sweeps planned is one
+observation; equal values of different trials are never de-duplicated (two seeds that reach
+the same accuracy are two observations).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from maxup import identity
-from maxup.analysis.load import completed
+from maxup.analysis.load import completed, unique_trials
 
 #: Config columns that do not define an arm: the seed (the replicate index) and every setting
 #: outside the trial identity (:mod:`maxup.identity`: where/how a run executed, and the
@@ -26,9 +27,6 @@ EXCLUDED_COLUMNS: tuple[str, ...] = tuple(
     f"config.{k}" for k in (identity.SEED_KEY, *identity.NON_IDENTITY_KEYS))
 #: Prefixes of column families excluded the same way.
 EXCLUDED_PREFIXES: tuple[str, ...] = (f"config.{identity.CERTIFY_SECTION}.",)
-#: In :func:`compare`, a MaxUp arm's baseline must match it on every arm column except the
-#: baseline keys and the other MaxUp settings (mode, bn, warmup, chunk have no effect at m = 1).
-COMPARE_IGNORED_PREFIXES: tuple[str, ...] = ("config.maxup.",)
 CONFIDENCE = 0.95
 STAT_COLUMNS = ("n", "mean", "std", "ci_low", "ci_high", "min", "max")
 
@@ -133,7 +131,7 @@ def aggregate(df: pd.DataFrame, metric: str = "final.test_acc",
         one row per arm: the ``by`` columns, then ``n, mean, std, ci_low, ci_high, min, max``
         (std with ddof = 1, NaN for n = 1; 95% Student-t interval at n - 1 dof).
     """
-    done = completed(df)
+    done = unique_trials(completed(df))
     keys = list(arm_columns(done) if by is None else by)
     rows = []
     groups = _groups(done, metric, keys)
@@ -164,51 +162,42 @@ def welch(a: Iterable[float], b: Iterable[float]) -> float:
 def compare(df: pd.DataFrame, metric: str = "final.test_acc",
             baseline: Mapping[str, object] | None = None,
             by: list[str] | None = None) -> pd.DataFrame:
-    """Each non-baseline arm vs the baseline arm that matches it on every other arm column.
+    """Each non-baseline arm vs its baseline: the arm equal to it in every identity key
+    except the ablated one (:func:`maxup.analysis.arms.baseline_of`; nothing is pooled).
 
     Args:
-        df: a records frame (only completed rows are used).
+        df: a records frame (only completed rows are used; each trial once).
         metric: the column compared.
-        baseline: column -> value selecting the baseline arms; default ``{"config.maxup.m": 1}``.
-        by: arm columns (default :func:`arm_columns`); baseline keys are always included.
+        baseline: ``{ablated column: baseline value}``, one entry; default
+            ``{"config.maxup.m": 1}``.
+        by: the arm columns shown (default :func:`arm_columns`).
 
     Returns:
-        one row per non-baseline arm with a matching baseline: the arm columns, ``n, mean,
-        std, base_n, base_mean, base_std, diff`` (arm mean - baseline mean) and ``p_value``
-        (Welch's unequal-variance t-test, NaN when either arm has n < 2 or both arms have
-        zero variance).
+        one row per non-baseline arm whose baseline arm exists: the ``by`` columns, ``n,
+        mean, std, base_n, base_mean, base_std, diff`` (arm mean - baseline mean) and
+        ``p_value`` (Welch's unequal-variance t-test, NaN when either arm has n < 2 or both
+        arms have zero variance).
     """
-    baseline = dict(baseline or {"config.maxup.m": 1})
-    done = completed(df)
+    from maxup.analysis.arms import arms_of, baseline_of
+
+    (key, value), = dict(baseline or {"config.maxup.m": 1}).items()
+    done = unique_trials(completed(df))
     keys = list(arm_columns(done) if by is None else by)
-    for k in baseline:
-        if k not in keys and k in done:
-            keys.append(k)
-    groups = _groups(done, metric, keys)
-    bidx = [keys.index(k) for k in baseline if k in keys]
-    match_idx = [i for i, k in enumerate(keys)
-                 if k not in baseline and not k.startswith(COMPARE_IGNORED_PREFIXES)]
-
-    def is_base(key: tuple) -> bool:
-        return all(key[keys.index(k)] == v for k, v in baseline.items() if k in keys) and bidx
-
-    bases: dict[tuple, list[np.ndarray]] = {}
-    for key, vals in groups.items():
-        if is_base(key):
-            bases.setdefault(tuple(key[i] for i in match_idx), []).append(vals)
+    arms = arms_of(done, metric)
+    pool = {a.arm_id: a for a in arms}
+    first = {a: i for i, a in reversed(list(enumerate(done["arm_id"])))} if len(done) else {}
     rows = []
-    for key in sorted(groups, key=_sort_key):
-        if is_base(key):
+    for arm in arms:
+        cmp = baseline_of(arm, key.removeprefix("config."), value, pool)
+        if cmp is None or not cmp.found:
             continue
-        base = bases.get(tuple(key[i] for i in match_idx))
-        if base is None:
-            continue
-        bvals = np.concatenate(base)
-        a, b = describe(groups[key]), describe(bvals)
-        row = dict(zip(keys, key))
+        src = done.iloc[first[arm.arm_id]]
+        row = {k: _norm(src[k]) if k in src else None for k in keys}
+        a, b = arm.stats, cmp.base.stats
         row.update({"n": a["n"], "mean": a["mean"], "std": a["std"], "base_n": b["n"],
-                    "base_mean": b["mean"], "base_std": b["std"], "diff": a["mean"] - b["mean"],
-                    "p_value": welch(groups[key], bvals)})
+                    "base_mean": b["mean"], "base_std": b["std"], "diff": cmp.diff,
+                    "p_value": cmp.p_value})
         rows.append(row)
+    rows.sort(key=lambda r: _sort_key(tuple(r[k] for k in keys)))
     return pd.DataFrame(rows, columns=[*keys, "n", "mean", "std", "base_n", "base_mean",
                                        "base_std", "diff", "p_value"])

@@ -15,11 +15,20 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from maxup.analysis.load import completed
+from maxup.analysis.arms import (
+    MIN_SEEDS,
+    ArmStats,
+    Comparison,
+    arm_stats,
+    arms_of,
+    baseline_of,
+    config_value,
+)
+from maxup.analysis.load import completed, unique_trials
 from maxup.analysis.published import PUBLISHED, Published
 from maxup.analysis.published import published as lookup_published
 from maxup.analysis.specs import METHOD, METRIC, RADIUS, SPECS, TableSpec
-from maxup.analysis.stats import aggregate, arm_columns, compare, describe
+from maxup.analysis.stats import _sort_key, arm_columns
 from maxup.errors import UsageError
 
 FORMATS = ("md", "latex", "csv")
@@ -34,11 +43,18 @@ class Cell:
     Args:
         mean: the value (mean over seeds; the envelope maximum; a difference; a p-value).
         std: sample std over seeds (NaN when n < 2 or not a mean).
-        n: observations behind the value (0: missing).
+        n: observations behind the value: finished seeds with a finite value (0: none).
         ci_low: lower 95% Student-t bound of the mean (NaN when n < 2).
         ci_high: upper bound.
-        published: the paper's value for this cell, if any.
-        note: why the cell is what it is (e.g. which arm was picked).
+        published: the paper's value for this cell, when ours is comparable with it.
+        note: why the cell is what it is.
+        n_failed, n_diverged, n_running, n_planned: the arm's other seeds
+            (:mod:`maxup.analysis.arms`); never part of the mean, always shown.
+        arms: when several arms fall into the cell, each of them (shown side by side, none
+            chosen); empty otherwise.
+        comparison: the arm against its baseline (None for a baseline arm or no ablation).
+        text: a fixed text shown instead of a number (``"no baseline"``).
+        not_comparable: why the published value is withheld (empty when it is shown).
     """
 
     mean: float = NAN
@@ -48,24 +64,48 @@ class Cell:
     ci_high: float = NAN
     published: Published | None = None
     note: str = ""
+    n_failed: int = 0
+    n_diverged: int = 0
+    n_running: int = 0
+    n_planned: int = 0
+    arms: list[ArmStats] = field(default_factory=list)
+    comparison: Comparison | None = None
+    text: str = ""
+    not_comparable: str = ""
+
+    @classmethod
+    def of_arm(cls, arm: ArmStats) -> Cell:
+        """The cell of one arm: its statistics and seed counts."""
+        d = arm.stats
+        return cls(d["mean"], d["std"], d["n"], d["ci_low"], d["ci_high"],
+                   n_failed=arm.n_failed, n_diverged=arm.n_diverged, n_running=arm.n_running,
+                   n_planned=arm.n_planned)
 
     @property
     def missing(self) -> bool:
-        return self.n == 0 or not math.isfinite(self.mean)
+        return not self.arms and not self.text and (self.n == 0 or not math.isfinite(self.mean))
 
     @property
     def delta(self) -> float:
         """Reproduced minus published (NaN without both)."""
-        if self.missing or self.published is None:
+        if self.missing or self.arms or self.published is None:
             return NAN
         return self.mean - self.published.value
 
     @property
     def inside_ci(self) -> bool | None:
-        """Whether the published value lies in the reproduced 95% CI (None if undefined)."""
-        if self.published is None or not math.isfinite(self.ci_low):
+        """Whether the published value lies in the reproduced 95% CI (None if undefined or
+        fewer than :data:`~maxup.analysis.arms.MIN_SEEDS` finished seeds)."""
+        if self.published is None or self.n < MIN_SEEDS or not math.isfinite(self.ci_low):
             return None
         return bool(self.ci_low <= self.published.value <= self.ci_high)
+
+    def counts_text(self) -> str:
+        """``"n = 4; 1 diverged, 1 failed"``: the finished seeds and every other one."""
+        parts = [f"{k} {w}" for k, w in ((self.n_diverged, "diverged"),
+                                         (self.n_failed, "failed"),
+                                         (self.n_running, "running")) if k]
+        return f"n = {self.n}" + ("; " + ", ".join(parts) if parts else "")
 
 
 @dataclass
@@ -75,8 +115,9 @@ class Column:
     Args:
         label: header text.
         key: the axis value (method key, model name, metric, radius) or a name.
-        kind: ``"stat"`` (mean ± std (n)), ``"value"`` (one number), ``"delta"`` (signed),
-            ``"p"`` (p-value), ``"n"`` (the cell's count) or ``"ci"`` (its 95% t-interval).
+        kind: ``"stat"`` (mean ± std (n)), ``"value"`` (one number (n)), ``"delta"``
+            (signed), ``"p"`` (p-value), ``"n"`` (the cell's seed counts) or ``"ci"`` (its
+            95% t-interval).
         rank: whether the best cell of the column is bolded.
         lower_is_better: which end is best.
     """
@@ -103,6 +144,7 @@ class Table:
     notes: list[str] = field(default_factory=list)
     n_records: int = 0
     sweep: str = ""
+    paper: bool = False
 
     def cell(self, row: int, col: int) -> Cell:
         """The cell at (row index, column index); an empty (missing) cell when absent."""
@@ -115,12 +157,13 @@ class Table:
                 if c.kind in ("stat", "value") and self.cell(i, j).missing]
 
     def best(self, col: int) -> set[int]:
-        """Row indices holding the best value of column ``col`` (ties all count)."""
+        """Row indices holding the best value of column ``col`` (ties all count; cells
+        holding several arms never rank)."""
         c = self.columns[col]
         if not c.rank:
             return set()
         vals = {i: self.cell(i, col).mean for i in range(len(self.rows))
-                if not self.cell(i, col).missing}
+                if not self.cell(i, col).missing and not self.cell(i, col).arms}
         if not vals:
             return set()
         target = min(vals.values()) if c.lower_is_better else max(vals.values())
@@ -138,6 +181,10 @@ def _method_series(df: pd.DataFrame, baseline: dict) -> pd.Series:
 
 def _key_series(df: pd.DataFrame, key: str, spec: TableSpec) -> pd.Series:
     if key == METHOD:
+        if spec.ablation is None:
+            raise UsageError(f"table {spec.id}: a 'method' axis needs an ablation (the "
+                             "baseline key and value); allowed: TableSpec(ablation=(key, "
+                             "value))")
         return _method_series(df, spec.baseline)
     if key in df:
         return df[key].astype(object)
@@ -167,56 +214,136 @@ def _axis_values(axis, present) -> list[tuple[object, str]]:
     return out
 
 
-def _cert_at(cert: dict, radius: float) -> float:
-    radii = cert.get("radii") or []
-    accs = cert.get("certified_accuracy") or []
-    for r, a in zip(radii, accs):
+def certified_at(cert: dict, radius: float) -> float:
+    """Certified accuracy (%) of one certification at l2 ``radius``: from its per-image
+    rows (``correct and radius >= r``, Cohen et al.'s ``analyze.py``) when stored, else the
+    summary's value at exactly that radius (NaN when neither has it).
+
+    Args:
+        cert: a record's certification object.
+        radius: the l2 radius.
+    """
+    rows = cert.get("rows") or []
+    if rows:
+        hits = sum(1 for r in rows if r.get("correct") and float(r.get("radius", -1)) >= radius)
+        return 100.0 * hits / len(rows)
+    for r, a in zip(cert.get("radii") or [], cert.get("certified_accuracy") or []):
         if r is not None and abs(float(r) - radius) < 1e-9 and a is not None:
             return float(a)
     return NAN
 
 
-def _stat_cell(sub: pd.DataFrame, metric: str, scale: float) -> tuple[Cell, str]:
-    """Mean ± std over seeds; when the cell holds several arms, the best arm is shown."""
-    if metric not in sub:
-        return Cell(), ""
-    arms = arm_columns(sub) if len(sub) > 1 else []
-    note = ""
-    if arms:
-        agg = aggregate(sub, metric, by=arms)
-        agg = agg[agg["n"] > 0]
-        if len(agg) > 1:
-            best = agg.loc[agg["mean"].idxmax()]
-            keep = pd.Series(True, index=sub.index)
-            for a in arms:
-                val = best[a]
-                col = sub[a]
-                keep &= col.isna() if pd.isna(val) else (col == val).fillna(False).astype(bool)
-            sub = sub[keep]
-            note = (f"{len(agg)} arms in this cell; showing the best by mean: "
-                    + ", ".join(f"{_short(a)}={_fmt_key(best[a])}" for a in arms))
-    d = describe(pd.to_numeric(sub[metric], errors="coerce").to_numpy(dtype=float) * scale)
-    return Cell(d["mean"], d["std"], d["n"], d["ci_low"], d["ci_high"], note=note), note
+def _mismatch(rows: pd.DataFrame, protocol: dict) -> str:
+    """The first protocol key some row's config breaks, as ``key = ours (paper: theirs)``."""
+    for key, want in protocol.items():
+        for cfg in rows["run_config"] if "run_config" in rows else []:
+            got = config_value(cfg, key) if isinstance(cfg, dict) else None
+            if got != want:
+                return (f"{key} = {_fmt_key(got)} (paper: "
+                        f"{'full' if want is None else _fmt_key(want)})")
+    return ""
+
+
+def _arm_label(rows: pd.DataFrame, arm: ArmStats, columns: list[str]) -> str:
+    first = rows[rows["arm_id"] == arm.arm_id].iloc[0]
+    return ", ".join(f"{_short(c)}={_fmt_key(first[c])}" for c in columns) or arm.arm_id
+
+
+class _Pool:
+    """Every arm of the loaded frame per metric: where a cell's baseline is looked up."""
+
+    def __init__(self, frame: pd.DataFrame, scale: float = 1.0):
+        self.frame, self.scale, self._by = frame, scale, {}
+
+    def __call__(self, metric: str) -> dict[str, ArmStats]:
+        if metric not in self._by:
+            self._by[metric] = {a.arm_id: a for a in arms_of(self.frame, metric, self.scale)}
+        return self._by[metric]
+
+
+def _compare(arm: ArmStats, spec_ablation, pool: dict[str, ArmStats]) -> Comparison | None:
+    if spec_ablation is None:
+        return None
+    return baseline_of(arm, spec_ablation[0], spec_ablation[1], pool)
+
+
+def _comparison_note(where: str, cmp: Comparison, ablation, digits: int) -> str:
+    key, value = ablation
+    if not cmp.found:
+        return (f"{where}: no baseline (no arm with {key} = {value} equal to it in every "
+                "other key)")
+    p = f"{cmp.p_value:.3g}" if math.isfinite(cmp.p_value) else "n/a"
+    return (f"{where}: Δ {cmp.diff:+.{digits}f} vs its {key} = {value} arm "
+            f"(n = {cmp.base.n}), Welch p = {p}")
+
+
+def _mean_cell(csub: pd.DataFrame, metric: str, spec: TableSpec, frame: pd.DataFrame,
+               pool: _Pool, where: str, notes: list[str]) -> Cell:
+    """The cell of the arm(s) in ``csub``: one arm -> its statistics and its comparison with
+    its baseline; several -> each shown, none chosen."""
+    arms = arms_of(csub, metric, spec.scale, frame)
+    if not arms:
+        return Cell()
+    if len(arms) > 1:
+        cols = arm_columns(unique_trials(csub))
+        labels = [_arm_label(csub, a, cols) for a in arms]
+        notes.append(f"{where} holds {len(arms)} arms, shown in this order (none chosen): "
+                     + "; ".join(labels))
+        return Cell(arms=arms, n=sum(a.n for a in arms))
+    cell = Cell.of_arm(arms[0])
+    cell.comparison = _compare(arms[0], spec.ablation, pool(metric))
+    if cell.comparison is not None and cell.n:
+        notes.append(_comparison_note(where, cell.comparison, spec.ablation, spec.digits))
+    return cell
+
+
+def _envelope_cell(csub: pd.DataFrame, radius: float, scale: float) -> Cell:
+    done = unique_trials(completed(csub), ("trial_id", "certification"))
+    certs = [c for c in done["certification"] if isinstance(c, dict)] \
+        if "certification" in done else []
+    vals = [v for v in (certified_at(c, float(radius)) for c in certs) if math.isfinite(v)]
+    return Cell(max(vals) * scale, n=len(vals)) if vals else Cell()
+
+
+def _datasets(df: pd.DataFrame) -> list[str]:
+    col = df["config.data.name"] if "config.data.name" in df else pd.Series(dtype=object)
+    return sorted({str(v) for v in col.dropna().unique()})
 
 
 def build_table(df: pd.DataFrame, spec: TableSpec | str, vs_paper: bool = False,
-                _done: pd.DataFrame | None = None) -> Table:
+                dataset: str | None = None) -> Table:
     """Regenerate one paper table from records.
 
+    Every arm of a cell counts each of its trials once, whichever sweeps planned it; failed,
+    diverged and running seeds are counted against their arm, never in its mean. An envelope
+    table (Table 8) reads one dataset's records only: ``dataset``, by default the paper's
+    when present, else the first present; another dataset's table is labelled and has no
+    published values.
+
     Args:
-        df: a frame from :func:`maxup.analysis.load_records` (only completed trials are used).
+        df: a frame from :func:`maxup.analysis.load_records` (any statuses).
         spec: a :class:`TableSpec` or a table id (``"3"``).
-        vs_paper: kept for symmetry with :func:`render`; published values are always attached
-            to the cells and shown when rendering with ``vs_paper=True``.
+        vs_paper: kept for symmetry with :func:`render`; published values are attached to
+            the cells whose records match the paper's setting (``spec.protocol``).
+        dataset: the dataset of an envelope table (see above).
     """
     if isinstance(spec, str):
         if spec not in SPECS:
             raise UsageError(f"--table: got {spec!r}; allowed: {', '.join(SPECS)}, sweep")
         spec = SPECS[spec]
-    sub = _done
-    if sub is None:
-        done = completed(df)
-        sub = done[spec.filter(done)] if len(done) else done
+    frame = df
+    sub = df[spec.filter(df).fillna(False).astype(bool)] if len(df) else df
+    title = f"Table {spec.id}: {spec.title}"
+    foreign = False
+    if spec.kind == "envelope":
+        present = _datasets(completed(sub))
+        if dataset is None:
+            dataset = spec.dataset if spec.dataset in present else (present or [None])[0]
+        if dataset is not None and "config.data.name" in sub:
+            sub = sub[sub["config.data.name"] == dataset]
+        foreign = dataset is not None and dataset != spec.dataset
+        if foreign:
+            title += (f" — {dataset}, not the paper's {spec.dataset}: no published values")
     rkeys = _key_series(sub, spec.rows.key, spec).map(_norm)
     if spec.cols.key in (METRIC, RADIUS):
         ckeys = None
@@ -226,36 +353,49 @@ def build_table(df: pd.DataFrame, spec: TableSpec | str, vs_paper: bool = False,
         present_cols = list(ckeys.dropna().unique())
     rows = _axis_values(spec.rows, rkeys.dropna().unique())
     cols_axis = _axis_values(spec.cols, present_cols)
-    columns = [Column(label, key, lower_is_better=spec.lower_is_better) for key, label in
-               cols_axis]
-    table = Table(spec.id, f"Table {spec.id}: {spec.title}", spec.rows.title or "",
-                  rows, columns, {}, digits=spec.digits, expected_n=spec.expected_n,
-                  n_records=len(sub))
+    columns = [Column(label, key, kind="value" if spec.kind == "envelope" else "stat",
+                      lower_is_better=spec.lower_is_better) for key, label in cols_axis]
+    table = Table(spec.id, title, spec.rows.title or "", rows, columns, {}, digits=spec.digits,
+                  expected_n=spec.expected_n, n_records=len(unique_trials(completed(sub))),
+                  paper=not foreign)
     notes: list[str] = []
+    withheld: list[str] = []
+    pool = _Pool(frame, spec.scale)
     row_groups = {k: idx for k, idx in sub.groupby(rkeys, dropna=True).groups.items()}
     for i, (rv, rlabel) in enumerate(rows):
         idx = row_groups.get(rv)
         rsub = sub.loc[idx] if idx is not None else sub.iloc[0:0]
         for j, (cv, clabel) in enumerate(cols_axis):
+            csub = rsub if ckeys is None else rsub[ckeys.loc[rsub.index] == cv]
             if spec.kind == "envelope":
-                certs = [c for c in rsub["certification"] if isinstance(c, dict)] \
-                    if "certification" in rsub else []
-                vals = [v for v in (_cert_at(c, float(cv)) for c in certs) if math.isfinite(v)]
-                cell = Cell(max(vals) * spec.scale, n=len(vals)) if vals else Cell()
+                cell = _envelope_cell(csub, float(cv), spec.scale)
             else:
-                csub = rsub if ckeys is None else rsub[ckeys.loc[rsub.index] == cv]
                 metric = cv if spec.cols.key == METRIC else spec.metric
-                cell, note = _stat_cell(csub, metric, spec.scale)
-                if note:
-                    notes.append(f"{rlabel} / {clabel}: {note}")
-            cell.published = lookup_published(spec.id, rv, cv)
+                cell = _mean_cell(csub, metric, spec, frame, pool, f"{rlabel} / {clabel}",
+                                  notes)
+            published = None if foreign else lookup_published(spec.id, rv, cv)
+            if published is not None and not cell.missing:
+                reason = _mismatch(completed(csub), spec.protocol_for(rv))
+                if reason:
+                    cell.not_comparable = reason
+                    withheld.append(reason)
+                    published = None
+            cell.published = published
             table.cells[(i, j)] = cell
+    if withheld:
+        reasons = list(dict.fromkeys(withheld))
+        notes.append("published values not comparable, not shown: " + "; ".join(reasons))
     if spec.kind == "envelope":
         notes.append("each cell: best certified accuracy over the trained models of the method "
-                     "(upper envelope, Salman et al. 2019)")
+                     "(upper envelope, Salman et al. 2019); n: certified models")
+    elif any(0 < table.cell(i, j).n < MIN_SEEDS for i in range(len(rows))
+             for j in range(len(columns))):
+        notes.append(f"{FEW} fewer than {MIN_SEEDS} finished seeds")
     table.notes = notes
     return table
 
+
+FEW = "†"
 
 
 def _short(col: str) -> str:
@@ -268,71 +408,79 @@ def _fmt_key(v) -> str:
     return "null" if v is None else str(v)
 
 
-def _sweep_metric(done: pd.DataFrame) -> tuple[str, str, bool]:
+def _sweep_metric(df: pd.DataFrame) -> tuple[str, str, bool]:
     for metric, best, lower in (("final.test_acc", "best.test_acc", False),
                                 ("final.test_ppl", "best.test_ppl", True)):
-        if metric in done and pd.to_numeric(done[metric], errors="coerce").notna().any():
+        if metric in df and pd.to_numeric(df[metric], errors="coerce").notna().any():
             return metric, best, lower
     return "final.test_acc", "best.test_acc", False
 
 
-def sweep_table(df: pd.DataFrame, sweep: str | None = None, expected_n: int = 5) -> Table:
+def sweep_table(df: pd.DataFrame, sweep: str | None = None, expected_n: int = 5,
+                frame: pd.DataFrame | None = None) -> Table:
     """The generic table of one sweep: one row per arm (every varying config column but the
-    seed), final metric mean ± std (n), best-epoch metric, and Δ / Welch p vs the m = 1 arm.
+    seed), final metric mean ± std (n), best-epoch metric, the seed counts, and Δ / Welch p
+    against the arm's own m = 1 arm (equal to it in every other key; "no baseline" when the
+    records hold none).
 
     Args:
         df: records (of one sweep, or pass ``sweep`` to select it).
         sweep: sweep name to select (None: use all of ``df``).
-        expected_n: seeds per arm below which a cell shows its n.
+        expected_n: seeds per arm below which a cell is marked.
+        frame: the whole loaded frame, where baselines and planned trials are looked up
+            (default ``df``).
     """
+    frame = df if frame is None else frame
     if sweep is not None and "sweep" in df:
         df = df[df["sweep"] == sweep]
-    done = completed(df)
-    metric, best_metric, lower = _sweep_metric(done)
-    arms = arm_columns(done)
-    agg = aggregate(done, metric, by=arms)
-    best_agg = aggregate(done, best_metric, by=arms) if best_metric in done else None
-    has_m = "config.maxup.m" in done and (done["config.maxup.m"] == 1).any()
-    cmp = compare(done, metric, by=arms) if has_m else None
+    metric, best_metric, lower = _sweep_metric(df)
+    arms = arms_of(df, metric, frame=frame)
+    keyed = unique_trials(df)
+    cols = arm_columns(keyed)
+    first = {a: keyed[keyed["arm_id"] == a].iloc[0] for a in (x.arm_id for x in arms)}
+    arms.sort(key=lambda a: _sort_key(tuple(_norm(first[a.arm_id][c]) for c in cols)))
+    ms = {a.arm_id: config_value(a.config, "maxup.m") for a in arms}
+    has_m = 1 in ms.values() and any(v not in (None, 1) for v in ms.values())
+    pool = _Pool(frame)(metric) if has_m else {}
     name = metric.split(".", 1)[1]
     unit = "%" if metric.endswith("acc") else "ppl"
     columns = [Column(f"final {name} ({unit})", metric, lower_is_better=lower),
                Column(f"best {name} ({unit})", best_metric, lower_is_better=lower),
                Column("n", "n", kind="n", rank=False),
                Column("95% CI (final)", "ci", kind="ci", rank=False)]
-    if cmp is not None:
+    if has_m:
         columns += [Column("Δ vs m=1", "diff", kind="delta", rank=False),
                     Column("Welch p", "p_value", kind="p", rank=False)]
     rows, cells = [], {}
-    for i, rec in enumerate(agg.to_dict("records")):
-        key = tuple(_norm(rec[a]) for a in arms)
-        label = ", ".join(f"{_short(a)}={_fmt_key(v)}" for a, v in zip(arms, key)) or "all"
-        rows.append((key, label))
-        cells[(i, 0)] = Cell(rec["mean"], rec["std"], rec["n"], rec["ci_low"], rec["ci_high"])
-        cells[(i, 2)] = cells[(i, 3)] = cells[(i, 0)]
-        if best_agg is not None:
-            b = best_agg.iloc[i]
-            cells[(i, 1)] = Cell(b["mean"], b["std"], int(b["n"]), b["ci_low"], b["ci_high"])
-        if cmp is not None and len(cmp):
-            match = pd.Series(True, index=cmp.index)
-            for a, v in zip(arms, key):
-                match &= cmp[a].isna() if v is None else (cmp[a].map(_norm) == v)
-            hit = cmp[match]
-            if len(hit):
-                h = hit.iloc[0]
-                cells[(i, 4)] = Cell(h["diff"], n=int(h["n"]))
-                cells[(i, 5)] = Cell(h["p_value"], n=int(h["n"]))
+    for i, arm in enumerate(arms):
+        label = ", ".join(f"{_short(c)}={_fmt_key(first[arm.arm_id][c])}" for c in cols) \
+            or "all"
+        rows.append((tuple(_norm(first[arm.arm_id][c]) for c in cols), label))
+        cells[(i, 0)] = cells[(i, 2)] = cells[(i, 3)] = Cell.of_arm(arm)
+        arm_rows = df[df["arm_id"] == arm.arm_id]
+        cells[(i, 1)] = Cell.of_arm(arm_stats(arm_rows, best_metric, frame=frame))
+        if has_m:
+            cmp = baseline_of(arm, "maxup.m", 1, pool)
+            if cmp is None:
+                cells[(i, 4)] = cells[(i, 5)] = Cell(text="baseline")
+            elif not cmp.found:
+                cells[(i, 4)] = cells[(i, 5)] = Cell(text="no baseline")
+            elif arm.n:
+                cells[(i, 4)] = Cell(cmp.diff, n=arm.n, comparison=cmp)
+                cells[(i, 5)] = Cell(cmp.p_value, n=arm.n, comparison=cmp)
     label = "(single runs)" if sweep is None and df.get("sweep") is not None and \
         df["sweep"].isna().all() else (sweep or _only_sweep(df))
     notes = []
-    if not arms:
+    if not cols:
         notes.append("no config column varies: one arm")
-    if cmp is not None:
-        notes.append("Δ: arm mean − mean of the m = 1 arm matching it on every other column; "
-                     "p: Welch's t-test")
+    if has_m:
+        notes.append("Δ: arm mean − mean of its m = 1 arm, equal to it in every other key "
+                     "(none pooled); p: Welch's t-test")
+    if any(0 < a.n < expected_n for a in arms):
+        notes.append(f"{FEW} fewer than {expected_n} finished seeds")
     return Table("sweep", f"Sweep {label}: {name} per arm", "Arm", rows, columns, cells,
-                 digits=2, expected_n=expected_n, notes=notes, n_records=len(done),
-                 sweep=str(label))
+                 digits=2, expected_n=expected_n, notes=notes,
+                 n_records=len(unique_trials(completed(df))), sweep=str(label))
 
 
 def _only_sweep(df: pd.DataFrame) -> str:
@@ -344,34 +492,36 @@ def _only_sweep(df: pd.DataFrame) -> str:
 
 # ----------------------------------------------------------------------------- which tables
 def tables_for(df: pd.DataFrame, vs_paper: bool = False) -> list[Table]:
-    """Every table the records can fill: each paper table whose filter matches a completed
-    record, then the generic sweep table of each sweep that feeds no paper table (records
-    that only carry a certification, e.g. a CPU-scale digits sweep, get both Table 8 and
-    their sweep table).
+    """Every table the records can fill: each paper table whose filter matches a record
+    (Table 8 once per dataset with certified records, the paper's first), then the generic
+    sweep table of each sweep that feeds no paper table (records that only carry a
+    certification, e.g. a CPU-scale digits sweep, get both Table 8 and their sweep table).
 
     Args:
         df: a frame from :func:`maxup.analysis.load_records`.
         vs_paper: kept for symmetry with :func:`render` (published values are always attached).
     """
-    done = completed(df)
     out: list[Table] = []
-    if not len(done):
+    if not len(df):
         return out
-    consumed = pd.Series(False, index=done.index)
+    consumed = pd.Series(False, index=df.index)
     for spec in SPECS.values():
-        mask = spec.filter(done).fillna(False).astype(bool)
-        if mask.any():
-            out.append(build_table(df, spec, vs_paper=vs_paper, _done=done[mask]))
-            if spec.kind != "envelope":
-                consumed |= mask
-    pt = done["paper_table"] if "paper_table" in done else pd.Series(None, index=done.index)
+        mask = spec.filter(df).fillna(False).astype(bool)
+        if spec.kind == "envelope":
+            present = _datasets(completed(df[mask]))
+            for ds in sorted(present, key=lambda d: (d != spec.dataset, d)):
+                out.append(build_table(df, spec, vs_paper=vs_paper, dataset=ds))
+        elif mask.any():
+            out.append(build_table(df, spec, vs_paper=vs_paper))
+            consumed |= mask
+    pt = df["paper_table"] if "paper_table" in df else pd.Series(None, index=df.index)
     consumed |= pt.isin(list(SPECS))
-    rest = done[~consumed]
+    rest = df[~consumed]
     sweeps = rest["sweep"] if "sweep" in rest else pd.Series(None, index=rest.index)
     for name in sorted({s for s in sweeps.dropna().unique()}, key=str):
-        out.append(sweep_table(rest[sweeps == name], name))
+        out.append(sweep_table(rest[sweeps == name], name, frame=df))
     if sweeps.isna().any():
-        out.append(sweep_table(rest[sweeps.isna()], None))
+        out.append(sweep_table(rest[sweeps.isna()], None, frame=df))
     return out
 
 
@@ -380,18 +530,31 @@ def _num(x: float, digits: int) -> str:
     return f"{x:.{digits}f}"
 
 
-def _stat_text(cell: Cell, digits: int, expected_n: int | None, pm: str, dash: str) -> str:
-    if cell.missing:
-        return dash
-    text = _num(cell.mean, digits)
-    if cell.n >= 2 and math.isfinite(cell.std):
-        text += f" {pm} {_num(cell.std, digits)}"
-    if expected_n and cell.n < expected_n:
-        text += f" (n={cell.n})"
+def _arm_text(mean: float, std: float, cell: Cell, digits: int, pm: str, dash: str) -> str:
+    """``mean ± std (n = 4; 1 diverged) †``: every stat cell shows its n and other seeds."""
+    text = dash if cell.n == 0 or not math.isfinite(mean) else _num(mean, digits)
+    if cell.n >= 2 and math.isfinite(std):
+        text += f" {pm} {_num(std, digits)}"
+    text += f" ({cell.counts_text()})"
+    if 0 < cell.n < MIN_SEEDS:
+        text += f" {FEW}"
     return text
 
 
+def _stat_text(cell: Cell, digits: int, pm: str, dash: str) -> str:
+    if cell.arms:
+        return " / ".join(_arm_text(a.mean, a.stats["std"], Cell.of_arm(a), digits, pm, dash)
+                          for a in cell.arms)
+    if cell.missing and not (cell.n_failed or cell.n_diverged or cell.n_running):
+        return dash
+    return _arm_text(cell.mean, cell.std, cell, digits, pm, dash)
+
+
 def _cell_text(table: Table, col: Column, cell: Cell, pm: str, dash: str) -> str:
+    if cell.text:
+        return cell.text
+    if col.kind == "stat":
+        return _stat_text(cell, table.digits, pm, dash)
     if cell.missing:
         return dash
     if col.kind == "delta":
@@ -399,14 +562,14 @@ def _cell_text(table: Table, col: Column, cell: Cell, pm: str, dash: str) -> str
     if col.kind == "p":
         return f"{cell.mean:.3g}" if math.isfinite(cell.mean) else "n/a"
     if col.kind == "value":
-        return _num(cell.mean, table.digits)
+        return f"{_num(cell.mean, table.digits)} (n = {cell.n})"
     if col.kind == "n":
-        return str(cell.n)
+        return cell.counts_text().removeprefix("n = ")
     if col.kind == "ci":
         if not (math.isfinite(cell.ci_low) and math.isfinite(cell.ci_high)):
             return "n/a"
         return f"[{_num(cell.ci_low, table.digits)}, {_num(cell.ci_high, table.digits)}]"
-    return _stat_text(cell, table.digits, table.expected_n, pm, dash)
+    raise ValueError(f"column kind {col.kind!r}")
 
 
 def _pub_text(p: Published | None, digits: int, pm: str, dash: str) -> str:
@@ -439,7 +602,8 @@ def _grid(table: Table, vs_paper: bool, pm: str, dash: str, bold) -> tuple[list,
             if vs_paper and c.kind in ("stat", "value"):
                 d = cell.delta
                 inside = cell.inside_ci
-                line += [_pub_text(cell.published, table.digits, pm, dash), text,
+                line += [("not comparable" if cell.not_comparable else
+                          _pub_text(cell.published, table.digits, pm, dash)), text,
                          dash if not math.isfinite(d) else f"{d:+.{table.digits}f}",
                          dash if cell.published is None else
                          ("n/a" if inside is None else ("yes" if inside else "no"))]
@@ -450,7 +614,7 @@ def _grid(table: Table, vs_paper: bool, pm: str, dash: str, bold) -> tuple[list,
 
 
 def _has_published(table: Table) -> bool:
-    return table.id in PUBLISHED
+    return table.paper and table.id in PUBLISHED
 
 
 def render_markdown(table: Table, vs_paper: bool = False) -> str:
@@ -523,8 +687,11 @@ def _csv_num(x) -> str:
 def render_csv(table: Table, vs_paper: bool = False) -> str:
     """Tidy CSV, one line per cell with full-precision numbers (empty when missing).
 
-    Columns: ``table, row, column, text, mean, std, n, ci_low, ci_high, best`` and with
-    ``vs_paper`` ``published, published_std, delta, inside_ci``.
+    Columns: ``table, row, column, text, mean, std, n, n_failed, n_diverged, n_running,
+    n_planned, ci_low, ci_high, best, base_n, base_diff, base_p`` (the comparison with the
+    cell's baseline arm; empty when it has none) and with ``vs_paper`` ``published,
+    published_std, delta, inside_ci, not_comparable``. A cell holding several arms has one
+    line per arm (``row`` and ``column`` repeated, ``arm`` numbering them from 1).
 
     Args:
         table: the table.
@@ -533,24 +700,32 @@ def render_csv(table: Table, vs_paper: bool = False) -> str:
     vs_paper = vs_paper and _has_published(table)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    head = ["table", "row", "column", "text", "mean", "std", "n", "ci_low", "ci_high", "best"]
+    head = ["table", "row", "column", "arm", "text", "mean", "std", "n", "n_failed",
+            "n_diverged", "n_running", "n_planned", "ci_low", "ci_high", "best", "base_n",
+            "base_diff", "base_p"]
     if vs_paper:
-        head += ["published", "published_std", "delta", "inside_ci"]
+        head += ["published", "published_std", "delta", "inside_ci", "not_comparable"]
     w.writerow(head)
     best = [table.best(j) for j in range(len(table.columns))]
     for i, (_, rlabel) in enumerate(table.rows):
         for j, col in enumerate(table.columns):
             cell = table.cell(i, j)
-            line = [table.id, rlabel, col.label, _cell_text(table, col, cell, "±", ""),
-                    _csv_num(cell.mean) if not cell.missing else "", _csv_num(cell.std),
-                    cell.n, _csv_num(cell.ci_low), _csv_num(cell.ci_high),
-                    int(i in best[j])]
-            if vs_paper:
-                p = cell.published
-                inside = cell.inside_ci
-                line += [_csv_num(p.value) if p else "", _csv_num(p.std) if p else "",
-                         _csv_num(cell.delta), "" if inside is None else int(inside)]
-            w.writerow(line)
+            parts = [(k + 1, Cell.of_arm(a)) for k, a in enumerate(cell.arms)] or [("", cell)]
+            for arm_no, c in parts:
+                cmp = c.comparison if c.comparison is not None and c.comparison.found else None
+                line = [table.id, rlabel, col.label, arm_no, _cell_text(table, col, c, "±", ""),
+                        _csv_num(c.mean) if not c.missing else "", _csv_num(c.std), c.n,
+                        c.n_failed, c.n_diverged, c.n_running, c.n_planned,
+                        _csv_num(c.ci_low), _csv_num(c.ci_high), int(i in best[j]),
+                        cmp.base.n if cmp else "", _csv_num(cmp.diff) if cmp else "",
+                        _csv_num(cmp.p_value) if cmp else ""]
+                if vs_paper:
+                    p = cell.published
+                    inside = c.inside_ci if not cell.arms else None
+                    line += [_csv_num(p.value) if p else "", _csv_num(p.std) if p else "",
+                             _csv_num(c.delta) if not cell.arms else "",
+                             "" if inside is None else int(inside), cell.not_comparable]
+                w.writerow(line)
     return buf.getvalue()
 
 

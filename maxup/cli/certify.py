@@ -33,7 +33,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="noise seed (0)")
     parser.add_argument("--data.root", dest="data_root", default=None,
                         help="dataset root (default: the checkpoint config's data.root)")
-    parser.add_argument("--out", default=None, help="write the certification summary JSON here")
+    parser.add_argument("--out", default=None,
+                        help="write the certification summary JSON here, and beside it (.tsv) "
+                             "the per-image file Cohen et al.'s certify.py writes")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default auto)")
 
 
@@ -84,11 +86,12 @@ def run(args: argparse.Namespace) -> int:
     from maxup.certify import (
         certification_summary,
         certify_dataset,
+        cohen_tsv,
         load_model_from_checkpoint,
         num_classes_of,
     )
     from maxup.data import build_dataset
-    from maxup.io import atomic_write_json
+    from maxup.io import atomic_write_json, atomic_write_text
 
     if args.device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -129,5 +132,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  radius {r:.2f}: {acc:.1f}%")
     if args.out is not None:
         atomic_write_json(args.out, summary)
-        print(f"wrote {args.out}")
+        tsv = Path(args.out).with_suffix(".tsv")
+        atomic_write_text(tsv, cohen_tsv(rows))
+        print(f"wrote {args.out} and {tsv} (Cohen et al.'s format)")
     return 0

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from maxup import records
-from maxup.io import atomic_write_json
+from maxup.io import atomic_write_json, atomic_write_text
 
 
 def shard_bounds(num_images: int, skip: int, shards: int) -> list[tuple[int, int]]:
@@ -111,7 +111,7 @@ def run_certification(layout, todo: list[tuple[dict, records.TrialRecord]], *, s
     import ray
 
     from maxup import identity
-    from maxup.certify import certification_summary
+    from maxup.certify import certification_summary, cohen_tsv
     from maxup.data import dataset_info
 
     if not todo:
@@ -151,6 +151,10 @@ def run_certification(layout, todo: list[tuple[dict, records.TrialRecord]], *, s
         sigma = c["sigma"] or config["augment"]["sigma"]
         cert = certification_summary(rows, sigma=sigma, n0=c["n0"], n=c["n"], alpha=c["alpha"],
                                      skip=c["skip"], batch=c["batch"])
+        # Cohen et al.'s per-image file beside the shards, for their analyze.py.
+        tsv = plans[tid][0].parent / "certify.tsv"
+        atomic_write_text(tsv, cohen_tsv(rows))
+        layout.push(tsv)
         # Re-read under the same name: another sweep may have added its own certification.
         rec = records.load_record(layout.record(tid)) or rec
         rec.add_certification(config, cert)

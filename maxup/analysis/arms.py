@@ -1,0 +1,166 @@
+"""Arms: what one table cell aggregates, with every seed accounted for.
+
+An *arm* is one experiment without its seed (:func:`maxup.identity.arm_id`); its trials are
+its seeds. :func:`arm_stats` summarises one arm's records of any status, each trial once
+(a trial two sweeps planned is one observation):
+
+- ``n``: finished seeds with a finite value of the metric — the only values in the mean;
+- ``n_diverged``: seeds that failed on a non-finite loss or metric, or completed without a
+  finite value of the metric (never silently dropped from ``n``);
+- ``n_failed``: seeds that failed for any other reason;
+- ``n_running``: interim records (a sweep still running or interrupted);
+- ``n_planned``: every seed known for the arm: the trials sweep manifests planned for it and
+  those with records.
+
+:func:`baseline_of` finds an arm's baseline: the arm equal to it in every key except the
+ablated one (:func:`maxup.identity.counterpart_arm_id`); nothing is pooled.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from maxup import identity
+from maxup.analysis.load import planned_trials, unique_trials
+from maxup.analysis.stats import describe, welch
+from maxup.records import Status
+
+#: Failure reasons that mean the run diverged (the engine's non-finite guards).
+DIVERGED_REASONS = ("non-finite loss", "non-finite metric")
+#: Cells with fewer finished seeds than this are marked (the paper reports five seeds).
+MIN_SEEDS = 5
+
+
+@dataclass
+class ArmStats:
+    """One arm's statistics of one metric (see the module docstring for the counts).
+
+    Args:
+        arm_id: the arm id.
+        config: the resolved config of one of its trials (seed aside, all are equal).
+        values: the finite metric values of its finished seeds (scaled), one per trial.
+        n_failed, n_diverged, n_running, n_planned: the seed counts.
+    """
+
+    arm_id: str
+    config: dict
+    values: np.ndarray
+    n_failed: int = 0
+    n_diverged: int = 0
+    n_running: int = 0
+    n_planned: int = 0
+    stats: dict = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.stats = describe(self.values)
+
+    @property
+    def n(self) -> int:
+        return int(self.stats["n"])
+
+    @property
+    def mean(self) -> float:
+        return float(self.stats["mean"])
+
+
+def _is_diverged_failure(rows: pd.DataFrame) -> pd.Series:
+    reason = rows["failure.reason"] if "failure.reason" in rows else pd.Series(
+        None, index=rows.index, dtype=object)
+    return reason.isin(DIVERGED_REASONS)
+
+
+def arm_stats(rows: pd.DataFrame, metric: str, scale: float = 1.0,
+              frame: pd.DataFrame | None = None) -> ArmStats:
+    """Statistics of one arm's records (all of one ``arm_id``; any status).
+
+    Args:
+        rows: the arm's rows of a frame from :func:`maxup.analysis.load_records`.
+        metric: the column summarised (``"final.test_acc"``).
+        scale: factor applied to each value.
+        frame: the whole loaded frame (for the manifests' planned trials); default ``rows``.
+    """
+    rows = unique_trials(rows)
+    arm = str(rows["arm_id"].iloc[0])
+    status = rows["status"]
+    done = rows[status == Status.COMPLETED]
+    vals = pd.to_numeric(done[metric], errors="coerce") if metric in done else pd.Series(
+        np.nan, index=done.index)
+    finite = vals.to_numpy(dtype=float)
+    finite = finite[np.isfinite(finite)] * scale
+    failed = rows[status == Status.FAILED]
+    diverged_fail = int(_is_diverged_failure(failed).sum())
+    known = set(rows["trial_id"].astype(str)) | planned_trials(
+        rows if frame is None else frame, arm)
+    return ArmStats(arm_id=arm, config=_config_of(rows.iloc[0]), values=finite,
+                    n_failed=len(failed) - diverged_fail,
+                    n_diverged=diverged_fail + int(len(done) - finite.size),
+                    n_running=int((status == Status.RUNNING).sum()), n_planned=len(known))
+
+
+def _config_of(row: pd.Series) -> dict:
+    cfg = row.get("run_config")
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def arms_of(rows: pd.DataFrame, metric: str, scale: float = 1.0,
+            frame: pd.DataFrame | None = None) -> list[ArmStats]:
+    """:func:`arm_stats` of every arm among ``rows``, in order of first appearance.
+
+    Args:
+        rows: rows of a loaded frame (any statuses).
+        metric: the column summarised.
+        scale: factor applied to each value.
+        frame: the whole loaded frame (planned trials); default ``rows``.
+    """
+    if not len(rows) or "arm_id" not in rows:
+        return []
+    order = list(dict.fromkeys(rows["arm_id"].astype(str)))
+    return [arm_stats(rows[rows["arm_id"] == a], metric, scale, frame) for a in order]
+
+
+def config_value(config: dict, key: str):
+    """The value of dotted ``key`` (``"maxup.m"``) in a nested config, None when absent."""
+    node = config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """An arm against its baseline: ``diff`` = arm mean − baseline mean, Welch ``p``."""
+
+    base: ArmStats | None
+    diff: float = math.nan
+    p_value: float = math.nan
+
+    @property
+    def found(self) -> bool:
+        return self.base is not None
+
+
+def baseline_of(arm: ArmStats, key: str, value, pool: dict[str, ArmStats]) -> Comparison | None:
+    """The arm's comparison with its baseline: the arm equal to it except ``key`` = ``value``.
+
+    Args:
+        arm: the arm.
+        key: the ablated dotted config key (``"maxup.m"``).
+        value: the baseline's value of it (``1``).
+        pool: arm id -> statistics of every arm the baseline may be.
+
+    Returns:
+        None when ``arm`` is itself a baseline; a :class:`Comparison` with ``base=None``
+        when no matching baseline arm exists (never a pooled one).
+    """
+    if config_value(arm.config, key) == value:
+        return None
+    base = pool.get(identity.counterpart_arm_id(arm.config, key, value))
+    if base is None or base.n == 0:
+        return Comparison(None)
+    return Comparison(base, arm.mean - base.mean, welch(arm.values, base.values))
