@@ -53,9 +53,30 @@ Reporter = Callable[[dict, "Path | None"], None]
 class NonFiniteLoss(Exception):
     """Raised inside the loop when the loss is NaN or infinite."""
 
-    def __init__(self, epoch: int, step: int, value: float):
+    reason = "non-finite loss"
+
+    def __init__(self, epoch: int, step: int | None, value: float):
         self.epoch, self.step, self.value = epoch, step, value
         super().__init__(f"non-finite loss {value} at epoch {epoch}, step {step}")
+
+
+class NonFiniteMetric(NonFiniteLoss):
+    """Raised when an evaluation metric is NaN or infinite: such a run is never completed."""
+
+    reason = "non-finite metric"
+
+    def __init__(self, epoch: int, metric: str, value: float):
+        Exception.__init__(self, f"non-finite {metric} {value} at epoch {epoch}")
+        self.epoch, self.step, self.value, self.metric = epoch, None, value, metric
+
+
+def _check_finite(metrics: dict, epoch: int) -> None:
+    """Raise :class:`NonFiniteMetric` for a NaN/inf evaluation metric (the sums behind them
+    are all-reduced, so every rank raises together)."""
+    for key in ("test_loss", "test_acc", "test_top5"):
+        value = metrics.get(key)
+        if value is not None and not math.isfinite(value):
+            raise NonFiniteMetric(epoch, key, value)
 
 
 @dataclass
@@ -500,6 +521,7 @@ def _train(cfg: RunConfig, out_dir: Path, *, device: torch.device, dist: DistCon
             metrics["eval_s"] = time.perf_counter() - t1
             metrics["wall_s"] = time.perf_counter() - t0
             history.append(metrics)
+            _check_finite(metrics, epoch + 1)
             done = epoch + 1
             checkpoint_now = done % cfg.train.checkpoint_every == 0 or done == cfg.train.epochs
             if dist.is_main:
@@ -515,8 +537,10 @@ def _train(cfg: RunConfig, out_dir: Path, *, device: torch.device, dist: DistCon
             if reporter is not None:
                 reporter(dict(metrics), ckpt_path.parent if checkpoint_now else None)
     except NonFiniteLoss as exc:
-        failure = {"reason": "non-finite loss", "epoch": exc.epoch, "step": exc.step,
+        failure = {"reason": exc.reason, "epoch": exc.epoch, "step": exc.step,
                    "value": str(exc.value)}
+        if isinstance(exc, NonFiniteMetric):
+            failure["metric"] = exc.metric
         if dist.is_main:
             records.write_record(record_path, make_record(records.Status.FAILED, failure))
         if log:

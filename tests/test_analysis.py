@@ -107,6 +107,14 @@ def make_record(acc, *, seed=0, m=1, model="resnet110", dataset="cifar10", sweep
     return rec
 
 
+def restamp(rec: dict) -> dict:
+    """The record with its trial id recomputed after a test edited its config."""
+    from maxup import identity
+
+    rec["trial_id"] = identity.trial_id(rec["config"])
+    return rec
+
+
 def write(root: Path, rec: dict) -> Path:
     path = root / (rec["sweep"] or "single") / "records" / f"{rec['trial_id']}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -585,3 +593,176 @@ def test_regression_resnet50_of_imagenet_sweep_fills_table1(tmp_path):
     t2 = build_table(df, SPECS["2"])
     row = [key for key, _ in t2.rows].index("resnet101")
     assert t2.cell(row, 1).mean == 80.0
+
+
+# --------------------------------------------------------------- cells are arms (issue rules)
+def _sweep_tree(root: Path, name: str, recs: list[dict]) -> None:
+    """Store records content-addressed under ``root/trials`` with a manifest for ``name``."""
+    from maxup import identity
+
+    entries = []
+    for r in recs:
+        tid = identity.trial_id(r["config"])
+        path = root / "trials" / tid / "record.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(dict(r, trial_id=tid)))
+        entries.append({"trial_id": tid, "arm_id": identity.arm_id(r["config"]),
+                        "axes": r["axes"]})
+    (root / name).mkdir(parents=True, exist_ok=True)
+    (root / name / "sweep.json").write_text(json.dumps({
+        "schema": "maxup.sweep/1", "name": name, "paper_table": None, "trials": entries,
+        "trials_root": "../trials"}))
+
+
+def test_regression_shared_trials_count_once_in_every_table(tmp_path):
+    base = [90.0, 90.4, 90.9, 91.1, 91.6]
+    mx = [92.0, 92.3, 92.1, 93.0, 92.6]
+    recs = {m: [make_record(None, seed=s, m=m, dataset="digits", model="small_cnn",
+                            ops=["gaussian"], test_acc=v) for s, v in enumerate(vals)]
+            for m, vals in ((1, base), (4, mx))}
+    _sweep_tree(tmp_path, "first", recs[1] + recs[4])
+    _sweep_tree(tmp_path, "second", recs[4])  # shares every m = 4 trial
+    df = load_records(tmp_path)
+    assert len(df) == 15  # a row per trial per sweep
+    tables = {t.sweep: t for t in tables_for(df)}
+    first, second = tables["first"], tables["second"]
+    assert [first.cell(i, 0).n for i in range(2)] == [5, 5]
+    assert second.cell(0, 0).n == 5 and second.cell(0, 0).mean == pytest.approx(np.mean(mx))
+    agg = aggregate(df).set_index("config.maxup.m")
+    assert agg.loc[4, "n"] == 5 and agg.loc[4, "std"] == pytest.approx(np.std(mx, ddof=1))
+    cmp = compare(df)
+    assert cmp["n"].tolist() == [5] and cmp["base_n"].tolist() == [5]
+    assert cmp["p_value"].iloc[0] == pytest.approx(stats.ttest_ind(mx, base,
+                                                                   equal_var=False).pvalue)
+
+
+def test_regression_baseline_is_the_exact_counterpart_never_pooled(tmp_path):
+    # Two m = 1 arms that differ only in maxup.bn: each MaxUp arm compares with its own.
+    recs, truth = [], {}
+    for bn, b_vals, m_vals in (("batch_stats", [80.0, 80.5, 81.0], [81.0, 81.5, 82.0]),
+                               ("frozen", [60.0, 60.5, 61.0], [51.0, 51.5, 52.0])):
+        for m, vals in ((1, b_vals), (4, m_vals)):
+            for s, v in enumerate(vals):
+                r = make_record(None, seed=s, m=m, dataset="digits", model="small_cnn",
+                                ops=["gaussian"], test_acc=v)
+                r["config"]["maxup"]["bn"] = bn
+                recs.append(restamp(r))
+        truth[bn] = (np.mean(m_vals) - np.mean(b_vals),
+                     stats.ttest_ind(m_vals, b_vals, equal_var=False).pvalue)
+    df = load_records(write_all(tmp_path, recs))
+    cmp = compare(df).set_index("config.maxup.bn")
+    for bn, (diff, p) in truth.items():
+        assert cmp.loc[bn, "diff"] == pytest.approx(diff)  # +1.0 and -9.0
+        assert cmp.loc[bn, "p_value"] == pytest.approx(p) and cmp.loc[bn, "base_n"] == 3
+    t = sweep_table(df)
+    deltas = {label: t.cell(i, 4).mean for i, (_, label) in enumerate(t.rows)
+              if not t.cell(i, 4).text}
+    assert sorted(round(v, 6) for v in deltas.values()) == [-9.0, 1.0]
+
+
+def test_missing_baseline_says_so(tmp_path):
+    recs = [make_record(None, seed=s, m=4, dataset="digits", model="small_cnn",
+                        ops=["gaussian"], test_acc=90.0 + s) for s in range(3)]
+    other = make_record(None, seed=0, m=1, dataset="digits", model="small_cnn",
+                        ops=["gaussian"], test_acc=80.0)
+    other["config"]["optim"]["lr"] = 0.05  # an m = 1 arm, but not this arm's counterpart
+    df = load_records(write_all(tmp_path, [*recs, restamp(other)]))
+    assert compare(df).empty
+    t = sweep_table(df)
+    texts = {label: render(t, "md").split(label)[1].splitlines()[0] for _, label in t.rows}
+    mx_row = next(i for i, (_, lab) in enumerate(t.rows) if "m=4" in lab)
+    assert t.cell(mx_row, 4).text == "no baseline" and t.cell(mx_row, 5).text == "no baseline"
+    assert any("no baseline" in v for v in texts.values())
+    rows = list(csv.DictReader(io.StringIO(render(t, "csv"))))
+    assert all(r["base_diff"] == "" for r in rows)
+
+
+def test_nan_and_failed_seeds_are_shown_against_their_arm(tmp_path):
+    good = [94.1, 94.3, 94.2]
+    recs = [make_record(None, seed=s, m=1, paper_table="3", test_acc=v)
+            for s, v in enumerate(good)]
+    recs.append(make_record(None, seed=3, m=1, paper_table="3", test_acc=float("nan")))
+    recs.append(make_record(None, seed=4, m=1, paper_table="3", status="failed"))  # diverged
+    crashed = make_record(None, seed=5, m=1, paper_table="3", status="failed")
+    crashed["failure"] = {"reason": "worker died"}
+    recs.append(crashed)
+    df = load_records(write_all(tmp_path, recs))
+    table = build_table(df, "3")
+    cell = table.cell(0, 0)
+    assert (cell.n, cell.n_diverged, cell.n_failed, cell.n_planned) == (3, 2, 1, 6)
+    assert cell.mean == pytest.approx(np.mean(good))
+    assert cell.std == pytest.approx(np.std(good, ddof=1))
+    text = f"{np.mean(good):.2f} ± {np.std(good, ddof=1):.2f} (n = 3; 2 diverged, 1 failed) †"
+    assert text in render(table, "md")
+    assert text.replace("±", r"$\pm$").replace("†", "") in render(table, "latex")
+    row = next(r for r in csv.DictReader(io.StringIO(render(table, "csv")))
+               if r["row"] == "ResNet-110" and r["column"] == "+ Cutout")
+    assert (row["n"], row["n_diverged"], row["n_failed"], row["n_planned"]) == (
+        "3", "2", "1", "6")
+
+
+def test_several_arms_in_one_cell_are_each_shown_none_chosen(tmp_path):
+    lo, hi = [94.0, 94.1, 94.2], [95.0, 95.1, 95.2]
+    recs = []
+    for lr, vals in ((0.1, lo), (0.05, hi)):
+        for s, v in enumerate(vals):
+            r = make_record(None, seed=s, paper_table="3", test_acc=v)
+            r["config"]["optim"]["lr"] = lr
+            recs.append(restamp(r))
+    table = build_table(load_records(write_all(tmp_path, recs)), "3")
+    cell = table.cell(0, 0)
+    assert len(cell.arms) == 2 and table.best(0) == set()
+    md = render(table, "md")
+    for vals in (lo, hi):
+        assert f"{np.mean(vals):.2f} ± {np.std(vals, ddof=1):.2f} (n = 3)" in md
+    assert "holds 2 arms" in md and "optim.lr=0.1" in md and "optim.lr=0.05" in md
+    rows = [r for r in csv.DictReader(io.StringIO(render(table, "csv")))
+            if r["row"] == "ResNet-110" and r["column"] == "+ Cutout"]
+    assert sorted(float(r["mean"]) for r in rows) == pytest.approx([np.mean(lo), np.mean(hi)])
+
+
+def test_vs_paper_withholds_a_published_number_when_not_comparable(tmp_path):
+    recs = [make_record(None, seed=s, paper_table="3", test_acc=94.0 + 0.1 * s, epochs=3)
+            for s in range(5)]
+    table = build_table(load_records(write_all(tmp_path, recs)), "3", vs_paper=True)
+    cell = table.cell(0, 0)
+    assert cell.published is None and cell.not_comparable == "train.epochs = 3 (paper: 200)"
+    md = render(table, "md", vs_paper=True)
+    assert md.count("train.epochs = 3 (paper: 200)") == 1 and "| not comparable |" in md
+    assert "94.84" not in md
+
+
+def test_inside_ci_needs_five_seeds(tmp_path):
+    recs = [make_record(None, seed=s, paper_table="3", test_acc=v, epochs=200)
+            for s, v in enumerate([94.7, 94.9])]
+    cell = build_table(load_records(write_all(tmp_path, recs)), "3").cell(0, 0)
+    assert cell.published.value == 94.84 and cell.inside_ci is None
+    assert cell.ci_low < 94.84 < cell.ci_high  # inside, but n = 2 decides nothing
+
+
+def test_table8_published_values_sit_at_the_papers_radii():
+    # The paper's Table 8 columns: r = 0.25, 0.5, ..., 2.75.
+    cohen = dict(zip(T8_RADII, (60, 43, 34, 23, 17, 14, 12, 10, 8, 6, 4)))
+    ours = dict(zip(T8_RADII, (74, 57, 49, 40, 35, 31, 27, 22, 19, 17, 15)))
+    assert PUBLISHED["8"][("baseline", 0.25)].value == 60 == cohen[0.25]
+    assert PUBLISHED["8"][("maxup", 2.75)].value == 15 == ours[2.75]
+    assert all(PUBLISHED["8"][("maxup", r)].value == v for r, v in ours.items())
+    assert all(PUBLISHED["8"][("baseline", r)].value == v for r, v in cohen.items())
+    assert ("maxup", 0.0) not in PUBLISHED["8"]
+
+
+def test_table8_per_dataset_and_from_per_image_rows(tmp_path):
+    def rows(radii_correct):
+        return [{"index": i, "label": 0, "prediction": 0 if c else 1, "radius": r,
+                 "correct": c, "seconds": 1.0} for i, (r, c) in enumerate(radii_correct)]
+
+    cifar = make_record(90.0, seed=0, certified=[0.0] * 12)
+    cifar["certification"]["rows"] = rows([(2.8, True), (0.3, True), (1.0, False), (0.0, True)])
+    digits = make_record(90.0, seed=0, dataset="digits", model="small_cnn", certified=[99.0] * 12)
+    df = load_records(write_all(tmp_path, [cifar, digits]))
+    t8 = [t for t in tables_for(df) if t.id == "8"]
+    assert len(t8) == 2 and t8[0].paper and not t8[1].paper and "digits" in t8[1].title
+    # From the rows: correct and radius >= r, over 4 images.
+    assert t8[0].cell(0, 0).mean == 50.0  # r = 0.25: radii 2.8, 0.3
+    assert t8[0].cell(0, 10).mean == 25.0  # r = 2.75: radius 2.8
+    assert t8[1].cell(0, 0).mean == 99.0  # the digits table keeps its own records

@@ -291,6 +291,25 @@ def test_non_finite_loss_fails_the_run_with_a_reason(tmp_path):
     assert on_disk["status"] == "failed" and on_disk["failure"] == f
 
 
+def test_regression_nan_evaluation_is_never_recorded_as_completed(tmp_path, monkeypatch):
+    import maxup.engine as engine
+
+    real = engine.evaluate
+
+    def nan_accuracy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        return dict(out, test_acc=float("nan"))
+
+    monkeypatch.setattr(engine, "evaluate", nan_accuracy)
+    record = run(config(), tmp_path / "r")
+    assert record["status"] == "failed"
+    f = record["failure"]
+    assert (f["reason"], f["metric"], f["epoch"], f["value"]) == (
+        "non-finite metric", "test_acc", 1, "nan")
+    on_disk = json.loads((tmp_path / "r" / "record.json").read_text())
+    assert on_disk["status"] == "failed" and on_disk["failure"] == f
+
+
 def test_non_finite_loss_cli_exit_1(tmp_path, capsys):
     from maxup.cli import main
 
