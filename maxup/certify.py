@@ -29,6 +29,7 @@ from scipy.stats import binomtest as _binomtest
 from scipy.stats import norm as _norm
 from torch import nn
 
+from maxup import records
 from maxup.checkpoint import load_checkpoint
 from maxup.errors import DataError
 
@@ -374,7 +375,8 @@ def certify_dataset(
 
 
 def certified_accuracy(rows: Sequence[dict], radii: Sequence[float] = DEFAULT_RADII) -> list[float]:
-    """Percent of rows certified correct at each radius: ``correct and radius >= r``.
+    """Percent of rows certified correct at each radius: ``correct and radius >= r``
+    (:func:`maxup.records.certified_accuracy`, shared with the analysis tables).
 
     Abstentions (prediction -1) count as wrong.
 
@@ -382,13 +384,7 @@ def certified_accuracy(rows: Sequence[dict], radii: Sequence[float] = DEFAULT_RA
         rows: rows from :func:`certify_dataset` (non-empty).
         radii: l2 radii to report.
     """
-    if len(rows) == 0:
-        raise ValueError("certified_accuracy needs at least one certified image")
-    total = len(rows)
-    return [
-        100.0 * sum(1 for row in rows if row["correct"] and row["radius"] >= r) / total
-        for r in radii
-    ]
+    return records.certified_accuracy(list(rows), radii)
 
 
 def cohen_tsv(rows: Sequence[dict]) -> str:

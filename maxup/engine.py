@@ -55,9 +55,9 @@ class NonFiniteLoss(Exception):
 
     reason = "non-finite loss"
 
-    def __init__(self, epoch: int, step: int | None, value: float):
+    def __init__(self, epoch: int, step: int | None, value: float, message: str = ""):
         self.epoch, self.step, self.value = epoch, step, value
-        super().__init__(f"non-finite loss {value} at epoch {epoch}, step {step}")
+        super().__init__(message or f"non-finite loss {value} at epoch {epoch}, step {step}")
 
 
 class NonFiniteMetric(NonFiniteLoss):
@@ -66,8 +66,8 @@ class NonFiniteMetric(NonFiniteLoss):
     reason = "non-finite metric"
 
     def __init__(self, epoch: int, metric: str, value: float):
-        Exception.__init__(self, f"non-finite {metric} {value} at epoch {epoch}")
-        self.epoch, self.step, self.value, self.metric = epoch, None, value, metric
+        super().__init__(epoch, None, value, f"non-finite {metric} {value} at epoch {epoch}")
+        self.metric = metric
 
 
 def _check_finite(metrics: dict, epoch: int) -> None:

@@ -117,12 +117,10 @@ def with_value(config: dict, key: str, value: Any) -> dict:
         key: dotted key inside the config (``"maxup.m"``).
         value: the new value.
     """
+    from maxup.config import set_dotted
+
     out = copy.deepcopy(config)
-    node = out
-    *parents, leaf = key.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[leaf] = value
+    set_dotted(out, key, value)
     return out
 
 

@@ -220,6 +220,24 @@ def environment(device: str = "cpu", workers: int = 1) -> dict:
     }
 
 
+def certified_accuracy(rows: list[dict], radii) -> list[float]:
+    """Percent of a certification's per-image rows certified correct at each radius:
+    ``correct and radius >= r`` (Cohen et al.'s ``analyze.py``). Abstentions (prediction -1)
+    count as wrong.
+
+    Args:
+        rows: the certification's rows (non-empty), each with ``correct`` and ``radius``.
+        radii: l2 radii to report.
+    """
+    if len(rows) == 0:
+        raise ValueError("certified_accuracy needs at least one certified image")
+    total = len(rows)
+    return [
+        100.0 * sum(1 for row in rows if row["correct"] and row["radius"] >= r) / total
+        for r in radii
+    ]
+
+
 def _finite(value: Any) -> Any:
     """NaN/inf become strings so the record stays valid JSON (they are failure evidence)."""
     if isinstance(value, float) and not math.isfinite(value):

@@ -27,6 +27,7 @@ import pandas as pd
 from maxup import identity
 from maxup.analysis.load import planned_trials, unique_trials
 from maxup.analysis.stats import describe, welch
+from maxup.config import get_dotted
 from maxup.records import Status
 
 #: Failure reasons that mean the run diverged (the engine's non-finite guards).
@@ -124,12 +125,21 @@ def arms_of(rows: pd.DataFrame, metric: str, scale: float = 1.0,
 
 def config_value(config: dict, key: str):
     """The value of dotted ``key`` (``"maxup.m"``) in a nested config, None when absent."""
-    node = config
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
+    try:
+        return get_dotted(config, key)
+    except (KeyError, TypeError):
+        return None
+
+
+def first_of_arm(df: pd.DataFrame) -> pd.DataFrame:
+    """The first row of each arm, indexed by arm id (its columns label the arm).
+
+    Args:
+        df: rows of a loaded frame.
+    """
+    if "arm_id" not in df:
+        return df
+    return df.drop_duplicates("arm_id").set_index("arm_id", drop=False)
 
 
 @dataclass(frozen=True)

@@ -178,20 +178,20 @@ def compare(df: pd.DataFrame, metric: str = "final.test_acc",
         ``p_value`` (Welch's unequal-variance t-test, NaN when either arm has n < 2 or both
         arms have zero variance).
     """
-    from maxup.analysis.arms import arms_of, baseline_of
+    from maxup.analysis.arms import arms_of, baseline_of, first_of_arm
 
     (key, value), = dict(baseline or {"config.maxup.m": 1}).items()
     done = unique_trials(completed(df))
     keys = list(arm_columns(done) if by is None else by)
     arms = arms_of(done, metric)
     pool = {a.arm_id: a for a in arms}
-    first = {a: i for i, a in reversed(list(enumerate(done["arm_id"])))} if len(done) else {}
+    first = first_of_arm(done)
     rows = []
     for arm in arms:
         cmp = baseline_of(arm, key.removeprefix("config."), value, pool)
         if cmp is None or not cmp.found:
             continue
-        src = done.iloc[first[arm.arm_id]]
+        src = first.loc[arm.arm_id]
         row = {k: _norm(src[k]) if k in src else None for k in keys}
         a, b = arm.stats, cmp.base.stats
         row.update({"n": a["n"], "mean": a["mean"], "std": a["std"], "base_n": b["n"],

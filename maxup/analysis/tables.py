@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from maxup import records
 from maxup.analysis.arms import (
     MIN_SEEDS,
     ArmStats,
@@ -23,6 +24,7 @@ from maxup.analysis.arms import (
     arms_of,
     baseline_of,
     config_value,
+    first_of_arm,
 )
 from maxup.analysis.load import completed, unique_trials
 from maxup.analysis.published import PUBLISHED, Published
@@ -33,6 +35,8 @@ from maxup.errors import UsageError
 
 FORMATS = ("md", "latex", "csv")
 MISSING = "—"
+#: Marks a cell with fewer than MIN_SEEDS finished seeds.
+FEW = "†"
 NAN = math.nan
 
 
@@ -225,8 +229,10 @@ def certified_at(cert: dict, radius: float) -> float:
     """
     rows = cert.get("rows") or []
     if rows:
-        hits = sum(1 for r in rows if r.get("correct") and float(r.get("radius", -1)) >= radius)
-        return 100.0 * hits / len(rows)
+        try:
+            return records.certified_accuracy(rows, [radius])[0]
+        except (KeyError, TypeError):  # malformed rows: fall back to the summary
+            pass
     for r, a in zip(cert.get("radii") or [], cert.get("certified_accuracy") or []):
         if r is not None and abs(float(r) - radius) < 1e-9 and a is not None:
             return float(a)
@@ -244,9 +250,9 @@ def _mismatch(rows: pd.DataFrame, protocol: dict) -> str:
     return ""
 
 
-def _arm_label(rows: pd.DataFrame, arm: ArmStats, columns: list[str]) -> str:
-    first = rows[rows["arm_id"] == arm.arm_id].iloc[0]
-    return ", ".join(f"{_short(c)}={_fmt_key(first[c])}" for c in columns) or arm.arm_id
+def _arm_label(first: pd.Series, columns: list[str]) -> str:
+    """``"m=4, optim.lr=0.1"``: an arm's values of ``columns`` (its first row ``first``)."""
+    return ", ".join(f"{_short(c)}={_fmt_key(first[c])}" for c in columns)
 
 
 class _Pool:
@@ -261,10 +267,10 @@ class _Pool:
         return self._by[metric]
 
 
-def _compare(arm: ArmStats, spec_ablation, pool: dict[str, ArmStats]) -> Comparison | None:
-    if spec_ablation is None:
+def _compare(arm: ArmStats, metric: str, ablation, pool: _Pool) -> Comparison | None:
+    if ablation is None:
         return None
-    return baseline_of(arm, spec_ablation[0], spec_ablation[1], pool)
+    return baseline_of(arm, ablation[0], ablation[1], pool(metric))
 
 
 def _comparison_note(where: str, cmp: Comparison, ablation, digits: int) -> str:
@@ -286,12 +292,13 @@ def _mean_cell(csub: pd.DataFrame, metric: str, spec: TableSpec, frame: pd.DataF
         return Cell()
     if len(arms) > 1:
         cols = arm_columns(unique_trials(csub))
-        labels = [_arm_label(csub, a, cols) for a in arms]
+        first = first_of_arm(csub)
+        labels = [_arm_label(first.loc[a.arm_id], cols) or a.arm_id for a in arms]
         notes.append(f"{where} holds {len(arms)} arms, shown in this order (none chosen): "
                      + "; ".join(labels))
         return Cell(arms=arms, n=sum(a.n for a in arms))
     cell = Cell.of_arm(arms[0])
-    cell.comparison = _compare(arms[0], spec.ablation, pool(metric))
+    cell.comparison = _compare(arms[0], metric, spec.ablation, pool)
     if cell.comparison is not None and cell.n:
         notes.append(_comparison_note(where, cell.comparison, spec.ablation, spec.digits))
     return cell
@@ -395,8 +402,6 @@ def build_table(df: pd.DataFrame, spec: TableSpec | str, vs_paper: bool = False,
     return table
 
 
-FEW = "†"
-
 
 def _short(col: str) -> str:
     name = col.removeprefix("config.")
@@ -435,10 +440,9 @@ def sweep_table(df: pd.DataFrame, sweep: str | None = None, expected_n: int = 5,
         df = df[df["sweep"] == sweep]
     metric, best_metric, lower = _sweep_metric(df)
     arms = arms_of(df, metric, frame=frame)
-    keyed = unique_trials(df)
-    cols = arm_columns(keyed)
-    first = {a: keyed[keyed["arm_id"] == a].iloc[0] for a in (x.arm_id for x in arms)}
-    arms.sort(key=lambda a: _sort_key(tuple(_norm(first[a.arm_id][c]) for c in cols)))
+    cols = arm_columns(unique_trials(df))
+    first = first_of_arm(df)
+    arms.sort(key=lambda a: _sort_key(tuple(_norm(first.loc[a.arm_id, c]) for c in cols)))
     ms = {a.arm_id: config_value(a.config, "maxup.m") for a in arms}
     has_m = 1 in ms.values() and any(v not in (None, 1) for v in ms.values())
     pool = _Pool(frame)(metric) if has_m else {}
@@ -453,9 +457,8 @@ def sweep_table(df: pd.DataFrame, sweep: str | None = None, expected_n: int = 5,
                     Column("Welch p", "p_value", kind="p", rank=False)]
     rows, cells = [], {}
     for i, arm in enumerate(arms):
-        label = ", ".join(f"{_short(c)}={_fmt_key(first[arm.arm_id][c])}" for c in cols) \
-            or "all"
-        rows.append((tuple(_norm(first[arm.arm_id][c]) for c in cols), label))
+        row = first.loc[arm.arm_id]
+        rows.append((tuple(_norm(row[c]) for c in cols), _arm_label(row, cols) or "all"))
         cells[(i, 0)] = cells[(i, 2)] = cells[(i, 3)] = Cell.of_arm(arm)
         arm_rows = df[df["arm_id"] == arm.arm_id]
         cells[(i, 1)] = Cell.of_arm(arm_stats(arm_rows, best_metric, frame=frame))
