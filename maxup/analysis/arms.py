@@ -119,8 +119,8 @@ def arms_of(rows: pd.DataFrame, metric: str, scale: float = 1.0,
     """
     if not len(rows) or "arm_id" not in rows:
         return []
-    order = list(dict.fromkeys(rows["arm_id"].astype(str)))
-    return [arm_stats(rows[rows["arm_id"] == a], metric, scale, frame) for a in order]
+    return [arm_stats(group, metric, scale, frame)
+            for _, group in rows.groupby("arm_id", sort=False)]
 
 
 def config_value(config: dict, key: str):

@@ -333,16 +333,15 @@ def summary_line(df: pd.DataFrame) -> str:
     return line
 
 
-def unique_trials(df: pd.DataFrame, keys: tuple[str, ...] = ("trial_id",)) -> pd.DataFrame:
+def unique_trials(df: pd.DataFrame) -> pd.DataFrame:
     """Each trial once: a trial two sweeps planned is one observation, not two.
 
     Args:
         df: a frame from :func:`load_records` (any selection of its rows).
-        keys: the columns that make a row distinct (Table 8 adds the certification).
     """
-    if not len(df) or any(k not in df for k in keys):
+    if not len(df) or "trial_id" not in df:
         return df
-    return df[~df[list(keys)].astype(str).duplicated(keep="first")]
+    return df[~df["trial_id"].duplicated(keep="first")]
 
 
 def planned_trials(df: pd.DataFrame, arm: str) -> set[str]:

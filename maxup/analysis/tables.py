@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from maxup import records
+from maxup import identity, records
 from maxup.analysis.arms import (
     MIN_SEEDS,
     ArmStats,
@@ -304,10 +304,23 @@ def _mean_cell(csub: pd.DataFrame, metric: str, spec: TableSpec, frame: pd.DataF
     return cell
 
 
-def _envelope_cell(csub: pd.DataFrame, radius: float, scale: float) -> Cell:
-    done = unique_trials(completed(csub), ("trial_id", "certification"))
-    certs = [c for c in done["certification"] if isinstance(c, dict)] \
-        if "certification" in done else []
+def _certifications(rows: pd.DataFrame) -> list[dict]:
+    """The certifications of the completed ``rows``, each once by its certification id (a
+    trial two sweeps certified alike is one model of the envelope)."""
+    done = completed(rows)
+    if "certification" not in done:
+        return []
+    seen: set[str] = set()
+    out = []
+    for cfg, cert in zip(done["run_config"], done["certification"]):
+        key = identity.certification_id(cfg)
+        if isinstance(cert, dict) and key not in seen:
+            seen.add(key)
+            out.append(cert)
+    return out
+
+
+def _envelope_cell(certs: list[dict], radius: float, scale: float) -> Cell:
     vals = [v for v in (certified_at(c, float(radius)) for c in certs) if math.isfinite(v)]
     return Cell(max(vals) * scale, n=len(vals)) if vals else Cell()
 
@@ -372,10 +385,12 @@ def build_table(df: pd.DataFrame, spec: TableSpec | str, vs_paper: bool = False,
     for i, (rv, rlabel) in enumerate(rows):
         idx = row_groups.get(rv)
         rsub = sub.loc[idx] if idx is not None else sub.iloc[0:0]
+        # An envelope's columns are radii: one set of certifications serves the whole row.
+        certs = _certifications(rsub) if spec.kind == "envelope" else []
         for j, (cv, clabel) in enumerate(cols_axis):
             csub = rsub if ckeys is None else rsub[ckeys.loc[rsub.index] == cv]
             if spec.kind == "envelope":
-                cell = _envelope_cell(csub, float(cv), spec.scale)
+                cell = _envelope_cell(certs, float(cv), spec.scale)
             else:
                 metric = cv if spec.cols.key == METRIC else spec.metric
                 cell = _mean_cell(csub, metric, spec, frame, pool, f"{rlabel} / {clabel}",
