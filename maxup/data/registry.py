@@ -36,6 +36,8 @@ class DatasetInfo:
             or the dataset needs no files).
         train_size: number of training examples (None where unknown).
         test_size: number of test examples (None where unknown).
+        kind: ``"image"`` (``(image, label)`` datasets) or ``"text"`` (a word-level corpus,
+            :mod:`maxup.data.corpus`; ``num_classes`` is its vocabulary size).
     """
 
     num_classes: int
@@ -46,6 +48,7 @@ class DatasetInfo:
     default_root: str | None
     train_size: int | None
     test_size: int | None
+    kind: str = "image"
 
 
 #: A builder takes keyword arguments ``split``, ``root`` (str or None), ``train_transform``
