@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 
+import numpy as np
 import pytest
 import torch
 from scipy.stats import norm
@@ -162,12 +162,12 @@ def test_constant_classifier_radius():
     assert r == pytest.approx(expected, rel=1e-9)
 
 
-@pytest.mark.parametrize("d", [0.25, 0.5])
+@pytest.mark.parametrize("d", [0.1, 0.25, 0.5])
 def test_linear_classifier_radius_sound_and_tight(d):
     """Exact smoothed radius of a linear classifier is d; the certificate is <= d and close.
 
     For a half-space, P(class 0 | x + sigma*eps) = Phi(d / sigma), so sigma*Phi^-1(p_A) = d.
-    With n = 20,000, sigma = 0.5: p_A = Phi(d/sigma) in {0.69, 0.84}; the CP bound lies about
+    With n = 20,000, sigma = 0.5: p_A = Phi(d/sigma) in {0.58, 0.69, 0.84}; the CP bound lies about
     z_{1-alpha} * sd(p_hat) = 3.09 * sqrt(p(1-p)/n) <= 0.0101 below p_hat, and dr/dp =
     sigma / phi(Phi^-1(p)) <= 2.07, so the expected shortfall is <= 0.021 with sampling sd
     <= 0.0069. A tolerance of 0.06 is > 5 sd beyond the expected shortfall.
@@ -183,24 +183,124 @@ def test_linear_classifier_radius_sound_and_tight(d):
     assert r >= d - 0.06
 
 
-def test_certificate_failure_rate_is_at_most_alpha():
-    """The guarantee itself: over many independent runs, P(radius > true radius) <= alpha.
+def _exact_violation_probability(p: float, n0: int, n: int, alpha: float) -> float:
+    """P(a wrong certificate) for a classifier whose top class has probability ``p`` under
+    noise, computed from binomial sums alone (no code under test).
 
-    400 runs at alpha = 0.05 (n = 200): the violation count is at most Binomial(400, 0.05);
-    the test fails only if it exceeds that distribution's 1e-6 upper quantile.
+    CERTIFY returns class 0 with a radius beyond the true one iff the one-sided
+    Clopper-Pearson bound of its count exceeds ``p``, i.e. iff ``P_p(X >= k) < alpha`` for
+    ``X ~ Bin(n, p)``; it returns class 1 (always wrong) iff the n0 selection draws favour
+    class 1 strictly (argmax ties go to class 0) and the bound of class 1's count reaches 0.5.
     """
     from scipy.stats import binom
 
-    sigma, d, alpha, runs = 0.5, 0.3, 0.05, 400
+    k = np.arange(n + 1)
+    wrong_radius = float((binom.pmf(k, n, p) * (binom.sf(k - 1, n, p) < alpha)).sum())
+    select_1 = float(binom.sf(n0 // 2, n0, 1 - p))
+    wrong_class = float((binom.pmf(k, n, 1 - p) * (binom.sf(k - 1, n, 0.5) <= alpha)).sum())
+    return (1 - select_1) * wrong_radius + select_1 * wrong_class
+
+
+def test_certificate_failure_rate_matches_its_exact_value_and_is_at_most_alpha():
+    """The guarantee itself, tightly: over 2,000 independent runs the number of wrong
+    certificates (radius beyond the true one, or the wrong class) is Binomial(2000, q) with q
+    the exact probability of a wrong certificate for a linear classifier, q <= alpha.
+
+    At sigma = 0.5, d = 0.3, alpha = 0.05, n = 200: q = 0.0477. The count must lie in the
+    central 1 - 2e-6 of Binomial(2000, q), [54, 144] (2.7 %..7.2 %); a bound at 2 * alpha
+    (q = 0.091, about 182 expected) or at alpha / 2 (q ≈ 0.02) falls outside.
+    """
+    from scipy.stats import binom
+
+    sigma, d, alpha, runs, n0, n = 0.5, 0.3, 0.05, 2000, 20, 200
+    q = _exact_violation_probability(float(norm.cdf(d / sigma)), n0, n, alpha)
+    assert 0.04 < q <= alpha
     model = Linear2(dim=8, b=0.1)
     x = point_at_distance(model, d)
     g = torch.Generator().manual_seed(11)
     violations = 0
     for _ in range(runs):
-        pred, r = C.certify(model, x, sigma=sigma, n0=20, n=200, alpha=alpha, batch=220,
+        pred, r = C.certify(model, x, sigma=sigma, n0=n0, n=n, alpha=alpha, batch=220,
                             num_classes=2, generator=g)
         violations += pred == 1 or r > d
+    assert binom.ppf(1e-6, runs, q) <= violations <= binom.isf(1e-6, runs, q)
     assert violations <= binom.isf(1e-6, runs, alpha)
+
+
+class ByCallOrder(nn.Module):
+    """Answers by the order of the noisy samples it sees, not by their content: the first
+    ``first_n`` samples (over all calls) are class ``first``, every later one class ``then``.
+
+    CERTIFY's guarantee needs the class chosen on the n0 selection samples and counted on n
+    fresh estimation samples; this model makes the two samples disagree on purpose.
+    """
+
+    def __init__(self, first_n: int, first: int, then: int, k: int = 10):
+        super().__init__()
+        self.first_n, self.first, self.then, self.k = first_n, first, then, k
+        self.seen = 0
+        self.calls: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        idx = torch.arange(self.seen, self.seen + x.shape[0])
+        self.seen += x.shape[0]
+        self.calls.append(x.shape[0])
+        cls = torch.where(idx < self.first_n, self.first, self.then)
+        return torch.nn.functional.one_hot(cls, self.k).to(x.dtype)
+
+
+def test_regression_certify_takes_the_class_from_the_selection_sample():
+    """n0 selection samples all say 2, the n estimation samples all say 5: the selected
+    class has no estimation votes, so CERTIFY abstains. Taking the class from the estimation
+    sample would certify 5 with a large radius (and void the guarantee's independence)."""
+    n0, n = 30, 500
+    model = ByCallOrder(first_n=n0, first=2, then=5)
+    pred, r = C.certify(model, torch.rand(1, 4, 4), sigma=0.5, n0=n0, n=n, alpha=0.001,
+                        batch=64, num_classes=10, generator=torch.Generator().manual_seed(0))
+    assert (pred, r) == (C.ABSTAIN, 0.0)
+    assert model.seen == n0 + n  # n0 for selection, then n fresh samples, nothing more
+    # n0 = 30 in batches of 64: one call of 30; then n = 500: 64 * 7 + 52
+    assert model.calls == [30] + [64] * 7 + [52]
+
+
+def test_certify_counts_the_selected_class_in_the_estimation_sample():
+    """Selection says 2; the estimation sample says 2 except for its last 7 samples: the
+    radius comes from n_A = n - 7 of n, the one-sided Clopper-Pearson bound solved here by
+    root-finding on the binomial tail (P_p(X >= n_A) = alpha)."""
+    from scipy.optimize import brentq
+    from scipy.stats import binom
+
+    n0, n, alpha, sigma = 10, 400, 0.001, 0.25
+    model = ByCallOrder(first_n=n0 + n - 7, first=2, then=8)
+    pred, r = C.certify(model, torch.rand(1, 4, 4), sigma=sigma, n0=n0, n=n, alpha=alpha,
+                        batch=100, num_classes=10, generator=torch.Generator().manual_seed(0))
+    k = n - 7
+    p_lower = brentq(lambda p: binom.sf(k - 1, n, p) - alpha, 1e-9, 1 - 1e-12, xtol=1e-14)
+    assert pred == 2
+    assert r == pytest.approx(sigma * norm.ppf(p_lower), rel=1e-7)
+
+
+def test_certify_draws_n0_then_n_samples_with_the_callers_generator(monkeypatch):
+    """A spy on the sampler: selection counts (n0 draws) choose the class, estimation counts
+    (n draws, same generator) give n_A; each comes from its own call."""
+    calls = []
+    answers = [torch.tensor([0, 1, 6, 3]),  # selection: class 2
+               torch.tensor([40, 0, 950, 10])]  # estimation: class 0 leads, class 2 counted
+
+    def spy(model, x, num, sigma, num_classes, batch, generator):
+        calls.append((num, sigma, num_classes, batch, generator))
+        return answers[len(calls) - 1]
+
+    monkeypatch.setattr(C, "sample_noise_counts", spy)
+    g = torch.Generator().manual_seed(0)
+    pred, r = C.certify(Constant(), torch.rand(1, 2, 2), sigma=0.5, n0=10, n=1000, alpha=0.01,
+                        batch=77, num_classes=4, generator=g)
+    assert [c[:4] for c in calls] == [(10, 0.5, 4, 77), (1000, 0.5, 4, 77)]
+    assert all(c[4] is g for c in calls)
+    from scipy.stats import beta
+
+    assert pred == 2
+    assert r == pytest.approx(0.5 * norm.ppf(beta.ppf(0.01, 950, 51)), rel=1e-12)
 
 
 def test_linear_classifier_on_boundary_abstains():
@@ -289,6 +389,14 @@ def test_certify_dataset_progress_callback():
                              num_classes=2, progress=lambda d, t, r: seen.append((d, t, r)))
     assert [(d, t) for d, t, _ in seen] == [(1, 2), (2, 2)]
     assert [r for _, _, r in seen] == rows
+
+
+def test_image_seed_differs_per_image_and_per_run_seed():
+    """Every image draws its own noise: seeds distinct over images and run seeds, < 2**63."""
+    seeds = {C.image_seed(s, i) for s in range(3) for i in range(1000)}
+    assert len(seeds) == 3000
+    assert all(0 <= v < 2**63 for v in seeds)
+    assert C.image_seed(5, 17) == C.image_seed(5, 17)
 
 
 HAND_ROWS = [
@@ -425,12 +533,37 @@ def test_load_checkpoint_architecture_mismatch_is_one_line(tmp_path):
     assert "\n" not in str(info.value)
 
 
-def test_cli_end_to_end(tmp_path, monkeypatch, capsys):
+def _constant_checkpoint(tmp_path, cls: int, data_name: str = "fashion_mnist"):
+    """A real ``mlp`` checkpoint whose network answers ``cls`` for every input: all weights
+    zero, the last layer's bias one-hot. Under any noise its count is n_A = n."""
+    from maxup.data import dataset_info
+    from maxup.models import build_model
+
+    info = dataset_info(data_name)
+    model = build_model("mlp", num_classes=info.num_classes, in_channels=info.in_channels,
+                        mean=info.mean, std=info.std, dropout=0.0,
+                        image_size=tuple(info.image_size))
+    params = {name for name, _ in model.named_parameters()}  # not the normalisation buffers
+    state = {k: torch.zeros_like(v) if k in params else v for k, v in model.state_dict().items()}
+    last_bias = [k for k in state if k in params and k.endswith("bias")][-1]
+    state[last_bias][cls] = 5.0
+    config = {"model": {"name": "mlp", "num_classes": None, "dropout": 0.0},
+              "data": {"name": data_name, "root": None}, "seed": 0}
+    path = tmp_path / "constant.pt"
+    torch.save({"config": config, "model": state, "epoch": 1}, path)
+    return info, path
+
+
+def test_cli_end_to_end_known_answer(tmp_path, monkeypatch, capsys):
+    """A constant classifier through the CLI: every image gets class 3 with radius
+    sigma * Phi^-1(alpha ** (1 / n)) (the one-sided CP bound at n_A = n), so certified
+    accuracy is the share of label-3 images at every radius up to that, then 0."""
     import maxup.data
 
-    _, _, info, path = _real_checkpoint(tmp_path)
-    fake = [(torch.rand(info.in_channels, *info.image_size), i % info.num_classes)
-            for i in range(12)]
+    cls, sigma, n, alpha = 3, 0.5, 1000, 0.001
+    info, path = _constant_checkpoint(tmp_path, cls)
+    labels = [3, 1, 3, 3, 0, 7, 3, 2, 9, 3, 5, 3]
+    fake = [(torch.rand(info.in_channels, *info.image_size), y) for y in labels]
     calls = []
 
     def fake_build_dataset(name, *, split, root=None, **kw):
@@ -439,19 +572,33 @@ def test_cli_end_to_end(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(maxup.data, "build_dataset", fake_build_dataset)
     out = tmp_path / "cert" / "summary.json"
-    cli, args = _parse([str(path), "--sigma", "0.25", "--n", "50", "--n0", "10", "--batch", "25",
-                        "--skip", "4", "--max-images", "2", "--device", "cpu",
-                        "--data.root", str(tmp_path), "--out", str(out)])
+    cli, args = _parse([str(path), "--sigma", str(sigma), "--n", str(n), "--n0", "10",
+                        "--batch", "250", "--skip", "2", "--max-images", "5", "--device", "cpu",
+                        "--alpha", str(alpha), "--data.root", str(tmp_path), "--out", str(out)])
     assert cli.run(args) == 0
     assert calls == [("fashion_mnist", "test", str(tmp_path))]
     summary = json.loads(out.read_text())
-    assert [r["index"] for r in summary["rows"]] == [0, 4]
-    assert summary["sigma"] == 0.25 and summary["n"] == 50 and summary["skip"] == 4
-    assert summary["certified_accuracy"] == C.certified_accuracy(summary["rows"])
-    assert out.with_suffix(".tsv").read_text() == C.cohen_tsv(summary["rows"])
+    radius = sigma * norm.ppf(alpha ** (1 / n))  # 1.2316
+    picked = [0, 2, 4, 6, 8]
+    assert [r["index"] for r in summary["rows"]] == picked
+    assert [r["label"] for r in summary["rows"]] == [labels[i] for i in picked]
+    assert all(r["prediction"] == cls for r in summary["rows"])
+    assert [r["radius"] for r in summary["rows"]] == pytest.approx([radius] * 5, rel=1e-9)
+    assert [r["correct"] for r in summary["rows"]] == [True, True, False, True, False]
+    share = 100.0 * 3 / 5
+    expected = [share if r <= radius else 0.0 for r in C.DEFAULT_RADII]
+    assert expected[:5] == [60.0] * 5 and expected[5:] == [0.0] * 7
+    assert summary["certified_accuracy"] == pytest.approx(expected)
+    assert (summary["sigma"], summary["n"], summary["n0"], summary["skip"]) == (sigma, n, 10, 2)
+    assert summary["alpha"] == alpha
+    tsv = out.with_suffix(".tsv").read_text().splitlines()
+    assert tsv[0].split("\t") == ["idx", "label", "predict", "radius", "correct", "time"]
+    assert [line.split("\t")[:3] for line in tsv[1:]] == [
+        [str(i), str(labels[i]), "3"] for i in picked]
+    assert [float(line.split("\t")[3]) for line in tsv[1:]] == pytest.approx([radius] * 5)
     printed = capsys.readouterr().out
-    assert printed.count("radius") == 12 and "radius 2.75" in printed
-    assert all(math.isfinite(r["radius"]) for r in summary["rows"])
+    assert printed.count("radius") == 12
+    assert "radius 1.00: 60.0%" in printed and "radius 1.25: 0.0%" in printed
 
 
 def test_cohen_format_file_reads_like_their_analyze(tmp_path):
