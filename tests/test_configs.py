@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from maxup.cli import main
-from maxup.config import check_registered_names, load_config, to_dict
+from maxup.config import check_registered_names, from_dict, load_config, to_dict
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 ALL = sorted(p.name for p in CONFIGS.glob("*.yaml"))
@@ -42,10 +42,31 @@ def test_all_required_configs_are_shipped():
     assert REQUIRED <= set(ALL), sorted(REQUIRED - set(ALL))
 
 
+def _dotted(tree: dict, prefix: str = "") -> dict:
+    """{"maxup.m": 4, ...}: every leaf of a nested mapping under its dotted key."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_dotted(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
 @pytest.mark.parametrize("name", ALL)
-def test_config_loads_and_validates(name):
+def test_config_loads_validates_and_keeps_every_value_of_its_file(name):
+    """Each shipped file validates, and every value it states is the loaded config's value
+    (read back from the YAML independently): no key silently dropped or defaulted."""
+    import yaml
+
     cfg = load_config(CONFIGS / name)
-    check_registered_names(cfg)
+    check_registered_names(cfg)  # raises on an unknown model, dataset or augmentation
+    stated = _dotted(yaml.safe_load((CONFIGS / name).read_text()))
+    loaded = _dotted(to_dict(cfg))
+    assert stated and set(stated) <= set(loaded)
+    for key, value in stated.items():
+        assert loaded[key] == value, (key, loaded[key], value)
+    assert to_dict(from_dict(to_dict(cfg))) == to_dict(cfg)
 
 
 @pytest.mark.parametrize(("ds", "arch", "arm"), CIFAR)
