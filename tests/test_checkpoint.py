@@ -193,3 +193,59 @@ def test_loaded_tensors_are_on_the_cpu(tmp_path):
     path = tmp_path / "w.pt"
     torch.save({"config": {}, "model": {"w": torch.ones(2)}}, path)
     assert load_checkpoint(path)["model"]["w"].device.type == "cpu"
+
+
+# --------------------------------------------------------------------------- the last epoch
+
+
+def _digits_test_split():
+    """The digits test split as documented (maxup/data/digits.py), built here with
+    scikit-learn directly: 540 images of 1x8x8 in [0, 1] and their labels."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    _, x, _, y = train_test_split(d.data, d.target, test_size=0.3, random_state=0,
+                                  stratify=d.target)
+    return (torch.as_tensor(x, dtype=torch.float32).div(16.0).reshape(-1, 1, 8, 8),
+            torch.as_tensor(y, dtype=torch.long))
+
+
+def test_regression_last_checkpoint_is_the_last_epoch_and_reproduces_the_record(tmp_path):
+    """When the epoch count is not a multiple of train.checkpoint_every, the run still ends
+    with a checkpoint of its last epoch: last.pt says epoch ``epochs``, holds the whole
+    history, and its weights reproduce the record's final test accuracy and loss (computed
+    here by hand on the test split), so certification certifies the model the record
+    describes, not the one from the last multiple of checkpoint_every."""
+    import torch.nn.functional as F
+
+    from maxup.certify import load_model_from_checkpoint
+    from maxup.engine import train
+
+    epochs, every = 3, 2
+    cfg = {"seed": 0, "model": {"name": "small_cnn"}, "data": {"name": "digits", "subset": 128},
+           "augment": {"ops": ["gaussian"], "sigma": 0.25}, "maxup": {"m": 2, "warmup_epochs": 1},
+           "optim": {"lr": 0.05, "momentum": 0.9, "schedule": "constant"},
+           "train": {"epochs": epochs, "checkpoint_every": every, "batch_size": 64,
+                     "eval_batch_size": 540, "device": "cpu", "progress": False}}
+    reported = []
+    record = train(cfg, tmp_path / "run", log=None,
+                   reporter=lambda metrics, ckpt: reported.append((metrics["epoch"], ckpt)))
+    assert record["status"] == "completed"
+    assert [e for e, ckpt in reported if ckpt is not None] == [2, 3]  # every 2nd, and the last
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    state = load_checkpoint(last, require=("epoch", "history", "model"))
+    assert state["epoch"] == epochs
+    assert [h["epoch"] for h in state["history"]] == list(range(1, epochs + 1))
+    assert state["history"][-1]["test_acc"] == record["final"]["test_acc"]
+
+    model, _ = load_model_from_checkpoint(last)
+    x, y = _digits_test_split()
+    with torch.inference_mode():
+        logits = model(x)
+    acc = 100.0 * float((logits.argmax(1) == y).double().mean())
+    loss = float(F.cross_entropy(logits.double(), y))
+    assert acc == pytest.approx(record["final"]["test_acc"], abs=1e-9)
+    assert loss == pytest.approx(record["final"]["test_loss"], rel=1e-5)
+    # the epochs really differ, so matching the last one is not a coincidence
+    assert len({round(h["test_loss"], 6) for h in record["history"]}) == epochs
