@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -274,7 +275,7 @@ def test_compare_matches_baseline_on_other_columns(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ tables
-def table3_records(n_base=5, n_maxup=3, skip_model="wrn28_10"):
+def table3_records(n_base=5, n_maxup=3, skip_model="wrn28_10", epochs=3):
     recs = []
     vals = {}
     for model, off in (("resnet110", 0.0), ("preact_resnet110", 0.2), ("wrn28_10", 2.0)):
@@ -284,7 +285,7 @@ def table3_records(n_base=5, n_maxup=3, skip_model="wrn28_10"):
             v = [94.8 + off + add + 0.05 * s for s in range(n)]
             vals[(model, m)] = v
             recs += [make_record(None, seed=s, m=m, model=model, paper_table="3",
-                                 test_acc=x) for s, x in enumerate(v)]
+                                 test_acc=x, epochs=epochs) for s, x in enumerate(v)]
     return recs, vals
 
 
@@ -462,21 +463,61 @@ def test_unknown_format_is_usage_error(tmp_path):
 
 
 # ----------------------------------------------------------------------------------- figures
-def test_figures_written_and_not_blank(tmp_path):
+def _captured_figures(monkeypatch) -> dict:
+    """Capture each figure as maxup.analysis.figures saves it (stem -> its axes' plotted
+    data), then let it be written as usual."""
+    from maxup.analysis import figures
+
+    captured, save = {}, figures._save
+
+    def spy(fig, out_dir, stem):
+        axes = []
+        for ax in fig.axes:
+            def xy(line):
+                return (np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float))
+
+            lines = {ln.get_label(): xy(ln) for ln in ax.get_lines()
+                     if not ln.get_label().startswith("_")}
+            # an errorbar's label sits on its container: (data line, caps, bar collections)
+            lines.update({c.get_label(): xy(c.lines[0]) for c in ax.containers if c.has_yerr})
+            bars = {c.get_label(): [np.asarray(seg) for seg in c.lines[2][0].get_segments()]
+                    for c in ax.containers if c.has_yerr}
+            axes.append({"lines": lines, "errorbars": bars, "ylabel": ax.get_ylabel()})
+        captured[stem] = axes
+        return save(fig, out_dir, stem)
+
+    monkeypatch.setattr(figures, "_save", spy)
+    return captured
+
+
+def test_figures_plot_the_right_arms_and_values(tmp_path, monkeypatch):
+    """Each figure checked through the data it plots (not its pixels): accuracy vs m with
+    95% t error bars per architecture, per-arm mean curves over seeds per epoch, and the
+    certified-accuracy envelope (the best model per method at each radius)."""
     import matplotlib.image as mpimg
+    from scipy.stats import t as student_t
 
     from maxup.analysis import write_figures
 
-    recs = []
+    recs, finals, hist = [], {}, {}
     for m, add in ((1, 0.0), (4, 1.0), (10, 0.5)):
         for model, off in (("resnet110", 0.0), ("wrn28_10", 5.0)):
-            recs += [make_record(70.0 + off + add + 0.3 * s, seed=s, m=m, model=model,
-                                 dataset="cifar100", sweep="t5", epochs=4)
-                     for s in range(3)]
+            for s in range(3):
+                acc = 70.0 + off + add + 0.3 * s + 0.2 * s * s  # unequal spread per seed
+                rec = make_record(acc, seed=s, m=m, model=model, dataset="cifar100",
+                                  sweep="t5", epochs=4, test_loss=1.0 + 0.1 * m + 0.05 * s)
+                recs.append(rec)
+                finals.setdefault((model, m), []).append(rec["final"]["test_acc"])
+                hist.setdefault((model, m), []).append(rec["history"])
+
+    def certified(s, m):  # at each radius the best model differs between the two seeds
+        return [80 - 7 * i + 3 * (m > 1) + (2 if (i + s) % 2 else 0) for i in range(11)]
+
     recs += [make_record(90.0, seed=s, m=m, sweep="cert", dataset="digits", ops=["gaussian"],
-                         certified=[80 - 7 * i + 3 * (m > 1) for i in range(11)])
+                         certified=certified(s, m))
              for s in range(2) for m in (1, 4)]
     df = load_records(write_all(tmp_path / "res", recs))
+    captured = _captured_figures(monkeypatch)
     paths = write_figures(df, tmp_path / "figs")
     names = {Path(p).name for p in paths}
     for stem in ("acc_vs_m_t5", "curves_t5", "certified_accuracy"):
@@ -488,6 +529,42 @@ def test_figures_written_and_not_blank(tmp_path):
             assert img.var() > 0
             colours = np.unique(img.reshape(-1, img.shape[-1])[:, :3].round(2), axis=0)
             assert len(colours) > 5
+
+    # accuracy vs m: one line per architecture, x = m, y = mean, bars = t_{0.975,n-1} s/sqrt(n)
+    (acc,) = captured["acc_vs_m_t5"]
+    assert set(acc["lines"]) == {"resnet110", "wrn28_10"}
+    for model in ("resnet110", "wrn28_10"):
+        x, y = acc["lines"][model]
+        assert x.tolist() == [1, 4, 10]
+        means = [np.mean(finals[(model, m)]) for m in (1, 4, 10)]
+        assert y == pytest.approx(means)
+        half = [student_t.ppf(0.975, 2) * np.std(finals[(model, m)], ddof=1) / np.sqrt(3)
+                for m in (1, 4, 10)]
+        segs = acc["errorbars"][model]
+        assert [seg[0][0] for seg in segs] == [1, 4, 10]
+        assert [seg[1][1] - seg[0][1] for seg in segs] == pytest.approx([2 * h for h in half])
+        assert [(seg[0][1] + seg[1][1]) / 2 for seg in segs] == pytest.approx(means)
+
+    # training curves: per arm, each epoch's mean over its seeds of test_acc / test_loss
+    acc_ax, loss_ax = captured["curves_t5"]
+    assert (acc_ax["ylabel"], loss_ax["ylabel"]) == ("test accuracy (%)", "test loss (nats)")
+    for (model, m), histories in hist.items():
+        label = f"{model}, m={m} (n=3)"
+        for ax, key in ((acc_ax, "test_acc"), (loss_ax, "test_loss")):
+            x, y = ax["lines"][label]
+            assert x.tolist() == [1, 2, 3, 4]
+            want = [np.mean([h[e][key] for h in histories]) for e in range(4)]
+            assert y == pytest.approx(want), (label, key)
+    assert len(acc_ax["lines"]) == 6
+
+    # certified accuracy: per method, the upper envelope over its models at each radius
+    (cert,) = captured["certified_accuracy"]
+    assert set(cert["lines"]) == {"Gaussian aug. (m = 1)", "MaxUp+Gauss"}
+    for label, m in (("Gaussian aug. (m = 1)", 1), ("MaxUp+Gauss", 4)):
+        x, y = cert["lines"][label]
+        assert x == pytest.approx(RADII[:11])
+        assert y.tolist() == [max(certified(0, m)[i], certified(1, m)[i]) for i in range(11)]
+        assert y.tolist() == [82 - 7 * i + 3 * (m > 1) for i in range(11)]
 
 
 # --------------------------------------------------------------------------------------- cli
@@ -514,15 +591,74 @@ def test_cli_tables_prints_tables_counts_and_missing(tmp_path, capsys):
     assert "missing cells (1): WideResNet-28-10 / + MaxUp+Cutout" in out
 
 
+_LATEX_STAT = re.compile(r"^(?:\\textbf\{)?(\d+\.\d+) \$\\pm\$ (\d+\.\d+) \(n = (\d+)\)"
+                         r"(?: †)?\}?$")
+
+
+def _latex_body(tex: str) -> tuple[list[str], list[list[str]]]:
+    """Header and body cells of a booktabs table (``a & b \\\\`` lines between the rules)."""
+    lines = tex.splitlines()
+    top, mid, bottom = (lines.index(r) for r in (r"\toprule", r"\midrule", r"\bottomrule"))
+    assert top < mid < bottom
+
+    def cells(line: str) -> list[str]:
+        assert line.endswith(r" \\")
+        return [c.strip() for c in line[:-3].split(" & ")]
+
+    return cells(lines[top + 1]), [cells(ln) for ln in lines[mid + 1:bottom]]
+
+
 def test_cli_tables_out_formats_and_vs_paper(tmp_path, capsys):
-    recs, _ = table3_records()
+    """--vs-paper LaTeX: every number in it (ours: mean ± std (n); the paper's; Δ; inside
+    the CI) parsed back and compared with the CSV of the same table and with values
+    computed here from the seeds and the published data."""
+    recs, vals = table3_records(epochs=200)  # the paper's protocol: published values shown
     write_all(tmp_path / "res", recs)
-    args = tables_args(tmp_path / "res", table=3, format="latex", vs_paper=True,
-                       out=tmp_path / "out")
-    assert run_tables(args) == 0
-    tex = (tmp_path / "out" / "table3.tex").read_text()
-    assert r"\toprule" in tex and "paper" in tex
-    assert tex in capsys.readouterr().out
+    for fmt in ("latex", "csv"):
+        args = tables_args(tmp_path / "res", table=3, format=fmt, vs_paper=True,
+                           out=tmp_path / "out")
+        assert run_tables(args) == 0
+        if fmt == "latex":
+            tex = (tmp_path / "out" / "table3.tex").read_text()
+            assert tex in capsys.readouterr().out
+    rows = {(r["row"], r["column"]): r for r in csv.DictReader(io.StringIO(
+        (tmp_path / "out" / "table3.csv").read_text()))}
+    header, body = _latex_body(tex)
+    columns = ["+ Cutout", "+ MaxUp+Cutout"]
+    assert header == ["Model"] + [f"{c} {part}" for c in columns
+                                  for part in ("paper", "ours", r"$\Delta$", r"in 95\% CI")]
+    models = {"ResNet-110": "resnet110", "PreAct-ResNet-110": "preact_resnet110",
+              "WideResNet-28-10": "wrn28_10"}
+    assert [line[0] for line in body] == list(models)
+    checked = 0
+    for line in body:
+        label = line[0]
+        for j, column in enumerate(columns):
+            paper, ours, delta, inside = line[1 + 4 * j:5 + 4 * j]
+            row = rows[(label, column)]
+            key = (models[label], "baseline" if j == 0 else "maxup")
+            pub = PUBLISHED["3"][key]
+            assert paper == rf"{pub.value:.2f} $\pm$ {pub.std:.2f}"
+            assert float(row["published"]) == pub.value
+            seeds = vals.get((models[label], 1 if j == 0 else 10))
+            if seeds is None:  # the missing WRN MaxUp cell
+                assert (ours, delta, row["mean"]) == ("---", "---", "")
+                continue
+            got = _LATEX_STAT.match(ours)
+            assert got, ours
+            mean, std, n = float(got[1]), float(got[2]), int(got[3])
+            x = np.asarray(seeds)
+            assert (mean, std, n) == (round(x.mean(), 2), round(x.std(ddof=1), 2), len(x))
+            assert mean == round(float(row["mean"]), 2) and std == round(float(row["std"]), 2)
+            assert n == int(row["n"])
+            assert float(delta) == round(x.mean() - pub.value, 2)
+            assert float(delta) == round(float(row["delta"]), 2)
+            lo, hi = t_ci(x)
+            want = ("yes" if lo <= pub.value <= hi else "no") if len(x) >= 5 else "n/a"
+            assert inside == want
+            assert row["inside_ci"] == {"yes": "1", "no": "0", "n/a": ""}[inside]
+            checked += 1
+    assert checked == 5
 
 
 @pytest.mark.parametrize("kw, flag", [({"table": 99}, "--table"),
@@ -766,3 +902,62 @@ def test_table8_per_dataset_and_from_per_image_rows(tmp_path):
     assert t8[0].cell(0, 0).mean == 50.0  # r = 0.25: radii 2.8, 0.3
     assert t8[0].cell(0, 10).mean == 25.0  # r = 2.75: radius 2.8
     assert t8[1].cell(0, 0).mean == 99.0  # the digits table keeps its own records
+
+
+def test_cell_rule_three_arms_in_order_of_appearance_never_ranked_by_result(tmp_path):
+    """The rule that replaced picking one arm per cell (issue 16 pins it): a cell holding
+    several arms shows each of them, in the order their records appear (never sorted or
+    picked by result), never ranks for bold, and a single-arm cell in the same column does.
+    Four seeds per arm: n = 4 < 5 is marked †."""
+    lrs = (0.1, 0.05, 0.02)
+
+    def arm_records(values_by_lr):
+        out = []
+        for lr in lrs:
+            for s, v in enumerate(values_by_lr[lr]):
+                r = make_record(None, seed=s, paper_table="3", test_acc=v)
+                r["config"]["optim"]["lr"] = lr
+                out.append(restamp(r))
+        out += [make_record(None, seed=s, model="wrn28_10", paper_table="3",
+                            test_acc=93.0 + 0.1 * s) for s in range(5)]
+        return out
+
+    # Which arm the loader meets first depends on the stored files, not on results: read
+    # that order first, then give the first arm the middle result and the last the lowest,
+    # so the shown order is sorted by result neither way.
+    probe = load_records(write_all(tmp_path / "probe", arm_records({lr: [0.0] * 4
+                                                                    for lr in lrs})))
+    r110 = probe[probe["config.model.name"] == "resnet110"]
+    lr_of = dict(zip(r110["arm_id"], r110["config.optim.lr"]))
+    order = [lr_of[a] for a in r110["arm_id"].unique()]
+    assert sorted(order) == sorted(lrs)
+    base = dict(zip(order, (95.0, 96.0, 94.0)))
+    values = {lr: [base[lr] + 0.1 * s for s in range(4)] for lr in lrs}
+    df = load_records(write_all(tmp_path / "res", arm_records(values)))
+
+    table = build_table(df, "3")
+    labels = [label for _, label in table.rows]
+    i110, iwrn = labels.index("ResNet-110"), labels.index("WideResNet-28-10")
+    cell = table.cell(i110, 0)
+    assert [lr_of[a.arm_id] for a in cell.arms] == order
+    assert [a.mean for a in cell.arms] == pytest.approx([np.mean(values[lr]) for lr in order])
+    assert [a.n for a in cell.arms] == [4, 4, 4] and cell.n == 12
+    # never ranked: the WRN cell (93.2) is the column's best though the ResNet cell holds 96.15
+    assert table.best(0) == {iwrn}
+    texts = [f"{np.mean(values[lr]):.2f} ± {np.std(values[lr], ddof=1):.2f} (n = 4) †"
+             for lr in order]
+    md = render(table, "md")
+    line = next(ln for ln in md.splitlines() if ln.startswith("| ResNet-110"))
+    assert f"| {' / '.join(texts)} |" in line and "**" not in line
+    wrn = np.asarray([93.0 + 0.1 * s for s in range(5)])
+    assert f"**{wrn.mean():.2f} ± {wrn.std(ddof=1):.2f} (n = 5)**" in md
+    note = next(n for n in table.notes if "holds 3 arms" in n)
+    assert note.endswith("; ".join(f"optim.lr={lr}" for lr in order))
+    rows = [r for r in csv.DictReader(io.StringIO(render(table, "csv")))
+            if r["column"] == "+ Cutout"]
+    mine = [r for r in rows if r["row"] == "ResNet-110"]
+    assert [r["arm"] for r in mine] == ["1", "2", "3"]
+    assert [float(r["mean"]) for r in mine] == pytest.approx(
+        [np.mean(values[lr]) for lr in order])
+    assert [r["best"] for r in mine] == ["0", "0", "0"]
+    assert [r["best"] for r in rows if r["row"] == "WideResNet-28-10"] == ["1"]
