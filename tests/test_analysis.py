@@ -961,3 +961,22 @@ def test_cell_rule_three_arms_in_order_of_appearance_never_ranked_by_result(tmp_
         [np.mean(values[lr]) for lr in order])
     assert [r["best"] for r in mine] == ["0", "0", "0"]
     assert [r["best"] for r in rows if r["row"] == "WideResNet-28-10"] == ["1"]
+
+
+def test_running_seed_is_counted_never_averaged(tmp_path):
+    """An interim record (a sweep still running) carries the metrics of its last finished
+    epoch as its ``final``, as the engine writes it; it is counted as running against its arm
+    and never enters the mean, the std or n."""
+    good = [94.1, 94.3, 94.2]
+    recs = [make_record(None, seed=s, paper_table="3", test_acc=v) for s, v in enumerate(good)]
+    interim = make_record(50.0, seed=3, paper_table="3", status="running")
+    interim["final"] = dict(interim["history"][-1])  # 50.3: far from the finished seeds
+    recs.append(interim)
+    table = build_table(load_records(write_all(tmp_path, recs)), "3")
+    cell = table.cell(0, 0)
+    assert (cell.n, cell.n_running, cell.n_diverged, cell.n_failed, cell.n_planned) == (
+        3, 1, 0, 0, 4)
+    assert cell.mean == pytest.approx(np.mean(good))
+    assert cell.std == pytest.approx(np.std(good, ddof=1))
+    text = f"{np.mean(good):.2f} ± {np.std(good, ddof=1):.2f} (n = 3; 1 running) †"
+    assert text in render(table, "md")
