@@ -19,3 +19,7 @@ class ConfigError(UsageError):
 
 class DataError(UsageError):
     """A dataset is missing or malformed at the given path."""
+
+
+class ProfileError(UsageError):
+    """A device profile (``maxup calibrate``'s JSON) is missing, unreadable or malformed."""

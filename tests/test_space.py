@@ -260,7 +260,9 @@ REFUSALS = {  # id: (YAML body, field named, bad value shown)
     "duplicate_seeds": ("seeds: [0, 0]\n", "seeds", "[0, 0]"),
     "zero_seeds": ("seeds: 0\n", "seeds", "got 0"),
     "unknown_key": ("colour: blue\n", "colour", "'blue'"),
-    "impossible_cpus": ("resources: {cpus_per_trial: 64}\n", "resources.cpus_per_trial", "64"),
+    # more than this machine and than any node of the shipped cluster.yaml the dry run plans for
+    "impossible_cpus": ("seeds: 1\nresources: {cpus_per_trial: 500}\n",
+                        "resources.cpus_per_trial", "500"),
     "unknown_model": ("grid:\n  model.name: [small_cnn, resnet9000]\n", "model.name",
                       "'resnet9000'"),
 }
@@ -306,7 +308,12 @@ def test_regression_local_gpus_counted(tmp_path, capsys, monkeypatch):
     assert main(["sweep", str(path), "--dry-run", "--storage", str(tmp_path / "s")]) == 0
     assert "2 trial(s) at a time" in capsys.readouterr().out
     monkeypatch.setattr(sweep_cli, "local_gpus", lambda: 0.0)
-    assert main(["sweep", str(path), "--dry-run", "--storage", str(tmp_path / "s")]) == 2
+    # Without GPUs here, the dry run still plans (for the cluster) and says so (issue 14) ...
+    assert main(["sweep", str(path), "--dry-run", "--storage", str(tmp_path / "s")]) == 0
+    out = capsys.readouterr().out
+    assert "needs a cluster" in out and "resources.gpus_per_trial" in out
+    # ... and running it here is refused before anything starts.
+    assert main(["sweep", str(path), "--storage", str(tmp_path / "s")]) == 2
     assert "resources.gpus_per_trial" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
 

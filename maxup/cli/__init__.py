@@ -30,6 +30,10 @@ COMMANDS = {
                 "randomized-smoothing certification of a checkpoint"),
     "job": ("maxup.cli.job", "configure", "run",
             "submit and manage ad-hoc jobs on a Ray cluster"),
+    "calibrate": ("maxup.cli.calibrate", "configure", "run",
+                  "time this device's forward and training step per model (a cost profile)"),
+    "status": ("maxup.cli.status", "configure", "run",
+               "a sweep's progress and remaining cost, read from its storage only"),
 }
 
 

@@ -1,18 +1,24 @@
-"""``maxup sweep FILE [--dry-run] [--storage PATH] [--address auto|HOST:PORT] [--rerun-failed]``."""
+"""``maxup sweep FILE [--section.key=value …] [--dry-run] [--plan-for cluster.yaml] [--storage PATH]
+[--address auto|HOST:PORT] [--rerun-failed] [--verbose]``."""
 
 from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 EXAMPLE = """examples:
   maxup sweep search_spaces/quickstart.yaml                 # embedded local Ray, ./results
-  maxup sweep search_spaces/quickstart.yaml --dry-run       # print the trials, launch nothing
+  maxup sweep search_spaces/quickstart.yaml --dry-run       # trials and their cost; runs nothing
+  maxup sweep search_spaces/table3_cifar10.yaml --dry-run --plan-for cluster.yaml
+  maxup sweep search_spaces/table3_cifar10.yaml --data.root=/data/cifar   # override every trial
   maxup sweep search_spaces/table5_m_ablation.yaml --address auto --storage /nfs/maxup
   maxup sweep search_spaces/quickstart.yaml --rerun-failed  # run failed trials again
 
 Running the same file against the same storage resumes it: completed trials are skipped,
-interrupted ones continue from their last checkpoint."""
+interrupted ones continue from their last checkpoint. Pending trials start longest first
+(estimated cost: `maxup calibrate` profiles). Dotted overrides apply to every trial before
+its id is computed."""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -30,15 +36,27 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="also run trials whose record says failed")
     parser.add_argument("--no-table", action="store_true",
                         help="do not print the results table at the end")
+    parser.add_argument("--plan-for", default=None, metavar="CLUSTER_YAML",
+                        help="price the dry run for this Ray cluster-launcher file's nodes")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also print Tune's full status table every 30 s")
+    parser.set_defaults(accepts_extra=True)
 
 
 def run(args: argparse.Namespace) -> int:
-    from maxup.errors import UsageError
+    from maxup.config import parse_overrides
+    from maxup.errors import ConfigError, UsageError
+    from maxup.platform.plan import apply_overrides
     from maxup.platform.space import check_space, load_space
 
     spec = load_space(args.space)
+    apply_overrides(spec, parse_overrides(args.extra))
     trials = spec.expand()
     storage = args.storage
+    if "://" not in storage:
+        from maxup.cli import check_output_dir
+
+        check_output_dir("--storage", storage)  # before Ray starts or anything is written
     if "://" in storage:
         try:
             import pyarrow.fs
@@ -49,14 +67,30 @@ def run(args: argparse.Namespace) -> int:
                              "directory, or a URI pyarrow reads (s3://, gs://, file://)") from None
     cpus = float(os.cpu_count() or 1) if not args.address else None
     gpus = local_gpus() if not args.address else None
-    check_space(spec, trials, cpus, gpus)
     if args.dry_run:
-        print_plan(spec, trials, storage, cpus, gpus)
+        check_space(spec, trials, None, None)  # model and dataset names
+        needs_cluster = None
+        try:
+            check_space(spec, trials, cpus, gpus)
+        except ConfigError as exc:
+            if not exc.field.startswith("resources."):
+                raise
+            needs_cluster = (f"{exc.field} is {exc.value:g}; this machine has {cpus:g} CPU "
+                             f"and {gpus:g} GPU")
+        print_plan(spec, trials, storage, cpus, gpus, needs_cluster=needs_cluster,
+                   plan_for=args.plan_for, address=args.address)
         return 0
+    if args.plan_for:
+        raise UsageError("--plan-for: only with --dry-run (a real sweep runs on --address)")
+    check_space(spec, trials, cpus, gpus)
+    if not args.address:
+        from maxup.platform.preflight import preflight
+
+        preflight(_to_train(spec, trials, storage, args.rerun_failed))
     from maxup.platform.sweep import run_sweep
 
     summary = run_sweep(spec, trials, storage, address=args.address,
-                        rerun_failed=args.rerun_failed)
+                        rerun_failed=args.rerun_failed, verbose=args.verbose)
     from maxup.platform.sweep import sweep_layout
 
     results = sweep_layout(storage, spec.name).results
@@ -66,6 +100,15 @@ def run(args: argparse.Namespace) -> int:
     return 0 if summary.ok else 1
 
 
+def _to_train(spec, trials, storage: str, rerun_failed: bool) -> list:
+    """The trials a run would train (what the preflight checks), reading storage only."""
+    from maxup.platform.sweep import plan, record_statuses, sweep_layout
+
+    layout = sweep_layout(storage, spec.name)
+    statuses = record_statuses(trials, layout, remote=layout.remote is not None)
+    return plan(spec, trials, layout, rerun_failed, statuses)[0]
+
+
 def local_gpus() -> float:
     """GPUs the embedded local Ray will see (CUDA devices visible to this process)."""
     import torch
@@ -73,8 +116,9 @@ def local_gpus() -> float:
     return float(torch.cuda.device_count())
 
 
-def print_plan(spec, trials, storage: str, cpus: float | None,
-               gpus: float | None = None) -> None:
+def print_plan(spec, trials, storage: str, cpus: float | None, gpus: float | None = None, *,
+               needs_cluster: str | None = None, plan_for: str | None = None,
+               address: str | None = None) -> None:
     from maxup.platform.space import max_concurrent, trial_cpus
     from maxup.platform.sweep import record_statuses, sweep_layout
     from maxup.records import Status
@@ -84,6 +128,9 @@ def print_plan(spec, trials, storage: str, cpus: float | None,
     layout = sweep_layout(storage, spec.name)
     # Read only: a dry run writes nothing, not even a local scratch copy of remote records.
     stored = record_statuses(trials, layout, remote=layout.remote is not None)
+    # Everything that can refuse (cluster file, profiles, local data) runs before any output.
+    priced = _price(spec, trials, layout, stored, cpus, gpus, needs_cluster, plan_for, address)
+    problem = _preflight(trials, stored, local=priced is not None and priced[1])
     print(f"sweep {spec.name}: {len(trials)} trials ({len(trials) // len(spec.seeds)} arms × "
           f"{len(spec.seeds)} seeds), storage {str(storage).rstrip('/')}/{spec.name}")
     # The "stored" column (status of a record already in the storage, e.g. from another
@@ -99,10 +146,88 @@ def print_plan(spec, trials, storage: str, cpus: float | None,
     print(f"stored: {done} of {len(trials)} trials already completed in the storage "
           f"(skipped when run), {len(trials) - done} to train")
     need = trial_cpus(spec, trials[0].config)
-    slots = max_concurrent(spec, trials, cpus or need * spec.concurrency,
-                           gpus if gpus is not None else spec.gpus_per_trial * spec.concurrency)
-    print(f"resources: {need:g} CPU and {spec.gpus_per_trial:g} GPU per trial; "
-          f"{slots} trial(s) at a time" + (f" on this machine's {cpus:g} CPUs" if cpus else ""))
+    if needs_cluster is None:
+        slots = max_concurrent(spec, trials, cpus or need * spec.concurrency,
+                               gpus if gpus is not None
+                               else spec.gpus_per_trial * spec.concurrency)
+        print(f"resources: {need:g} CPU and {spec.gpus_per_trial:g} GPU per trial; "
+              f"{slots} trial(s) at a time" + (f" on this machine's {cpus:g} CPUs" if cpus
+                                               else ""))
+    else:
+        print(f"resources: {need:g} CPU and {spec.gpus_per_trial:g} GPU per trial; needs a "
+              f"cluster, not this machine ({needs_cluster})")
+    if priced is None:
+        print("cost: give --plan-for cluster.yaml to price it for the cluster")
+    else:
+        _print_cost(spec, trials, priced[0])
+    if problem is not None:
+        print(f"preflight (checked on this machine; the cluster checks its own before "
+              f"launch): {problem}")
+    elif any(stored.get(t.trial_id) is not Status.COMPLETED for t in trials):
+        print("preflight: data and weights files present"
+              + ("" if priced is not None and priced[1] else
+                 " here (the cluster checks its own before launch)"))
+
+
+def _price(spec, trials, layout, stored, cpus, gpus, needs_cluster, plan_for, address):
+    """(priced plan, planned for this machine) or None when no cluster file is at hand."""
+    from maxup.platform import plan
+    from maxup.platform.space import REPO_ROOT
+
+    if plan_for is None and (address or needs_cluster):
+        default = Path("cluster.yaml") if Path("cluster.yaml").is_file() \
+            else REPO_ROOT / "cluster.yaml"
+        if not default.is_file():
+            return None
+        plan_for = str(default)
+    if plan_for is not None:
+        target = plan.cluster_target(plan_for, spec, trials)
+    else:
+        target = plan.local_target(spec, trials, cpus, gpus or 0.0)
+    finished = plan.stored_records(layout, trials, remote=layout.remote is not None)
+    return plan.price(spec, trials, target, stored, finished), plan_for is None
+
+
+def _print_cost(spec, trials, priced) -> None:
+    """The priced part of a dry run: where it is planned, per-arm cost, totals."""
+    from maxup.platform import cost, plan
+
+    target = priced.target
+    print(f"plan: {target.description}")
+    for note in priced.notes:
+        print(f"  note: {note}")
+    print("estimated time per trial (submission order: longest first):")
+    for line in plan.arm_lines(spec, priced):
+        print(f"  {line}")
+    unit = "GPU" if spec.gpus_per_trial > 0 else "CPU"
+    per = spec.gpus_per_trial if unit == "GPU" else priced.cpus_per_trial
+    n_todo = sum(priced.pending)
+    hours = priced.compute_s * per / 3600
+    unknown = f" ({priced.unpriced} trial(s) not priced)" if priced.unpriced else ""
+    print(f"cost: {n_todo} trial(s) to train, {hours:.3g} {unit}-hours "
+          f"({cost.fmt_duration(priced.compute_s)} of trial time × {per:g} {unit}), "
+          f"wall-clock {cost.fmt_duration(priced.wall_s)} on {len(target.slots)} slot(s)"
+          f"{unknown}; {len(trials) - n_todo} already completed cost nothing")
+
+
+def _preflight(trials, stored, local: bool) -> str | None:
+    """Check the trials still to train: refuse (raise) when planned for this machine; for a
+    cluster plan, return the problem seen here (the cluster checks its own before launch)."""
+    from maxup.errors import UsageError
+    from maxup.platform.preflight import preflight
+    from maxup.records import Status
+
+    todo = [t for t in trials if stored.get(t.trial_id) is not Status.COMPLETED]
+    if not todo:
+        return None
+    if local:
+        preflight(todo)
+        return None
+    try:
+        preflight(todo)
+    except UsageError as exc:
+        return str(exc)
+    return None
 
 
 def _print_table(results: str) -> None:

@@ -1,13 +1,25 @@
-"""What a running sweep prints: a line per trial start/finish, and Tune's status table."""
+"""What a running sweep prints: a compact line per finished trial and a status line with an ETA.
+
+:class:`SweepProgress` (a Tune callback) prints one line when a trial ends (its record's
+verdict, its time and its estimate) and a status line — done / running / failed / pending,
+elapsed, ETA. On a terminal the status line is a live ``tqdm`` bar refreshed about once a
+second; when stdout is not a terminal (logs, CI) it is a plain line after each finished trial.
+The ETA list-schedules the remaining trials' estimated costs (:mod:`maxup.platform.cost`),
+scaled by how long finished trials took against their estimates. Tune's own status table is
+kept behind ``--verbose`` (:func:`status_reporter`).
+"""
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Callable
 
 from ray.tune import CLIReporter
 from ray.tune.callback import Callback
 
 from maxup import records
+from maxup.platform import cost
 
 
 def status_reporter(axes: list[str]) -> CLIReporter:
@@ -18,30 +30,122 @@ def status_reporter(axes: list[str]) -> CLIReporter:
                        max_report_frequency=30, max_progress_rows=40)
 
 
-class StartFinishLines(Callback):
-    """Prints one line when a trial starts and one when it ends (with its record's verdict)."""
+def _label(trial) -> str:
+    t = trial.config.get("trial", {})
+    axes = ", ".join(f"{k}={v}" for k, v in t.items() if k != "id")
+    return f"{t.get('id')} ({axes})"
 
-    def __init__(self, layout, echo: Callable[[str], None]):
-        self.layout, self.echo = layout, echo
 
-    @staticmethod
-    def _label(trial) -> str:
-        t = trial.config.get("trial", {})
-        axes = ", ".join(f"{k}={v}" for k, v in t.items() if k != "id")
-        return f"{t.get('id')} ({axes})"
+def _tid(trial) -> str:
+    return trial.config.get("trial", {}).get("id")
+
+
+class SweepProgress(Callback):
+    """Finished-trial lines and a live status line with an ETA.
+
+    Args:
+        layout: the sweep's layout (records are read from it).
+        echo: where plain lines go (print).
+        estimates: trial id → estimated seconds (None: unknown), for every pending trial.
+        slots: trials at a time.
+        verbose: also print a line when a trial starts.
+        tty: live bar (default: whether stdout is a terminal).
+    """
+
+    def __init__(self, layout, echo: Callable[[str], None], estimates: dict[str, float | None],
+                 slots: int, *, verbose: bool = False, tty: bool | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.layout, self.estimates, self.slots, self.verbose = layout, estimates, slots, verbose
+        self.clock = clock
+        self.t0 = clock()
+        self.started: dict[str, float] = {}
+        self.done: dict[str, float] = {}  # trial id → measured seconds
+        self.failed: set[str] = set()
+        self.tty = sys.stdout.isatty() if tty is None else tty
+        self._last = 0.0
+        self.bar = None
+        if self.tty:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=len(estimates), file=sys.stdout, dynamic_ncols=True,
+                            bar_format="{n_fmt}/{total_fmt} |{bar:20}| {postfix}")
+            self.echo = self.bar.write
+        else:
+            self.echo = echo
+
+    # ---------------------------------------------------------------- the numbers
+    def factor(self) -> float:
+        """Measured ÷ estimated over finished trials (1 before any finished)."""
+        pairs = [(s, self.estimates.get(t)) for t, s in self.done.items()
+                 if self.estimates.get(t)]
+        est = sum(e for _, e in pairs)
+        return sum(s for s, _ in pairs) / est if est > 0 else 1.0
+
+    def eta(self) -> float | None:
+        """Seconds until the last pending trial ends (None when a cost is unknown)."""
+        now, f = self.clock(), self.factor()
+        running = [t for t in self.started if t not in self.done and t not in self.failed]
+        pending = [t for t in self.estimates if t not in self.started]
+        if any(self.estimates.get(t) is None for t in running + pending):
+            return None
+        left = [max(0.0, self.estimates[t] * f - (now - self.started[t])) for t in running]
+        return cost.remaining_wall(left, [self.estimates[t] * f for t in pending], self.slots)
+
+    def status(self) -> str:
+        n_run = sum(t not in self.done and t not in self.failed for t in self.started)
+        n_done = len(self.done)
+        pending = len(self.estimates) - len(self.started)
+        return (f"{n_done} done, {n_run} running, {len(self.failed)} failed, {pending} pending;"
+                f" elapsed {cost.fmt_duration(self.clock() - self.t0)}, "
+                f"ETA {cost.fmt_duration(self.eta())}")
+
+    def _refresh(self, force: bool = False) -> None:
+        if self.bar is None:
+            return
+        now = self.clock()
+        if force or now - self._last >= 1.0:
+            self._last = now
+            self.bar.n = len(self.done) + len(self.failed)
+            self.bar.set_postfix_str(self.status(), refresh=True)
+
+    # ---------------------------------------------------------------- Tune's hooks
+    def on_step_end(self, iteration, trials, **info):
+        self._refresh()
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.echo(f"[start]  {self._label(trial)}")
+        self.started.setdefault(_tid(trial), self.clock())
+        if self.verbose:
+            self.echo(f"[start]  {_label(trial)}")
+        self._refresh(force=True)
 
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        tid = trial.config.get("trial", {}).get("id")
+    def _finished(self, trial, failed_line: str | None) -> None:
+        tid = _tid(trial)
+        took = self.clock() - self.started.get(tid, self.clock())
+        est = self.estimates.get(tid)
+        timing = f" in {cost.fmt_duration(took)}" + (f" (est. {cost.fmt_duration(est)})"
+                                                     if est is not None else "")
         rec = records.load_record(self.layout.record(tid))
-        if rec is not None and rec.status is records.Status.FAILED:
-            self.echo(f"[failed] {self._label(trial)}: {(rec.failure or {}).get('reason')}")
+        if failed_line is None and rec is not None and rec.status is records.Status.FAILED:
+            failed_line = str((rec.failure or {}).get("reason"))
+        if failed_line is not None:
+            self.failed.add(tid)
+            self.echo(f"[failed] {_label(trial)}: {failed_line}{timing}")
         else:
+            self.done[tid] = took
             acc = rec.final.get("test_acc") if rec is not None else None
             acc_s = f"test acc {acc:.2f}%" if isinstance(acc, float) else "no metrics"
-            self.echo(f"[done]   {self._label(trial)}: {acc_s}")
+            self.echo(f"[done]   {_label(trial)}: {acc_s}{timing}")
+        if self.bar is None:
+            self.echo(f"[status] {self.status()}")
+        self._refresh(force=True)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._finished(trial, None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.echo(f"[error]  {self._label(trial)}: gave up after the configured retries")
+        self._finished(trial, "gave up after the configured retries")
+
+    def on_experiment_end(self, trials, **info):
+        if self.bar is not None:
+            self._refresh(force=True)
+            self.bar.close()

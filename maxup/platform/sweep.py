@@ -197,6 +197,10 @@ def run_trial(trial: dict, layout_root: str, sweep: dict, log_to: Callable | Non
     trial_dir = layout.trial_dir(tid)
     trial_dir.mkdir(parents=True, exist_ok=True)
     extra = {"sweep": sweep["name"], "axes": trial["axes"], "paper_table": sweep["paper_table"]}
+    # The device's name lets later plans refine their estimates with this trial's epoch times.
+    from maxup.platform.cost import local_device
+
+    extra["environment"] = {"device_name": local_device(config["train"]["device"] != "cpu")[0]}
     record_path, checkpoint = layout.record(tid), trial_dir / "checkpoints" / "last.pt"
 
     def report(metrics: dict, checkpoint_dir) -> None:
@@ -331,22 +335,37 @@ def write_manifest(spec: SweepSpec, trials: list[Trial], layout: SweepLayout) ->
 
 def run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *,
               address: str | None = None, rerun_failed: bool = False,
-              echo: Callable[[str], None] = print) -> SweepSummary:
+              echo: Callable[[str], None] = print, verbose: bool = False,
+              order: str = "longest_first") -> SweepSummary:
     """Run the sweep's pending trials on Ray Tune and return how each ended.
 
     Args:
         spec: the parsed search space.
-        trials: its expanded trials (``spec.expand()``), in run order.
+        trials: its expanded trials (``spec.expand()``).
         storage: root directory; the sweep lives in ``storage/<spec.name>``.
         address: Ray cluster address (None: embedded local Ray).
         rerun_failed: run trials whose record says failed again.
         echo: where progress lines go.
+        verbose: also print Tune's status table every 30 s and a line per trial start.
+        order: ``longest_first`` (pending trials submitted in decreasing estimated cost,
+            seeds of an arm spread where costs tie) or ``given`` (the order of ``trials``).
     """
     t_start = time.perf_counter()
     layout = sweep_layout(storage, spec.name)
     layout.pull_records([t.trial_id for t in trials])
     statuses = record_statuses(trials, layout)
     pending, skipped = plan(spec, trials, layout, rerun_failed, statuses)
+    # Priced before anything is written: a corrupt profile is refused with nothing changed.
+    from maxup.platform.plan import run_estimates
+
+    estimates = run_estimates(spec, pending, layout, remote=address is not None)
+    if order == "longest_first":
+        from maxup import identity
+        from maxup.platform.cost import longest_first
+
+        idx = longest_first(pending, [estimates[t.trial_id] for t in pending],
+                            [identity.arm_id(t.config) for t in pending])
+        pending = [pending[i] for i in idx]
     summary = SweepSummary(skipped=[t.trial_id for t in skipped])
     summary.failed_before = [t.trial_id for t in skipped
                              if statuses[t.trial_id] is records.Status.FAILED]
@@ -363,8 +382,17 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *,
     cpus, gpus = start_ray(address, max(t.config["train"]["start_timeout_s"] for t in pending))
     from ray import tune
 
-    from maxup.platform.progress import StartFinishLines, status_reporter
+    from maxup.platform.progress import SweepProgress, status_reporter
 
+    if address is not None:
+        from maxup.platform.preflight import preflight_remote
+
+        problem = preflight_remote(pending, {"num_cpus": min(spec.cpus_per_trial, 1.0),
+                                             "num_gpus": spec.gpus_per_trial})
+        if problem is not None:
+            from maxup.errors import UsageError
+
+            raise UsageError(f"{problem} (checked on the cluster; no trial started)")
     slots = max_concurrent(spec, pending, cpus, gpus)
     sharded = any(t.config["train"]["workers"] > 1 for t in pending)
     per_trial = trial_cpus(spec, pending[0].config)
@@ -394,8 +422,10 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *,
             storage_path=f"{layout.remote}/tune" if layout.remote else str(layout.root / "tune"),
             failure_config=tune.FailureConfig(max_failures=spec.retries),
             progress_reporter=status_reporter(axes),
-            callbacks=[StartFinishLines(layout, echo)],
-            verbose=1,
+            callbacks=[SweepProgress(layout, echo, {t.trial_id: estimates[t.trial_id]
+                                                    for t in pending}, slots,
+                                     verbose=verbose)],
+            verbose=1 if verbose else 0,
         ),
     )
     tuner.fit()

@@ -1,0 +1,295 @@
+"""The cost model, device profiles, cluster plans, longest-first order and the priced dry run.
+
+Expected values are computed here by hand from the formula (epochs × steps × step time), not
+read back from the code under test.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from maxup.cli import main
+from maxup.errors import ConfigError, ProfileError, UsageError
+from maxup.platform import cost, plan
+from maxup.platform.space import REPO_ROOT, load_space
+
+DEVICE = "Test Device 9000"
+
+
+def _profile_doc(models: dict, **kw) -> dict:
+    return {"schema": "maxup.profile/1", "device": kw.get("device", DEVICE),
+            "kind": kw.get("kind", "cpu"), "source": "hand-made for a test", "estimate": False,
+            "default_for": kw.get("default_for"), "trial_overhead_s": kw.get("overhead", 0.0),
+            "models": models}
+
+
+def _write_profile(folder: Path, doc: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{cost.device_slug(doc['device'])}.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def _space(tmp_path: Path, body: str, name: str = "c") -> Path:
+    base = (f"name: {name}\nbase:\n  model: {{name: small_cnn}}\n  data: {{name: digits}}\n"
+            "  train: {epochs: 3, batch_size: 100, device: cpu}\n  maxup: {warmup_epochs: 1}\n")
+    if "seeds" not in body:
+        body += "seeds: 1\n"
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(base + body)
+    return path
+
+
+# --------------------------------------------------------------------------- the formula
+
+def test_trial_cost_is_epochs_times_steps_times_step_time(tmp_path):
+    # digits: 1,257 train and 540 test images of 1×8×8. Batch 100 → 13 steps of 100 images
+    # (the last one partial, priced per image: 1,300 image slots, the engine's ceil rule).
+    fwd_s, step_s, batch = 0.02, 0.05, 50  # per batch of 50 in the profile
+    prof = cost.parse_profile(_profile_doc(
+        {"small_cnn@1x8x8": {"batch": batch, "fwd_s": fwd_s, "step_s": step_s}},
+        overhead=1.5), "t")
+    spec = load_space(_space(tmp_path, "grid:\n  maxup.m: [1, 4]\n"))
+    m1, m4 = spec.expand()[:2] if spec.expand()[0].axes["maxup.m"] == 1 else spec.expand()[1::-1]
+    fwd_img, step_img = fwd_s / batch, step_s / batch
+    steps, test_n = math.ceil(1257 / 100), 540
+    eval_s = test_n * fwd_img
+    epoch_m1 = steps * 100 * step_img + eval_s
+    epoch_m4 = steps * 100 * (step_img + 4 * fwd_img) + eval_s
+    assert cost.estimate(m1.config, prof).seconds == pytest.approx(1.5 + 3 * epoch_m1)
+    # warm-up epoch at m = 1, then 2 epochs at m = 4
+    assert cost.estimate(m4.config, prof).seconds == pytest.approx(1.5 + epoch_m1 + 2 * epoch_m4)
+
+
+def test_other_input_size_is_scaled_by_pixels_and_unknown_models_are_unpriced(tmp_path):
+    prof = cost.parse_profile(_profile_doc(
+        {"small_cnn@1x16x16": {"batch": 10, "fwd_s": 0.4, "step_s": 0.8}}), "t")
+    timing, scale = prof.timing("small_cnn", (1, 8, 8))
+    assert scale == pytest.approx(64 / 256) and timing.step_s == 0.8
+    assert prof.timing("resnet110", (3, 32, 32)) is None
+    spec = load_space(_space(tmp_path, "grid:\n  model.name: [mlp]\n"))
+    est = cost.estimate(spec.expand()[0].config, prof)
+    assert est.seconds is None and "mlp" in est.note
+
+
+@pytest.mark.parametrize("mutate, field", [
+    (lambda d: d.update(schema="maxup.profile/2"), "schema"),
+    (lambda d: d.update(kind="tpu"), "kind"),
+    (lambda d: d.update(source=""), "source"),
+    (lambda d: d["models"].update(bad={"batch": 1, "fwd_s": 1, "step_s": 1}), "models.bad"),
+    (lambda d: d["models"]["small_cnn@1x8x8"].update(fwd_s=-1), "models.small_cnn@1x8x8.fwd_s"),
+    (lambda d: d["models"]["small_cnn@1x8x8"].update(batch=0), "models.small_cnn@1x8x8.batch"),
+])
+def test_corrupt_profile_is_one_line_naming_the_field(tmp_path, mutate, field):
+    doc = _profile_doc({"small_cnn@1x8x8": {"batch": 8, "fwd_s": 0.1, "step_s": 0.2}})
+    mutate(doc)
+    path = _write_profile(tmp_path, doc)
+    with pytest.raises(ProfileError) as exc:
+        cost.load_profile(path)
+    assert f"{field}: got" in str(exc.value) and "\n" not in str(exc.value)
+    path.write_text("{not json")
+    with pytest.raises(ProfileError, match="not valid JSON"):
+        cost.load_profile(path)
+
+
+def test_find_profile_prefers_the_device_and_says_when_it_falls_back(tmp_path):
+    user, shipped = tmp_path / "user", tmp_path / "shipped"
+    _write_profile(shipped, _profile_doc({}, device="Fallback CPU", default_for="cpu"))
+    prof, note = cost.find_profile(DEVICE, "cpu", [user, shipped])
+    assert prof.device == "Fallback CPU" and DEVICE in note and "hand-made" in note
+    _write_profile(user, _profile_doc({}))
+    prof, note = cost.find_profile(DEVICE, "cpu", [user, shipped])
+    assert prof.device == DEVICE and note is None
+    with pytest.raises(ProfileError, match="no default gpu profile"):
+        cost.find_profile("Some GPU", "gpu", [user, shipped])
+
+
+def test_shipped_profiles_are_valid_and_say_where_their_figures_come_from():
+    files = sorted(cost.SHIPPED_DIR.glob("*.json"))
+    profiles = [cost.load_profile(p) for p in files]
+    assert {p.default_for for p in profiles} >= {"cpu", "gpu"}
+    for p in profiles:
+        assert p.source
+        if p.kind == "gpu":  # no GPU measured these: each says it is an estimate
+            assert p.estimate and "ESTIMATE" in p.source
+
+
+# --------------------------------------------------------------------------- scheduling
+
+def test_schedule_and_longest_first_by_hand():
+    # 2 slots, durations 3, 1, 1, 3 in file order: slot A 3+1(4th→?)... computed by hand:
+    # t=0: A←3 (ends 3), B←1 (ends 1); t=1: B←1 (ends 2); t=2: B←3 (ends 5) → makespan 5
+    placed = cost.schedule([3.0, 1.0, 1.0, 3.0], slots=2)
+    assert [(p.slot, p.start, p.end) for p in placed] == [(0, 0, 3), (1, 0, 1), (1, 1, 2),
+                                                           (1, 2, 5)]
+    order = cost.longest_first(range(4), [3.0, 1.0, 1.0, 3.0], ["a", "b", "b", "a"])
+    assert order == [0, 3, 1, 2]
+    longest = cost.schedule([[3.0, 1.0, 1.0, 3.0][i] for i in order], slots=2)
+    assert max(p.end for p in longest) == 4  # 3+1 on each slot
+    # equal costs: every arm's first trial before any arm's second
+    order = cost.longest_first(range(4), [2.0] * 4, ["x", "x", "y", "y"])
+    assert order == [0, 2, 1, 3]
+    assert cost.longest_first(range(3), [None, 1.0, 5.0], ["a", "b", "c"]) == [2, 1, 0]
+
+
+def test_remaining_wall_with_running_trials():
+    # slot 1 busy 4 s more, slot 2 free: pending 3, 3 → slot 2 0–3, then slot 2 3–6 → 6
+    assert cost.remaining_wall([4.0], [3.0, 3.0], 2) == 6.0
+    assert cost.remaining_wall([4.0, 1.0], [], 2) == 4.0
+
+
+# --------------------------------------------------------------------------- cluster plans
+
+CLUSTER = """max_workers: 5
+head_node_type: head
+available_node_types:
+  head: {resources: {CPU: 0, GPU: 0}, max_workers: 0, node_config: {InstanceType: m5.large}}
+  small: {resources: {CPU: 4, GPU: 1}, max_workers: 3, node_config: {InstanceType: g5.xlarge}}
+  big: {resources: {CPU: 32, GPU: 4}, max_workers: 4, node_config: {InstanceType: p4d.24xlarge}}
+"""
+
+
+def _gpu_space(tmp_path, concurrency=100):
+    return load_space(_space(tmp_path, "grid:\n  maxup.m: [1, 4]\nseeds: 3\nresources: "
+                             f"{{cpus_per_trial: 4, gpus_per_trial: 1}}\nconcurrency: "
+                             f"{concurrency}\n"))
+
+
+def test_cluster_target_counts_slots_from_node_types_and_max_workers(tmp_path):
+    path = tmp_path / "cluster.yaml"
+    path.write_text(CLUSTER)
+    spec = _gpu_space(tmp_path)
+    target = plan.cluster_target(path, spec, spec.expand())
+    # small: 3 nodes × 1 slot; big: the 2 nodes left of max_workers 5 × min(32/4, 4/1) = 8
+    assert target.slots == ["NVIDIA A10G"] * 3 + ["NVIDIA A100-SXM4-40GB"] * 8
+    spec = _gpu_space(tmp_path, concurrency=2)
+    assert len(plan.cluster_target(path, spec, spec.expand()).slots) == 2
+
+
+def test_cluster_plan_refusals(tmp_path):
+    spec = _gpu_space(tmp_path)
+    with pytest.raises(UsageError, match="--plan-for"):
+        plan.cluster_target(tmp_path / "nope.yaml", spec, spec.expand())
+    cpu_only = tmp_path / "cpu.yaml"
+    cpu_only.write_text("available_node_types:\n  w: {resources: {CPU: 8}, max_workers: 2}\n")
+    with pytest.raises(ConfigError) as exc:
+        plan.cluster_target(cpu_only, spec, spec.expand())
+    assert exc.value.field == "cpu.yaml: available_node_types" and "GPU" in exc.value.allowed
+    unknown = tmp_path / "odd.yaml"
+    unknown.write_text("available_node_types:\n  w: {resources: {CPU: 8, GPU: 1}, "
+                       "max_workers: 2, node_config: {InstanceType: x9.huge}}\n")
+    with pytest.raises(ConfigError, match="InstanceType: got 'x9.huge'"):
+        plan.cluster_target(unknown, spec, spec.expand())
+
+
+def test_price_by_hand_on_a_cluster(tmp_path):
+    prof_dir = tmp_path / "profiles"
+    t_small = {"batch": 100, "fwd_s": 0.1, "step_s": 0.3}
+    _write_profile(prof_dir, {**_profile_doc({"small_cnn@1x8x8": t_small}, kind="gpu"),
+                              "device": "NVIDIA A10G", "default_for": "gpu"})
+    path = tmp_path / "cluster.yaml"
+    path.write_text(CLUSTER.replace("max_workers: 4", "max_workers: 0"))  # 3 A10G slots
+    spec = _gpu_space(tmp_path)
+    trials = spec.expand()
+    target = plan.cluster_target(path, spec, trials)
+    priced = plan.price(spec, trials, target, {}, dirs=[prof_dir])
+    steps, fwd, step = 13, 0.1 / 100, 0.3 / 100
+    e1 = steps * 100 * step + 540 * fwd
+    e4 = steps * 100 * (step + 4 * fwd) + 540 * fwd
+    m1, m4 = 3 * e1, e1 + 2 * e4
+    assert priced.compute_s == pytest.approx(3 * m1 + 3 * m4)
+    assert priced.wall_s == pytest.approx(m1 + m4)  # 3 slots: each gets one m4, then one m1
+    assert [t.axes["maxup.m"] for t in priced.trials] == [4, 4, 4, 1, 1, 1]
+
+
+# --------------------------------------------------------------------------- the dry run
+
+def _tree(root: Path) -> list[str]:
+    return sorted(str(p) for p in root.rglob("*")) if root.exists() else []
+
+
+def test_table3_dry_run_on_this_cpu_machine_plans_for_the_cluster(tmp_path, capsys,
+                                                                   monkeypatch):
+    import maxup.cli.sweep as sweep_cli
+
+    monkeypatch.setattr(sweep_cli.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(sweep_cli, "local_gpus", lambda: 0.0)
+    monkeypatch.chdir(tmp_path)
+    storage = tmp_path / "store"
+    rc = main(["sweep", str(REPO_ROOT / "search_spaces/table3_cifar10.yaml"), "--dry-run",
+               "--storage", str(storage)])
+    out = capsys.readouterr().out
+    assert rc == 0 and not storage.exists() and _tree(tmp_path) == []
+    assert "needs a cluster" in out and "cluster.yaml (8 slots" in out
+    cost_line = next(line for line in out.splitlines() if line.startswith("cost: "))
+    assert "GPU-hours" in cost_line and "wall-clock" in cost_line and "30 trial(s)" in cost_line
+    assert "ESTIMATE" in out  # the A10G figures are estimates and the plan says so
+    # GPU-hours ≥ wall-clock × … : Σ trial time / 8 slots ≤ wall ≤ Σ trial time
+    hours = float(cost_line.split(" trial(s) to train, ")[1].split()[0])
+    assert hours > 0
+
+
+def test_plan_for_refusals_are_one_line_exit_2(tmp_path, capsys):
+    space = _space(tmp_path, "resources: {gpus_per_trial: 1}\n")
+    cpu_only = tmp_path / "cpu.yaml"
+    cpu_only.write_text("available_node_types:\n  w: {resources: {CPU: 8}, max_workers: 2}\n")
+    for plan_for, needle in ((tmp_path / "missing.yaml", "--plan-for"),
+                             (cpu_only, "available_node_types")):
+        rc = main(["sweep", str(space), "--dry-run", "--plan-for", str(plan_for),
+                   "--storage", str(tmp_path / "s")])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and needle in err and "\n" not in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_corrupt_user_profile_refuses_the_dry_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MAXUP_PROFILES", str(tmp_path / "p"))
+    bad = _profile_doc({}, device=cost.cpu_name())
+    bad["kind"] = "abacus"
+    _write_profile(tmp_path / "p", bad)
+    rc = main(["sweep", str(_space(tmp_path, "")), "--dry-run", "--storage",
+               str(tmp_path / "s")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "kind: got 'abacus'" in err and "\n" not in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_sweep_overrides_apply_to_every_trial_before_identity(tmp_path, capsys):
+    from maxup import identity
+
+    path = _space(tmp_path, "grid:\n  maxup.m: [1, 4]\n")
+    spec = load_space(path)
+    plan.apply_overrides(spec, {"train.epochs": 2, "data.root": "/elsewhere"})
+    trials = spec.expand()
+    assert all(t.config["train"]["epochs"] == 2 for t in trials)
+    plain = load_space(path).expand()
+    # epochs change the identity; data.root does not
+    assert {t.trial_id for t in trials}.isdisjoint({t.trial_id for t in plain})
+    spec2 = load_space(path)
+    plan.apply_overrides(spec2, {"data.root": "/elsewhere"})
+    assert [t.trial_id for t in spec2.expand()] == [identity.trial_id(t.config) for t in plain]
+    with pytest.raises(ConfigError, match="maxup.m"):
+        plan.apply_overrides(load_space(path), {"maxup.m": 2})
+    rc = main(["sweep", str(path), "--dry-run", "--train.epochs=2", "--storage",
+               str(tmp_path / "s")])
+    assert rc == 0 and trials[0].trial_id in capsys.readouterr().out
+    rc = main(["sweep", str(path), "--dry-run", "--train.epochz=2"])
+    assert rc == 2 and "train.epochz" in capsys.readouterr().err
+
+
+def test_preflight_refuses_missing_data_in_one_line_before_anything(tmp_path, capsys):
+    path = tmp_path / "f.yaml"
+    path.write_text("name: f\nbase:\n  model: {name: small_cnn}\n  data: {name: fashion_mnist}\n"
+                    "  train: {epochs: 1, device: cpu}\ngrid:\n  maxup.m: [1, 4]\nseeds: 1\n")
+    storage = tmp_path / "s"
+    for extra in (["--dry-run"], []):
+        rc = main(["sweep", str(path), *extra, f"--data.root={tmp_path / 'nodata'}",
+                   "--storage", str(storage)])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and "\n" not in err and "nodata" in err
+        assert "dataset-fashion-mnist" in err and "needed by 2 trials" in err
+    assert not storage.exists()
