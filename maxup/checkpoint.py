@@ -1,7 +1,8 @@
 """Checkpoint files: the one writer and the one reader of every ``*.pt`` file maxup loads.
 
 A checkpoint is a ``torch.save``d dict (``format``, ``config``, ``model``, ``optimizer``,
-``scheduler``, ``rng``, ``epoch``, ``history``) written atomically. It is read back with
+``scheduler``, ``rng``, ``epoch``, ``history``, and for a task that needs more to resume,
+``task``) written atomically. It is read back with
 ``torch.load(map_location="cpu", weights_only=True)``, so no pickled object runs code, and
 every way a file can be unusable (missing, truncated, garbage, a pickle that
 ``weights_only`` refuses, not a dict, required keys missing) becomes one line naming the file
@@ -57,7 +58,7 @@ class CheckpointUnpicklingError(CheckpointError, pickle.UnpicklingError):
 
 
 def save_checkpoint(path: str | os.PathLike, *, config: dict, model: nn.Module, optimizer,
-                    epoch: int, history: list[dict]) -> None:
+                    epoch: int, history: list[dict], task: dict | None = None) -> None:
     """Atomically write a checkpoint loadable with ``torch.load(weights_only=True)``.
 
     Contents: config, model and optimiser state, the scheduler's description (the learning
@@ -71,6 +72,9 @@ def save_checkpoint(path: str | os.PathLike, *, config: dict, model: nn.Module, 
         optimizer: its ``state_dict()`` is stored.
         epoch: number of finished epochs.
         history: one metrics dict per finished epoch.
+        task: what the task needs beyond model and optimiser to resume exactly (stored
+            under ``"task"``; a language model's averaged weights, NT-ASGD state, best model).
+            None (image tasks): no ``"task"`` key.
     """
     state = {
         "format": CHECKPOINT_FORMAT,
@@ -82,6 +86,8 @@ def save_checkpoint(path: str | os.PathLike, *, config: dict, model: nn.Module, 
         "epoch": epoch,
         "history": history,
     }
+    if task is not None:
+        state["task"] = task
     buf = io.BytesIO()
     torch.save(state, buf)
     atomic_write_bytes(path, buf.getvalue())

@@ -8,6 +8,13 @@ the record (docs/records.md), and returns it. The few framework touch-points are
 - ``dist`` says which data-parallel rank this process is (Ray Train sets it up);
 - ``record_path`` / ``record_extra`` let the sweep driver place and label the record.
 
+Tasks: image classification and language modelling are two implementations of one small
+interface, :class:`Task` (how an epoch trains, how it is evaluated and which metrics must be
+finite, what a checkpoint holds beyond model and optimiser, what the record learns about the
+data); :func:`build_task` picks one from the config (``lm`` set: :class:`maxup.lm.task.LMTask`,
+else :class:`ImageTask`). The loop, checkpoints, exact resume, Ray Train/Tune reporting and
+records are this module's and the same for both.
+
 Exact resume: every source of randomness (data order, augmentation draws, dropout, data-loader
 workers) is re-seeded at the start of each epoch from (seed, epoch, rank), and the learning
 rate is a pure function of the epoch; so a run restored from the checkpoint of epoch k
@@ -30,7 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -70,10 +77,11 @@ class NonFiniteMetric(NonFiniteLoss):
         self.metric = metric
 
 
-def _check_finite(metrics: dict, epoch: int) -> None:
+def _check_finite(metrics: dict, epoch: int,
+                  keys: tuple[str, ...] = ("test_loss", "test_acc", "test_top5")) -> None:
     """Raise :class:`NonFiniteMetric` for a NaN/inf evaluation metric (the sums behind them
     are all-reduced, so every rank raises together)."""
-    for key in ("test_loss", "test_acc", "test_top5"):
+    for key in keys:
         value = metrics.get(key)
         if value is not None and not math.isfinite(value):
             raise NonFiniteMetric(epoch, key, value)
@@ -412,6 +420,101 @@ def train_epoch(run: Run, model: nn.Module, epoch: int, dist: DistContext, progr
     }
 
 
+# --------------------------------------------------------------------------- tasks
+
+class Task(Protocol):
+    """What the loop needs from a task (image classification, language modelling).
+
+    Attributes:
+        model: the network (unwrapped); the loop checkpoints its ``state_dict``.
+        optimizer: its ``state_dict`` is checkpointed too.
+        ddp: whether the loop wraps the model in DDP for ``world_size > 1`` (a task that
+            averages gradients itself says False).
+        finite_keys: evaluation metrics that must be finite (else the run fails).
+        csv_columns: the columns of ``metrics.csv``.
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    ddp: bool
+    finite_keys: tuple[str, ...]
+    csv_columns: tuple[str, ...]
+
+    def train_epoch(self, model: nn.Module, epoch: int, dist: DistContext,
+                    progress: bool) -> dict:
+        """Train 0-based ``epoch`` (re-seeding from (seed, epoch, rank)); its metrics,
+        including ``epoch``, ``train_s`` and ``selection_s``."""
+
+    def evaluate(self, model: nn.Module, epoch: int, dist: DistContext) -> dict:
+        """Evaluation metrics after ``epoch`` (and the task's end-of-epoch bookkeeping)."""
+
+    def checkpoint_state(self) -> dict | None:
+        """What exact resume needs beyond model and optimiser (None: nothing)."""
+
+    def load_checkpoint_state(self, state: dict | None) -> None:
+        """Restore :meth:`checkpoint_state`'s output."""
+
+    def check_resumable(self, model_state: dict, source: Path) -> None:
+        """Refuse (one line) a checkpoint this task cannot continue from."""
+
+    def record_facts(self) -> dict:
+        """Facts merged into the record's ``environment`` (e.g. a corpus checksum)."""
+
+    def summary_line(self, metrics: dict, epochs: int) -> str:
+        """The one log line of an epoch."""
+
+
+class ImageTask:
+    """Image classification with the MaxUp objective: :func:`train_epoch` and
+    :func:`evaluate` on a :class:`Run`; checkpoints hold model and optimiser only."""
+
+    ddp = True
+    finite_keys = ("test_loss", "test_acc", "test_top5")
+
+    def __init__(self, run: Run):
+        self.run, self.model, self.optimizer = run, run.model, run.optimizer
+        self.csv_columns = _CSV_COLUMNS
+
+    def train_epoch(self, model: nn.Module, epoch: int, dist: DistContext,
+                    progress: bool) -> dict:
+        return train_epoch(self.run, model, epoch, dist, progress)
+
+    def evaluate(self, model: nn.Module, epoch: int, dist: DistContext) -> dict:
+        cfg = self.run.cfg
+        autocast = self.run.objective.autocast if cfg.train.precision == "bf16" else None
+        return evaluate(model, self.run.test_set, device=self.run.device,
+                        batch_size=cfg.train.eval_batch_size, num_classes=self.run.num_classes,
+                        dist=dist, channels_last=cfg.train.channels_last, autocast=autocast)
+
+    def checkpoint_state(self) -> None:
+        return None
+
+    def load_checkpoint_state(self, state: dict | None) -> None:
+        return None
+
+    def check_resumable(self, model_state: dict, source: Path) -> None:
+        return None
+
+    def record_facts(self) -> dict:
+        return {}
+
+    def summary_line(self, metrics: dict, epochs: int) -> str:
+        return _summary_line(metrics, epochs)
+
+
+def build_task(cfg: RunConfig, device: torch.device, dist: DistContext) -> Task:
+    """The task of a config: language modelling when ``cfg.lm`` is set, else images.
+
+    Seeds the global generators for the model's initialisation first.
+    """
+    if getattr(cfg, "lm", None) is not None:
+        from maxup.lm.task import LMTask
+
+        seed_everything(derive_seed(cfg.seed, "init"), device)
+        return LMTask(cfg, device, rank=dist.rank, world_size=dist.world_size)
+    return ImageTask(build_run(cfg, device))
+
+
 # --------------------------------------------------------------------------- resume
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -468,8 +571,8 @@ def _train(cfg: RunConfig, out_dir: Path, *, device: torch.device, dist: DistCon
     extra = record_extra or {}
     log = log if dist.is_main else None
 
-    run = build_run(cfg, device)
-    model: nn.Module = run.model
+    task = build_task(cfg, device, dist)
+    model: nn.Module = task.model
     history: list[dict] = []
     start_epoch = 0
     created = None
@@ -480,18 +583,21 @@ def _train(cfg: RunConfig, out_dir: Path, *, device: torch.device, dist: DistCon
         if diff:
             raise UsageError(f"resume: {diff[0]} differs from the checkpoint in {source}; "
                              "allowed: the same config (use a new --out to start afresh)")
+        task.check_resumable(state["model"], source)
         _unwrap(model).load_state_dict(state["model"])
-        run.optimizer.load_state_dict(state["optimizer"])
+        task.optimizer.load_state_dict(state["optimizer"])
+        task.load_checkpoint_state(state.get("task"))
         start_epoch, history = state["epoch"], list(state["history"])
         old = records.read_record(record_path)
         created = old.get("created") if old else None
         if log:
             log(f"resumed from {source} after epoch {start_epoch}")
-    if dist.world_size > 1 and torch.distributed.is_initialized():
+    if dist.world_size > 1 and torch.distributed.is_initialized() and task.ddp:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
     env = records.environment(device=str(device), workers=dist.world_size)
+    env.update(task.record_facts())
     env.update(extra.get("environment") or {})
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -504,36 +610,33 @@ def _train(cfg: RunConfig, out_dir: Path, *, device: torch.device, dist: DistCon
             paper_table=extra.get("paper_table"), created=created,
             certification=extra.get("certification"))
 
-    autocast = run.objective.autocast if cfg.train.precision == "bf16" else None
     failure = None
     epoch = start_epoch
     try:
         for epoch in range(start_epoch, cfg.train.epochs):
             t0 = time.perf_counter()
-            metrics = train_epoch(run, model, epoch, dist, cfg.train.progress)
+            metrics = task.train_epoch(model, epoch, dist, cfg.train.progress)
             t1 = time.perf_counter()
             # Unwrapped: ranks may hold one eval batch more or less, and DDP's forward
             # would wait on collectives; the sums are all-reduced once at the end instead.
-            metrics.update(evaluate(_unwrap(model), run.test_set, device=device,
-                                    batch_size=cfg.train.eval_batch_size,
-                                    num_classes=run.num_classes, dist=dist,
-                                    channels_last=cfg.train.channels_last, autocast=autocast))
+            metrics.update(task.evaluate(_unwrap(model), epoch, dist))
             metrics["eval_s"] = time.perf_counter() - t1
             metrics["wall_s"] = time.perf_counter() - t0
             history.append(metrics)
-            _check_finite(metrics, epoch + 1)
+            _check_finite(metrics, epoch + 1, task.finite_keys)
             done = epoch + 1
             checkpoint_now = done % cfg.train.checkpoint_every == 0 or done == cfg.train.epochs
             if dist.is_main:
                 if checkpoint_now:
                     save_checkpoint(ckpt_path, config=cfg_dict, model=model,
-                                    optimizer=run.optimizer, epoch=done, history=history)
-                _write_metrics(out_dir, history)
+                                    optimizer=task.optimizer, epoch=done, history=history,
+                                    task=task.checkpoint_state())
+                _write_metrics(out_dir, history, task.csv_columns)
                 status = (records.Status.COMPLETED if done == cfg.train.epochs
                           else records.Status.RUNNING)
                 records.write_record(record_path, make_record(status))
             if log:
-                log(_summary_line(metrics, cfg.train.epochs))
+                log(task.summary_line(metrics, cfg.train.epochs))
             if reporter is not None:
                 reporter(dict(metrics), ckpt_path.parent if checkpoint_now else None)
     except NonFiniteLoss as exc:
@@ -558,7 +661,8 @@ def _totals(history: list[dict]) -> dict:
     wall = sum(h["wall_s"] for h in history)
     train_s = sum(h["train_s"] for h in history)
     sel = sum(h["selection_s"] for h in history)
-    images = sum(h["images_per_s"] * h["train_s"] for h in history)
+    images = sum(h.get("images_per_s", 0.0) * h["train_s"] for h in history)
+    tokens = sum(h.get("tokens_per_s", 0.0) * h["train_s"] for h in history)
     return {
         "wall_s": wall,
         "train_s": train_s,
@@ -566,6 +670,7 @@ def _totals(history: list[dict]) -> dict:
         "selection_s": sel,
         "selection_share": sel / train_s if train_s > 0 else 0.0,
         "images_per_s": images / train_s if train_s > 0 else 0.0,
+        **({"tokens_per_s": tokens / train_s if train_s > 0 else 0.0} if tokens else {}),
     }
 
 
@@ -574,13 +679,14 @@ _CSV_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc
                 "wall_s", "images_per_s")
 
 
-def _write_metrics(out_dir: Path, history: list[dict]) -> None:
+def _write_metrics(out_dir: Path, history: list[dict],
+                   columns: tuple[str, ...] = _CSV_COLUMNS) -> None:
     """Rewrite metrics.csv and metrics.jsonl from the history (each epoch exactly once)."""
     import json
 
-    lines = [",".join(_CSV_COLUMNS)]
+    lines = [",".join(columns)]
     for h in history:
-        lines.append(",".join("" if h.get(c) is None else str(h.get(c)) for c in _CSV_COLUMNS))
+        lines.append(",".join("" if h.get(c) is None else str(h.get(c)) for c in columns))
     atomic_write_text(out_dir / "metrics.csv", "\n".join(lines) + "\n")
     atomic_write_text(out_dir / "metrics.jsonl",
                       "".join(json.dumps(records._finite(h)) + "\n" for h in history))

@@ -1,0 +1,368 @@
+"""The language-modelling task of the engine: AWD-LSTM on a corpus, as salesforce/awd-lstm-lm.
+
+One epoch walks the batchified training stream once with variable-length BPTT windows,
+carrying the hidden state from window to window (reset at the start of each epoch, as the
+reference's ``train()`` does). Each step: MaxUp or plain forward (:mod:`maxup.lm.objective`),
+AR/TAR, gradient clipping, SGD with the learning rate scaled by seq_len/bptt, and — once
+averaging has started — the running average of the iterates (ASGD with t0 = 0, λ = 0, i.e.
+the mean of the weights after every step since the switch).
+
+Averaging starts by NT-ASGD's non-monotone trigger (``lm.asgd: nonmono``), after a fixed epoch
+(``switch``, as advsoft), or never (``off``). Once it has started, validation, test and the
+kept best model use the averaged weights. Fine-tuning stages (``lm.finetune_epochs``) restart
+averaging from the best model so far, as the reference's ``finetune.py`` (the paper restarts
+it twice); they are the last epochs of ``train.epochs``.
+
+Exact resume: checkpoints are written at epoch ends, where the hidden state is reset anyway;
+every random draw of an epoch comes from generators seeded by (seed, epoch, rank); the
+checkpoint's ``task`` entry holds the rest — the averages and their count, whether averaging
+is on, the validation history NT-ASGD reads, the best model and its perplexities.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from maxup.config import RunConfig
+from maxup.data.corpus import Corpus, load_corpus
+from maxup.errors import ConfigError
+from maxup.lm.objective import train_step
+from maxup.models.awd_lstm import AWDLSTM, count_parameters, lm_token_losses
+
+
+def batchify(stream: torch.Tensor, columns: int) -> torch.Tensor:
+    """Cut a token stream into ``columns`` contiguous sequences (awd-lstm-lm's ``batchify``).
+
+    Args:
+        stream: (N,) token ids.
+        columns: number of sequences B (the tail that does not fill a row is dropped).
+
+    Returns:
+        (N // B, B): column b is the b-th contiguous slice of the stream.
+    """
+    rows = stream.numel() // columns
+    if rows < 2:
+        raise ConfigError("train.batch_size", columns,
+                          f"at most {stream.numel() // 2} for a stream of {stream.numel()} "
+                          "tokens (each column needs 2 tokens)")
+    return stream[: rows * columns].view(columns, rows).t().contiguous()
+
+
+def window(source: torch.Tensor, i: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs ``source[i:i+L]`` and next words ``source[i+1:i+1+L]``, L clipped to the end.
+
+    Args:
+        source: (N, B) batchified stream.
+        i: first row.
+        seq_len: wanted length.
+
+    Returns:
+        (L, B) inputs and (L, B) targets.
+    """
+    n = min(seq_len, source.shape[0] - 1 - i)
+    return source[i:i + n], source[i + 1:i + 1 + n]
+
+
+def draw_seq_len(bptt: int, generator: torch.Generator) -> int:
+    """Variable BPTT: bptt with probability 0.95 else bptt/2, then N(·, 5), at least 5."""
+    base = bptt if float(torch.rand((), generator=generator)) < 0.95 else bptt / 2.0
+    return max(5, int(float(torch.empty(()).normal_(base, 5.0, generator=generator))))
+
+
+@torch.no_grad()
+def evaluate_stream(model: AWDLSTM, source: torch.Tensor, bptt: int) -> tuple[float, int]:
+    """Total cross-entropy (nats) and token count of a batchified stream, no dropout.
+
+    Args:
+        model: the AWD-LSTM (put in eval mode here).
+        source: (N, B) batchified split.
+        bptt: window length (the hidden state is carried across windows).
+    """
+    model.eval()
+    hidden = model.init_hidden(source.shape[1])
+    total, count = 0.0, 0
+    for i in range(0, source.shape[0] - 1, bptt):
+        words, targets = window(source, i, bptt)
+        out, hidden, _ = model(words, hidden)
+        total += float(lm_token_losses(model, out, targets).double().sum())
+        count += targets.numel()
+    return total, count
+
+
+class LMTask:
+    """AWD-LSTM language modelling: the engine's task for a corpus (see the module docstring).
+
+    Args:
+        cfg: the run config (``cfg.lm`` set).
+        device: training device.
+        rank, world_size: this process's data-parallel position; each rank trains
+            ``train.batch_size / world_size`` of the columns and gradients are averaged.
+    """
+
+    #: The engine wraps the model in DDP for image tasks; this task averages gradients itself
+    #: (it calls the model several times per step, and its decoder outside ``forward``).
+    ddp = False
+    finite_keys = ("val_loss", "test_loss")
+    csv_columns = ("epoch", "lr", "train_loss", "train_ppl", "val_ppl", "best_val_ppl",
+                   "test_ppl", "averaging", "stage", "maxup_active", "maxup_m", "maxup_gap",
+                   "train_s", "selection_s", "eval_s", "wall_s", "tokens_per_s")
+
+    def __init__(self, cfg: RunConfig, device: torch.device, rank: int = 0,
+                 world_size: int = 1, corpus: Corpus | None = None):
+        lm = cfg.lm
+        self.cfg, self.lm, self.device = cfg, lm, device
+        self.rank, self.world_size = rank, world_size
+        self.corpus = corpus or load_corpus(cfg.data.name, cfg.data.root)
+        train = self.corpus.splits["train"]
+        if cfg.data.subset is not None:
+            # A language model needs contiguous text: the subset is the first N tokens.
+            if cfg.data.subset > train.numel():
+                raise ConfigError("data.subset", cfg.data.subset,
+                                  f"1..{train.numel()} (training tokens of {cfg.data.name})")
+            train = train[: cfg.data.subset]
+        full = batchify(train, cfg.train.batch_size)
+        per = cfg.train.batch_size // world_size
+        self.train_data = full[:, rank * per:(rank + 1) * per].to(device)
+        self.val_data = batchify(self.corpus.splits["valid"], lm.eval_batch_size).to(device)
+        self.test_data = batchify(self.corpus.splits["test"], lm.test_batch_size).to(device)
+        self.model = AWDLSTM(
+            self.corpus.vocab_size, emsize=lm.emsize, nhid=lm.nhid, nlayers=lm.nlayers,
+            dropout=lm.dropout, dropouth=lm.dropouth, dropouti=lm.dropouti,
+            dropoute=lm.dropoute, wdrop=lm.wdrop, adv_eps=lm.adv_eps,
+            adv_noise=lm.adv_noise).to(device)
+        # awd-lstm-lm: plain SGD (no momentum) with weight decay on every parameter.
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.optim.lr,
+                                         weight_decay=cfg.optim.weight_decay)
+        main = cfg.train.epochs - sum(lm.finetune_epochs)
+        self.stage_starts = [main]
+        for e in lm.finetune_epochs[:-1]:
+            self.stage_starts.append(self.stage_starts[-1] + e)
+        self.state: dict[str, Any] = {
+            "averaging": False, "avg_count": 0, "avg": None, "val_history": [],
+            "best_val_loss": math.inf, "best_test_loss": None, "best_model": None,
+            "best_epoch": None, "stage": 0,
+        }
+
+    # ------------------------------------------------------------------ checkpoint
+
+    def checkpoint_state(self) -> dict:
+        """What a checkpoint must hold beyond model and optimizer (plain data + tensors)."""
+        s = dict(self.state)
+        s["avg"] = None if s["avg"] is None else [t.detach().cpu() for t in s["avg"]]
+        if s["best_model"] is not None:
+            s["best_model"] = {k: v.cpu() for k, v in s["best_model"].items()}
+        s["val_history"] = list(s["val_history"])
+        return s
+
+    def load_checkpoint_state(self, state: dict | None) -> None:
+        """Restore :meth:`checkpoint_state`'s output (a resumed run)."""
+        if not state:
+            return
+        s = dict(state)
+        if s.get("avg") is not None:
+            s["avg"] = [t.to(self.device) for t in s["avg"]]
+        if s.get("best_model") is not None:
+            s["best_model"] = {k: v.to(self.device) for k, v in s["best_model"].items()}
+        self.state.update(s)
+
+    def check_resumable(self, model_state: dict, source) -> None:
+        """Refuse a checkpoint trained on another vocabulary (one line)."""
+        w = model_state.get("encoder.weight")
+        if w is not None and w.shape[0] != self.corpus.vocab_size:
+            raise ConfigError("data.name", self.cfg.data.name,
+                              f"a corpus with the checkpoint's vocabulary of {w.shape[0]} "
+                              f"words ({source}); this corpus has {self.corpus.vocab_size}")
+
+    def record_facts(self) -> dict:
+        """Facts for the record's environment: the corpus (checksum) and the model size."""
+        return {"corpus": self.corpus.facts(), "parameters": count_parameters(self.model)}
+
+    # ------------------------------------------------------------------ training
+
+    def _stage_of(self, epoch: int) -> int:
+        return sum(epoch >= s for s in self.stage_starts[: len(self.lm.finetune_epochs)])
+
+    def _start_stage(self, model: nn.Module, stage: int) -> None:
+        """A fine-tuning stage: restart averaging from the best model (finetune.py)."""
+        if self.state["best_model"] is not None:
+            model.load_state_dict(self.state["best_model"])
+        self.state.update(stage=stage, averaging=True, avg=None, avg_count=0, val_history=[])
+
+    def _average(self, model: nn.Module) -> None:
+        params = [p.detach() for p in model.parameters()]
+        self.state["avg_count"] += 1
+        n = self.state["avg_count"]
+        if self.state["avg"] is None or n == 1:
+            self.state["avg"] = [p.clone() for p in params]
+            return
+        for a, p in zip(self.state["avg"], params, strict=True):
+            a.add_(p - a, alpha=1.0 / n)
+
+    def train_epoch(self, model: nn.Module, epoch: int, dist, progress: bool) -> dict:
+        """One pass over the training stream (0-based ``epoch``); returns its metrics.
+
+        Dropout draws come from a generator seeded by (seed, epoch, rank); the window lengths
+        from one seeded by (seed, epoch) alone, so all ranks take the same windows.
+
+        Args:
+            model: the (unwrapped) model.
+            epoch: 0-based epoch.
+            dist: the engine's ``DistContext``.
+            progress: show a progress bar (main rank, terminal only).
+        """
+        from maxup.engine import _all_reduce_sum, _Progress, derive_seed, seed_everything
+
+        cfg, lm = self.cfg, self.lm
+        stage = self._stage_of(epoch)
+        if stage != self.state["stage"]:
+            self._start_stage(model, stage)
+        epoch_seed = derive_seed(cfg.seed, epoch, dist.rank)
+        seed_everything(epoch_seed, self.device)
+        gen = torch.Generator(device=self.device).manual_seed(derive_seed(epoch_seed, "lm"))
+        len_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, epoch, "bptt"))
+        bar = _Progress(progress and dist.is_main, self.train_data.shape[0], epoch + 1,
+                        cfg.train.epochs)
+        maxup_active = epoch >= cfg.maxup.warmup_epochs and cfg.maxup.m > 1
+        m = cfg.maxup.m if maxup_active else 1
+        lr = cfg.optim.lr
+        data = self.train_data
+        hidden = model.init_hidden(data.shape[1])
+        distributed = self.world_size > 1 and torch.distributed.is_initialized()
+        params = list(model.parameters())
+        loss_sum = tokens = 0.0
+        gap_sum, steps, selection_s = 0.0, 0, 0.0
+        wins = torch.zeros(m, dtype=torch.long)
+        model.train()
+        t0 = time.perf_counter()
+        i = 0
+        total_rows = data.shape[0]
+        while i < total_rows - 1 - 1:
+            seq_len = draw_seq_len(lm.bptt, len_gen)
+            words, targets = window(data, i, seq_len)
+            # awd-lstm-lm scales the step by the window's share of bptt (the drawn length).
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr * seq_len / lm.bptt
+            step = train_step(model, words, targets, hidden, gen, m=m, alpha=lm.alpha,
+                              beta=lm.beta, adversarial=lm.adv_eps > 0, chunk=cfg.maxup.chunk)
+            value = step.raw_loss
+            if not math.isfinite(value):
+                from maxup.engine import NonFiniteLoss
+
+                raise NonFiniteLoss(epoch + 1, steps, value)
+            self.optimizer.zero_grad(set_to_none=True)
+            step.loss.backward()
+            if distributed:
+                # Each rank holds B/world columns; the global loss is the mean of the ranks'
+                # means (equal shapes), so the global gradient is the mean of theirs.
+                for p in params:
+                    if p.grad is not None:
+                        torch.distributed.all_reduce(p.grad)
+                        p.grad.div_(self.world_size)
+            if lm.clip:
+                torch.nn.utils.clip_grad_norm_(params, lm.clip)
+            self.optimizer.step()
+            if self.state["averaging"]:
+                self._average(model)
+            hidden = step.hidden
+            n = targets.numel()
+            loss_sum += value * n
+            tokens += n
+            gap_sum += step.gap
+            wins += step.wins if len(step.wins) == m else 0
+            selection_s += step.selection_s
+            steps += 1
+            i += seq_len
+            bar.update(min(i, total_rows), loss_sum / tokens)
+        bar.close()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        train_s = time.perf_counter() - t0
+        if distributed:
+            sums = torch.tensor([loss_sum, tokens, gap_sum, steps], dtype=torch.float64)
+            loss_sum, tokens, gap_sum, steps = _all_reduce_sum(sums, self.device).tolist()
+        train_loss = loss_sum / max(tokens, 1)
+        return {
+            "epoch": epoch + 1, "lr": lr, "train_loss": train_loss,
+            "train_ppl": math.exp(min(train_loss, 700.0)),
+            "maxup_active": maxup_active, "maxup_m": m,
+            "maxup_gap": gap_sum / max(steps, 1), "maxup_wins": wins.tolist(),
+            "stage": self.state["stage"], "train_s": train_s, "selection_s": selection_s,
+            "tokens_per_s": tokens / max(train_s, 1e-9),
+        }
+
+    # ------------------------------------------------------------------ evaluation
+
+    def _with_averaged(self, model: nn.Module):
+        """Context: the model holds the averaged weights inside (when averaging)."""
+        task = self
+
+        class _Swap:
+            def __enter__(self):
+                self.saved = None
+                if task.state["averaging"] and task.state["avg"] is not None:
+                    self.saved = [p.detach().clone() for p in model.parameters()]
+                    with torch.no_grad():
+                        for p, a in zip(model.parameters(), task.state["avg"], strict=True):
+                            p.copy_(a)
+
+            def __exit__(self, *exc):
+                if self.saved is not None:
+                    with torch.no_grad():
+                        for p, s in zip(model.parameters(), self.saved, strict=True):
+                            p.copy_(s)
+                return False
+
+        return _Swap()
+
+    def evaluate(self, model: nn.Module, epoch: int, dist=None) -> dict:
+        """Validation perplexity of this epoch's (averaged) weights, NT-ASGD's bookkeeping,
+        and the test perplexity of the best-validation model (recomputed when it changes).
+
+        Metrics: ``val_loss``/``val_ppl`` (this epoch), ``best_val_ppl``, ``test_loss``/
+        ``test_ppl`` (of the kept best model, as the reference reports), ``averaging``.
+        Every rank evaluates the whole splits (they hold the same weights), so nothing is
+        all-reduced.
+        """
+        lm, st = self.lm, self.state
+        with self._with_averaged(model):
+            vt, vn = evaluate_stream(model, self.val_data, lm.bptt)
+            val_loss = vt / vn
+            if val_loss < st["best_val_loss"]:
+                tt, tn = evaluate_stream(model, self.test_data, lm.bptt)
+                st.update(best_val_loss=val_loss, best_test_loss=tt / tn, best_epoch=epoch + 1,
+                          best_model={k: v.detach().clone()
+                                      for k, v in model.state_dict().items()})
+        if not st["averaging"]:
+            hist = st["val_history"]
+            trigger = (lm.asgd == "nonmono" and len(hist) > lm.nonmono
+                       and val_loss > min(hist[: -lm.nonmono]))
+            if lm.asgd == "switch" and lm.switch is not None and epoch + 1 >= lm.switch:
+                trigger = True
+            if trigger:
+                st.update(averaging=True, avg=None, avg_count=0)
+        st["val_history"] = [*st["val_history"], val_loss]
+        test_loss = st["best_test_loss"] if st["best_test_loss"] is not None else math.nan
+        return {"val_loss": val_loss, "val_ppl": _ppl(val_loss),
+                "best_val_ppl": _ppl(st["best_val_loss"]), "test_loss": test_loss,
+                "test_ppl": _ppl(test_loss), "best_epoch": st["best_epoch"],
+                "averaging": st["averaging"]}
+
+    def summary_line(self, m: dict, epochs: int) -> str:
+        arm = f"maxup m={m['maxup_m']}" if m["maxup_active"] else "plain"
+        avg = " asgd" if m.get("averaging") else ""
+        return (f"epoch {m['epoch']:>3}/{epochs}  {arm:<11} stage {m['stage']}{avg}  "
+                f"train ppl {m['train_ppl']:.2f}  val ppl {m['val_ppl']:.2f} "
+                f"(best {m['best_val_ppl']:.2f}, its test {m['test_ppl']:.2f})  "
+                f"{m['wall_s']:.1f}s ({m['tokens_per_s']:.0f} tok/s, "
+                f"selection {m['selection_s']:.1f}s)")
+
+
+def _ppl(loss: float | None) -> float:
+    if loss is None or not math.isfinite(loss):
+        return math.nan if loss is None or math.isnan(loss) else math.inf
+    return math.exp(min(loss, 700.0))
