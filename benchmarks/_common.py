@@ -1,6 +1,7 @@
 """Small timing and memory helpers shared by the benchmarks.
 
-- :func:`median_time`: median wall-clock seconds of a callable over repetitions, after warm-up.
+- :func:`time_once` / :func:`median_time`: seconds of one call, and the median over repetitions
+  after warm-up; wall clock (``perf_counter``) or, on a GPU, CUDA events.
 - :func:`current_rss_mib` / :func:`peak_rss_mib`: resident memory of this process now (from
   ``/proc/self/statm``) and its high-water mark (``resource.getrusage(RUSAGE_SELF).ru_maxrss``).
   Peak memory of one configuration is measured by running it in a fresh process and reporting
@@ -20,26 +21,47 @@ import time
 from collections.abc import Callable
 
 
-def median_time(fn: Callable[[], object], reps: int = 5, warmup: int = 1) -> tuple[float, int,
-                                                                                  list[float]]:
+def time_once(fn: Callable[[], object], *, cuda_events: bool = False) -> float:
+    """Seconds one call of ``fn()`` takes.
+
+    Args:
+        fn: the work to time (no arguments).
+        cuda_events: time on the current CUDA stream with CUDA events (recorded before and after
+            the call, then synchronised): the device's own clock, including any idle time the
+            device spends waiting for the host inside the call. Otherwise ``perf_counter``
+            (on CPU torch is synchronous; on GPU ``fn`` must then synchronise itself).
+    """
+    if not cuda_events:
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+    import torch
+
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3
+
+
+def median_time(fn: Callable[[], object], reps: int = 5, warmup: int = 1, *,
+                cuda_events: bool = False) -> tuple[float, int, list[float]]:
     """Median seconds of ``fn()`` over ``reps`` timed calls after ``warmup`` untimed ones.
 
     Args:
-        fn: the work to time (no arguments); it must finish its own computation (on CPU torch
-            is synchronous; on GPU call ``torch.cuda.synchronize()`` inside ``fn``).
+        fn: the work to time (no arguments); see :func:`time_once` for what is timed.
         reps: timed repetitions (the median is robust to a few slow outliers).
         warmup: untimed calls first (allocator, thread pool and kernel-selection warm-up).
+        cuda_events: time each call with CUDA events (:func:`time_once`).
 
     Returns:
         (median seconds, number of timed repetitions, all timed durations in seconds).
     """
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
+    times = [time_once(fn, cuda_events=cuda_events) for _ in range(reps)]
     return statistics.median(times), len(times), times
 
 

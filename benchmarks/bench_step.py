@@ -25,6 +25,7 @@ Targets: efficient ≤ 1.15 × bound, efficient ≤ 0.6 × naive at m = 4, effic
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -46,11 +47,22 @@ def configs() -> list[str]:
     return names
 
 
-def build_step(name: str):
+def build_step(name: str, *, model_name: str = "resnet20", batch: int = BATCH,
+               device: str = "cpu", precision: str = "fp32", channels_last: bool = False):
     """Build one configuration's model, data and optimiser; return ``step()`` (no arguments).
 
+    ``step()`` returns the seconds the selection pass took (0 for configurations without one).
+    The defaults are this benchmark's CPU setting; ``benchmarks/gpu_check.py`` builds the same
+    step on a GPU (the engine's way: data, model and augmentation generator on the device).
+
     Args:
-        name: one of :func:`configs`.
+        name: one of :func:`configs` (any ``m``: ``naive-m7`` works too).
+        model_name: a ``maxup.models`` name taking 3x32x32 input.
+        batch: examples per step.
+        device: where the model, the batch and the augmentation generator live.
+        precision: ``"fp32"`` or ``"bf16"`` (every forward under bf16 autocast on ``device``,
+            as the engine's ``train.precision: bf16``).
+        channels_last: model and batch in channels-last memory format (``train.channels_last``).
     """
     import torch
 
@@ -58,19 +70,31 @@ def build_step(name: str):
     from maxup.models import build_model
     from maxup.objective import MaxUpLoss, frozen_batchnorm_stats
 
+    dev = torch.device(device)
     torch.manual_seed(0)
-    model = build_model("resnet20", num_classes=CLASSES, in_channels=3, mean=(0.5,) * 3,
-                        std=(0.25,) * 3)
+    model = build_model(model_name, num_classes=CLASSES, in_channels=3, mean=(0.5,) * 3,
+                        std=(0.25,) * 3, image_size=(SIZE, SIZE)).to(dev)
+    x = torch.rand(batch, 3, SIZE, SIZE).to(dev)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x = torch.rand(BATCH, 3, SIZE, SIZE)
-    y = torch.randint(0, CLASSES, (BATCH,))
-    gen = torch.Generator().manual_seed(0)
+    y = torch.randint(0, CLASSES, (batch,)).to(dev)
+    gen = torch.Generator(device=dev).manual_seed(0)
     aug = Compose([CropFlip(4, CLASSES), Cutout(16, CLASSES)])
+    autocast = None
+    if precision == "bf16":
+        def autocast():
+            return torch.autocast(dev.type, dtype=torch.bfloat16)
+    elif precision != "fp32":
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
 
     if name == "fwd":
+        ctx = autocast or contextlib.nullcontext
+
         def step():
-            with torch.no_grad(), frozen_batchnorm_stats(model):
+            with torch.no_grad(), frozen_batchnorm_stats(model), ctx():
                 model(x)
             return 0.0
         return step
@@ -78,7 +102,8 @@ def build_step(name: str):
     m = 1 if parts[0] == "erm" else int(parts[1][1:])
     mode = "naive" if parts[0] == "naive" else "efficient"
     chunk = None if parts[-1] == "all" else 2
-    objective = MaxUpLoss(aug, m=m, num_classes=CLASSES, mode=mode, chunk=chunk)
+    objective = MaxUpLoss(aug, m=m, num_classes=CLASSES, mode=mode, chunk=chunk,
+                          autocast=autocast)
 
     def step():
         opt.zero_grad(set_to_none=True)

@@ -24,9 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import beta as _beta
-from scipy.stats import binomtest as _binomtest
-from scipy.stats import norm as _norm
 from torch import nn
 
 from maxup import records
@@ -82,7 +79,9 @@ def lower_confidence_bound(n_a: int, n: int, alpha: float) -> float:
         raise ValueError(f"alpha must be in (0, 1); got {alpha!r}")
     if n_a == 0:
         return 0.0
-    return float(_beta.ppf(alpha, n_a, n - n_a + 1))
+    from scipy.stats import beta  # here, not at import: sampling code needs no scipy
+
+    return float(beta.ppf(alpha, n_a, n - n_a + 1))
 
 
 def radius(p_lower: float, sigma: float) -> float:
@@ -92,7 +91,9 @@ def radius(p_lower: float, sigma: float) -> float:
         p_lower: lower confidence bound on the top-class probability, in [0, 1].
         sigma: standard deviation of the Gaussian noise, > 0.
     """
-    return float(sigma * _norm.ppf(p_lower))
+    from scipy.stats import norm
+
+    return float(sigma * norm.ppf(p_lower))
 
 
 def predict_pvalue(n_a: int, n_b: int) -> float:
@@ -108,7 +109,9 @@ def predict_pvalue(n_a: int, n_b: int) -> float:
     n_a, n_b = int(n_a), int(n_b)
     if n_a + n_b == 0:
         return 1.0
-    return float(_binomtest(n_a, n_a + n_b, 0.5).pvalue)
+    from scipy.stats import binomtest
+
+    return float(binomtest(n_a, n_a + n_b, 0.5).pvalue)
 
 
 # --------------------------------------------------------------------------- sampling
