@@ -19,6 +19,13 @@ Usage: .venv/bin/python benchmarks/bench_sweep.py [--reps 3] [--epochs 15]
    compute), so the fixed per-actor start dominates; the same 10 trials with
    ``--long-epochs`` epochs each (~20–30 s of compute) show the efficiency of real trials.
 
+3. **Order and plan accuracy.** The 10 long trials run twice, ``--order file`` (the space's
+   seeded order: the pre-issue-14 behaviour) and ``--order longest-first``; each reports its
+   efficiency, and the cost model's prediction for the sweep on this machine
+   (``maxup.platform.plan.price``: Σ trial time and the simulated wall) is set against the
+   measured Σ trial time (records' ``timings.wall_s`` plus the profile's per-trial overhead)
+   and the Tune phase. ``--order-only`` runs just this part.
+
 Each subprocess gets a private ``RAY_TMPDIR`` and its own session; whatever Ray leaves
 behind in that session is killed by pid afterwards (never ``ray stop``).
 """
@@ -110,15 +117,16 @@ def run_bare(space: Path, out: Path) -> dict:
     return info
 
 
-def run_sweep(space: Path, storage: Path) -> dict:
-    """Run the CLI; time-stamp its lines; return phase durations and the trials' spans."""
+def run_sweep(space: Path, storage: Path, order: str = "longest-first") -> dict:
+    """Run the CLI; time-stamp its lines; return phase durations."""
     ray_tmp = tempfile.mkdtemp(prefix="mxb", dir="/tmp")
     env = dict(os.environ, RAY_TMPDIR=ray_tmp, PYTHONUNBUFFERED="1",
                RAY_USAGE_STATS_ENABLED="0")
     t0 = time.perf_counter()
     p = subprocess.Popen([PYTHON, "-m", "maxup", "sweep", str(space), "--storage", str(storage),
-                          "--no-table"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                          "--no-table", "--order", order], cwd=ROOT, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         start_new_session=True)
     lines = [(time.perf_counter() - t0, line.rstrip("\n")) for line in p.stdout]
     rc = p.wait()
     end = time.perf_counter() - t0
@@ -129,11 +137,65 @@ def run_sweep(space: Path, storage: Path) -> dict:
 
     ray_up = next(t for t, line in lines if "trial(s) to run" in line)
     finished = next(t for t, line in lines if line.startswith("sweep finished in"))
-    starts = {line.split()[1]: t for t, line in lines if line.startswith("[start]")}
-    dones = {line.split()[1]: t for t, line in lines if line.startswith("[done]")}
     return {"ray_start_s": ray_up, "tune_s": finished - ray_up, "exit_s": end - finished,
-            "process_s": end, "first_start": min(starts.values()) - ray_up,
-            "spans": {k: dones[k] - starts[k] for k in dones}, "leftover_procs": len(leftovers)}
+            "process_s": end, "leftover_procs": len(leftovers)}
+
+
+def ten_space(tmp: Path, epochs: int) -> Path:
+    text = (ROOT / "search_spaces" / "quickstart.yaml").read_text()
+    text = text.replace("name: quickstart", "name: ten").replace("epochs: 15", f"epochs: {epochs}")
+    (tmp / "ten.yaml").write_text(text)
+    return tmp / "ten.yaml"
+
+
+def predicted(space: Path) -> dict:
+    """The cost model's plan of a space on this machine (2 slots of this CPU)."""
+    from maxup.platform import plan
+    from maxup.platform.space import load_space
+
+    spec = load_space(space)
+    trials = spec.expand()
+    target = plan.local_target(spec, trials, float(os.cpu_count() or 1), 0.0)
+    priced = plan.price(spec, trials, target, {})
+    return {"compute_s": priced.compute_s, "wall_s": priced.wall_s, "slots": len(target.slots),
+            "notes": priced.notes}
+
+
+def order_compare(tmp: Path, epochs: int) -> list[dict]:
+    from maxup.platform import cost
+
+    space = ten_space(tmp, epochs)
+    pred = predicted(space)
+    prof, _ = cost.find_profile(cost.cpu_name(), "cpu")
+    out = []
+    for order in ("file", "longest-first"):
+        storage = tmp / f"ten-{order}"
+        res = run_sweep(space, storage, order)
+        recs = [json.loads(f.read_text()) for f in (storage / "trials").glob("*/record.json")]
+        res.update(order=order, n=len(recs), slots=2,
+                   compute_s=sum(r["timings"]["wall_s"] for r in recs),
+                   overhead_s=prof.trial_overhead_s * len(recs), predicted=pred)
+        out.append(res)
+        print(f"{order}: Σ compute {res['compute_s']:.2f}s, Tune phase {res['tune_s']:.2f}s, "
+              f"efficiency {res['compute_s'] / (2 * res['tune_s']):.2f}", flush=True)
+    return out
+
+
+def print_order(results: list[dict], epochs: int) -> None:
+    print()
+    print(f"| 10 trials × {epochs} epochs, 2 slots | order | Σ trial compute s | Tune phase s "
+          "| efficiency | predicted Σ trial time s | measured Σ (+ overhead) s | predicted wall "
+          "s | pred ÷ meas (Σ) | pred ÷ meas (wall) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        p = r["predicted"]
+        meas = r["compute_s"] + r["overhead_s"]
+        print(f"| n = 1 | {r['order']} | {r['compute_s']:.2f} | {r['tune_s']:.2f} | "
+              f"{r['compute_s'] / (r['slots'] * r['tune_s']):.2f} | {p['compute_s']:.2f} | "
+              f"{meas:.2f} | {p['wall_s']:.2f} | {p['compute_s'] / meas:.2f} | "
+              f"{p['wall_s'] / r['tune_s']:.2f} |")
+    for note in results[0]["predicted"]["notes"]:
+        print(f"note: {note}")
 
 
 def main() -> None:
@@ -143,9 +205,20 @@ def main() -> None:
     ap.add_argument("--skip-quickstart", action="store_true")
     ap.add_argument("--long-epochs", type=int, default=150,
                     help="epochs per trial of the long 10-trial sweep (0: skip it)")
+    ap.add_argument("--order-only", action="store_true",
+                    help="only compare file order with longest-first (and the plan's accuracy)")
     args = ap.parse_args()
     load0 = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="bench_sweep"))
+    if args.order_only:
+        try:
+            results = order_compare(tmp, args.long_epochs)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        print(f"\nmachine: {machine_description()}; load average before {load0[0]:.1f}, "
+              f"after {os.getloadavg()[0]:.1f}")
+        print_order(results, args.long_epochs)
+        return
     try:
         space = one_trial_space(tmp, args.epochs)
         bare, sweep = [], []
@@ -168,11 +241,7 @@ def main() -> None:
             quick["slots"] = 2
         long = None
         if args.long_epochs:
-            text = (ROOT / "search_spaces" / "quickstart.yaml").read_text()
-            text = text.replace("name: quickstart", "name: ten").replace(
-                "epochs: 15", f"epochs: {args.long_epochs}")
-            (tmp / "ten.yaml").write_text(text)
-            long = run_sweep(tmp / "ten.yaml", tmp / "ten")
+            long = run_sweep(ten_space(tmp, args.long_epochs), tmp / "ten")
             recs = [json.loads(f.read_text())
                     for f in (tmp / "ten" / "trials").glob("*/record.json")]
             long.update(n=len(recs), slots=2,
@@ -200,8 +269,6 @@ def main() -> None:
     row("sweep: start + `ray.init`", [s["ray_start_s"] for s in sweep])
     row("sweep: Tune phase (trial to run → finished)", [s["tune_s"] for s in sweep])
     row("sweep: exit (Ray shutdown)", [s["exit_s"] for s in sweep])
-    row("sweep: trial [start]→[done] seen by the driver",
-        [v for s in sweep for v in s["spans"].values()])
     row("**per-trial overhead** (Tune phase − bare `train()`)", overheads)
     eff_tune = eff_all = None
     if quick:

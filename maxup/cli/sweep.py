@@ -40,6 +40,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="price the dry run for this Ray cluster-launcher file's nodes")
     parser.add_argument("--verbose", action="store_true",
                         help="also print Tune's full status table every 30 s")
+    parser.add_argument("--order", choices=("longest-first", "file"), default="longest-first",
+                        help="submission order of pending trials (default: longest estimated "
+                             "cost first; file: the space's own order)")
     parser.set_defaults(accepts_extra=True)
 
 
@@ -90,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
     from maxup.platform.sweep import run_sweep
 
     summary = run_sweep(spec, trials, storage, address=args.address,
-                        rerun_failed=args.rerun_failed, verbose=args.verbose)
+                        rerun_failed=args.rerun_failed, verbose=args.verbose,
+                        order="longest_first" if args.order == "longest-first" else "given")
     from maxup.platform.sweep import sweep_layout
 
     results = sweep_layout(storage, spec.name).results
