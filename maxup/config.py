@@ -14,6 +14,7 @@ Units: learning rates are per step, ``sigma`` is in pixel units of images scaled
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -27,19 +28,56 @@ from maxup.errors import ConfigError, UsageError
 AUGMENTATIONS = ("crop_flip", "cutout", "gaussian", "cutmix", "mixup")
 
 
+@dataclass(frozen=True)
+class Range:
+    """The finite values a numeric config field accepts (stated in its refusal)."""
+
+    lo: float
+    hi: float
+    lo_open: bool = False  # lo itself excluded
+    hi_open: bool = False  # hi itself excluded
+
+    def __contains__(self, value: float) -> bool:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        above = value > self.lo if self.lo_open else value >= self.lo
+        below = value < self.hi if self.hi_open else value <= self.hi
+        return above and below
+
+    def allowed(self, leaf: str, integer: bool) -> str:
+        """``"m >= 1 and <= 1024 (an integer)"``: what a refusal of field ``leaf`` says."""
+        kind = "an integer" if integer else "a finite number"
+        return (f"{leaf} {'>' if self.lo_open else '>='} {_fmt(self.lo)} and "
+                f"{'<' if self.hi_open else '<='} {_fmt(self.hi)} ({kind})")
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def _num(default: Any, lo: float, hi: float, *, lo_open: bool = False,
+         hi_open: bool = False) -> Any:
+    """A numeric field with its allowed range (``None`` values are not range-checked)."""
+    return field(default=default, metadata={"range": Range(lo, hi, lo_open, hi_open)})
+
+
+#: Largest seed accepted (NumPy's legacy generator takes seeds below 2**32).
+MAX_SEED = 2**32 - 1
+
+
 @dataclass
 class ModelConfig:
     """The network: a registry name (``maxup.models``) and its options."""
 
     name: str = "small_cnn"
-    num_classes: int | None = None  # None: the dataset's number of classes
-    dropout: float = 0.0
+    num_classes: int | None = _num(None, 2, 100_000)  # None: the dataset's number of classes
+    dropout: float = _num(0.0, 0, 1, hi_open=True)
     weights: str | None = None  # local weights file for fine-tuning; never downloaded
 
     def validate(self) -> None:
-        _check(0.0 <= self.dropout < 1.0, "model.dropout", self.dropout, "0 <= dropout < 1")
-        if self.num_classes is not None:
-            _check(self.num_classes >= 2, "model.num_classes", self.num_classes, "an int >= 2")
+        _check_ranges(self, "model.")
 
 
 @dataclass
@@ -48,15 +86,13 @@ class DataConfig:
 
     name: str = "digits"
     root: str | None = None  # None: the dataset's default location
-    subset: int | None = None  # train on a fixed random subset of this many images
+    subset: int | None = _num(None, 1, 100_000_000)  # train on a fixed random subset
     download: bool = False
-    num_workers: int = 0
+    num_workers: int = _num(0, 0, 256)
     train_transform: Literal["standard", "none"] = "standard"
 
     def validate(self) -> None:
-        if self.subset is not None:
-            _check(self.subset >= 1, "data.subset", self.subset, "null or an int >= 1")
-        _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "an int >= 0")
+        _check_ranges(self, "data.")
 
 
 @dataclass
@@ -64,22 +100,18 @@ class AugmentConfig:
     """The random augmentation MaxUp draws m copies from, applied per copy in ``ops`` order."""
 
     ops: list[str] = field(default_factory=lambda: ["gaussian"])
-    sigma: float = 0.25  # Gaussian noise std, pixel units ([0, 1] images)
-    cutout_size: int = 16  # side of the Cutout square, pixels
-    cutmix_alpha: float = 1.0
-    mixup_alpha: float = 1.0
-    crop_padding: int = 4  # pixels of zero padding before the random crop
+    sigma: float = _num(0.25, 0, 1)  # Gaussian noise std, pixel units ([0, 1] images)
+    cutout_size: int = _num(16, 1, 4096)  # side of the Cutout square, pixels
+    cutmix_alpha: float = _num(1.0, 0, 100, lo_open=True)
+    mixup_alpha: float = _num(1.0, 0, 100, lo_open=True)
+    crop_padding: int = _num(4, 0, 1024)  # pixels of zero padding before the random crop
 
     def validate(self) -> None:
         _check(len(self.ops) >= 1, "augment.ops", self.ops, f"a non-empty list of {AUGMENTATIONS}")
         for op in self.ops:
             _check(op in AUGMENTATIONS, "augment.ops", op, f"one of {', '.join(AUGMENTATIONS)}")
         _check(len(set(self.ops)) == len(self.ops), "augment.ops", self.ops, "each op at most once")
-        _check(self.sigma >= 0, "augment.sigma", self.sigma, "sigma >= 0")
-        _check(self.cutout_size >= 1, "augment.cutout_size", self.cutout_size, "an int >= 1")
-        _check(self.cutmix_alpha > 0, "augment.cutmix_alpha", self.cutmix_alpha, "alpha > 0")
-        _check(self.mixup_alpha > 0, "augment.mixup_alpha", self.mixup_alpha, "alpha > 0")
-        _check(self.crop_padding >= 0, "augment.crop_padding", self.crop_padding, "an int >= 0")
+        _check_ranges(self, "augment.")
 
 
 @dataclass
@@ -91,38 +123,34 @@ class MaxUpConfig:
     but leaves running statistics untouched; ``eval`` uses the running statistics.
     """
 
-    m: int = 4
+    m: int = _num(4, 1, 1024)
     mode: Literal["efficient", "naive"] = "efficient"
     bn: Literal["batch_stats", "eval"] = "batch_stats"
-    warmup_epochs: int = 0  # epochs of standard augmentation before MaxUp (paper: 5 from scratch)
-    chunk: int | None = 2  # copies per selection forward (bounds its memory); None: all m
+    # epochs of standard augmentation before MaxUp (paper: 5 from scratch)
+    warmup_epochs: int = _num(0, 0, 100_000)
+    # copies per selection forward (bounds its memory); None: all m
+    chunk: int | None = _num(2, 1, 1024)
 
     def validate(self) -> None:
-        _check(self.m >= 1, "maxup.m", self.m, "an int >= 1")
-        _check(self.warmup_epochs >= 0, "maxup.warmup_epochs", self.warmup_epochs, "an int >= 0")
-        if self.chunk is not None:
-            _check(self.chunk >= 1, "maxup.chunk", self.chunk, "null or an int >= 1")
+        _check_ranges(self, "maxup.")
 
 
 @dataclass
 class OptimConfig:
     """SGD with momentum and its learning-rate schedule (milestones are epochs)."""
 
-    lr: float = 0.1
-    momentum: float = 0.9
+    lr: float = _num(0.1, 0, 100, lo_open=True)
+    momentum: float = _num(0.9, 0, 1, hi_open=True)
     nesterov: bool = False
-    weight_decay: float = 5e-4
+    weight_decay: float = _num(5e-4, 0, 1)
     schedule: Literal["multistep", "cosine", "constant"] = "multistep"
     milestones: list[int] = field(default_factory=list)
-    gamma: float = 0.1
+    gamma: float = _num(0.1, 0, 1, lo_open=True)
 
     def validate(self) -> None:
-        _check(self.lr > 0, "optim.lr", self.lr, "lr > 0")
-        _check(0 <= self.momentum < 1, "optim.momentum", self.momentum, "0 <= momentum < 1")
+        _check_ranges(self, "optim.")
         _check(not self.nesterov or self.momentum > 0, "optim.nesterov", self.nesterov,
                "false when momentum is 0")
-        _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, ">= 0")
-        _check(0 < self.gamma <= 1, "optim.gamma", self.gamma, "0 < gamma <= 1")
         _check(all(m >= 1 for m in self.milestones)
                and list(self.milestones) == sorted(set(self.milestones)),
                "optim.milestones", self.milestones, "strictly increasing epochs >= 1")
@@ -132,30 +160,26 @@ class OptimConfig:
 class TrainConfig:
     """The loop: epochs, batch sizes, device, precision, checkpoints and workers."""
 
-    epochs: int = 10
-    batch_size: int = 128  # global: split across data-parallel workers
-    eval_batch_size: int = 512
+    epochs: int = _num(10, 1, 100_000)
+    batch_size: int = _num(128, 1, 1_048_576)  # global: split across data-parallel workers
+    eval_batch_size: int = _num(512, 1, 1_048_576)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast applies on GPU only
     channels_last: bool = False
-    checkpoint_every: int = 1  # epochs between checkpoints
-    workers: int = 1  # data-parallel workers; > 1 runs inside a Ray Train TorchTrainer
-    min_workers: int | None = None  # elastic lower bound; None: fixed size
-    start_timeout_s: float = 60.0
+    checkpoint_every: int = _num(1, 1, 100_000)  # epochs between checkpoints
+    # data-parallel workers; > 1 runs inside a Ray Train TorchTrainer
+    workers: int = _num(1, 1, 4096)
+    min_workers: int | None = _num(None, 1, 4096)  # elastic lower bound; None: fixed size
+    start_timeout_s: float = _num(60.0, 0, 86_400, lo_open=True)  # at most a day
     progress: bool = True
 
     def validate(self) -> None:
-        _check(self.epochs >= 1, "train.epochs", self.epochs, "an int >= 1")
-        _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "an int >= 1")
-        _check(self.eval_batch_size >= 1, "train.eval_batch_size", self.eval_batch_size, ">= 1")
-        _check(self.checkpoint_every >= 1, "train.checkpoint_every", self.checkpoint_every, ">= 1")
-        _check(self.workers >= 1, "train.workers", self.workers, "an int >= 1")
+        _check_ranges(self, "train.")
         _check(self.batch_size >= self.workers, "train.batch_size", self.batch_size,
                f"at least train.workers ({self.workers})")
         if self.min_workers is not None:
             _check(1 <= self.min_workers <= self.workers, "train.min_workers", self.min_workers,
                    f"null or 1..train.workers ({self.workers})")
-        _check(self.start_timeout_s > 0, "train.start_timeout_s", self.start_timeout_s, "> 0")
 
 
 @dataclass
@@ -163,29 +187,23 @@ class CertifyConfig:
     """Randomized-smoothing certification after training (Cohen et al. 2019)."""
 
     enabled: bool = False
-    sigma: float | None = None  # None: augment.sigma
-    n0: int = 100
-    n: int = 100_000
-    alpha: float = 0.001
-    skip: int = 20  # certify every skip-th test image
-    batch: int = 400
-    max_images: int | None = None
+    sigma: float | None = _num(None, 0, 1, lo_open=True)  # None: augment.sigma
+    n0: int = _num(100, 1, 10_000_000)
+    n: int = _num(100_000, 1, 10_000_000)  # Cohen et al. use 100,000
+    alpha: float = _num(0.001, 0, 0.5, lo_open=True)
+    skip: int = _num(20, 1, 1_000_000)  # certify every skip-th test image
+    batch: int = _num(400, 1, 1_048_576)
+    max_images: int | None = _num(None, 1, 100_000_000)
 
     def validate(self) -> None:
-        if self.sigma is not None:
-            _check(self.sigma > 0, "certify.sigma", self.sigma, "null or sigma > 0")
-        _check(self.n0 >= 1, "certify.n0", self.n0, "an int >= 1")
-        _check(self.n >= 1, "certify.n", self.n, "an int >= 1")
-        _check(0 < self.alpha < 1, "certify.alpha", self.alpha, "0 < alpha < 1")
-        _check(self.skip >= 1, "certify.skip", self.skip, "an int >= 1")
-        _check(self.batch >= 1, "certify.batch", self.batch, "an int >= 1")
+        _check_ranges(self, "certify.")
 
 
 @dataclass
 class RunConfig:
     """Everything one training run needs; stored beside every result."""
 
-    seed: int = 0
+    seed: int = _num(0, 0, MAX_SEED)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -195,7 +213,7 @@ class RunConfig:
     certify: CertifyConfig = field(default_factory=CertifyConfig)
 
     def validate(self) -> None:
-        _check(self.seed >= 0, "seed", self.seed, "an int >= 0")
+        _check_ranges(self, "")
         for f in dataclasses.fields(self):
             sub = getattr(self, f.name)
             if dataclasses.is_dataclass(sub):
@@ -212,6 +230,34 @@ class RunConfig:
 def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
     if not ok:
         raise ConfigError(name, value, allowed)
+
+
+def _check_ranges(obj: Any, prefix: str) -> None:
+    """Refuse any numeric field of dataclass ``obj`` outside its :class:`Range` (NaN, inf and
+    overflowing values included); the refusal states the range."""
+    for f in dataclasses.fields(obj):
+        rng = f.metadata.get("range")
+        value = getattr(obj, f.name)
+        if rng is None or value is None:
+            continue
+        if value not in rng:
+            raise ConfigError(prefix + f.name, value, rng.allowed(f.name, _is_int(value)))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def field_range(key: str) -> Range | None:
+    """The :class:`Range` of the dotted numeric field ``key`` (``"certify.n"``), or None."""
+    cls: Any = RunConfig
+    *sections, leaf = key.split(".")
+    for section in sections:
+        cls = typing.get_type_hints(cls)[section]
+        # An optional section (``lm: LMConfig | None``): its dataclass.
+        cls = next((a for a in typing.get_args(cls) if dataclasses.is_dataclass(a)), cls)
+    f = {f.name: f for f in dataclasses.fields(cls)}[leaf]
+    return f.metadata.get("range")
 
 
 # --------------------------------------------------------------------------- building
@@ -235,7 +281,7 @@ def _build(data: Any, cls: type, prefix: str) -> Any:
         raise ConfigError(prefix.rstrip(".") or "config", data, "a mapping")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
         raise ConfigError(prefix + str(unknown[0]), data[unknown[0]],
                           f"known keys of {prefix.rstrip('.') or 'the config'}: "
@@ -243,6 +289,10 @@ def _build(data: Any, cls: type, prefix: str) -> Any:
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _coerce(value, hints[name], prefix + name)
+        rng = fields[name].metadata.get("range")
+        if rng is not None and kwargs[name] is not None and kwargs[name] not in rng:
+            # The value as written ("1e400", not the inf it reads as) and the range allowed.
+            raise ConfigError(prefix + name, value, rng.allowed(name, _is_int(kwargs[name])))
     return cls(**kwargs)
 
 
@@ -281,7 +331,10 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
         raise ConfigError(name, value, "an integer")
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an int beyond any float: the range check refuses it
+                return math.inf
         if isinstance(value, str):  # PyYAML (YAML 1.1) reads "1e-3" as a string
             try:
                 return float(value)
@@ -339,17 +392,70 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (the
+    plain loader silently keeps the last value)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: set = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    repeated = key in seen
+                    seen.add(key)
+                except TypeError:  # an unhashable key: the base class says so
+                    continue
+                if repeated and key != "<<":
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} given twice", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                                 _UniqueKeyLoader.construct_mapping)
+
+
+def parse_yaml(text: str | bytes, source: str) -> Any:
+    """Parse a YAML document with duplicate keys refused; any failure is one UsageError line.
+
+    Args:
+        text: the document (bytes must be UTF-8).
+        source: what the message calls the document (``config file 'x.yaml'``).
+    """
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"{source}: not UTF-8 text (byte {exc.start}); allowed: a YAML "
+                             "text file") from None
+    if "\0" in text:
+        raise UsageError(f"{source}: a binary file (it holds NUL bytes); allowed: a YAML "
+                         "text file")
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        problem = str(getattr(exc, "problem", "") or "").strip().splitlines()
+        what = f": {problem[0]}" if problem and "given twice" in problem[0] else ""
+        raise UsageError(f"{source}: not valid YAML{where}{what}") from None
+    except (RecursionError, ValueError, OverflowError) as exc:
+        raise UsageError(f"{source}: not usable YAML ({type(exc).__name__}); allowed: a "
+                         "mapping of config keys") from None
+
+
 def read_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping; a missing or unparsable file is a one-line UsageError."""
+    """Read a YAML mapping; a missing, unreadable or unparsable file is a one-line UsageError."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"config file {str(path)!r} not found")
+    source = f"config file {str(path)!r}"
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        where = f" (line {line + 1})" if line is not None else ""
-        raise UsageError(f"config file {str(path)!r}: not valid YAML{where}") from None
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{source}: cannot be read ({exc.strerror})") from None
+    data = parse_yaml(raw, source)
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -555,9 +555,17 @@ def train(config: dict | RunConfig, out_dir: str | Path, *, reporter: Reporter |
     dist = dist or DistContext()
     device = dist.device or resolve_device(cfg.train.device)
     with global_rng_preserved(device):
-        return _train(cfg, Path(out_dir), device=device, dist=dist, reporter=reporter,
-                      resume=resume, record_path=record_path, record_extra=record_extra,
-                      checkpoint_in=checkpoint_in, log=log)
+        try:
+            return _train(cfg, Path(out_dir), device=device, dist=dist, reporter=reporter,
+                          resume=resume, record_path=record_path, record_extra=record_extra,
+                          checkpoint_in=checkpoint_in, log=log)
+        except Exception as exc:
+            # Any crash but a refusal (out of memory, a bug, a lost file) ends the record
+            # failed, its traceback in failure.detail; never a "running" record forever.
+            if dist.is_main and not isinstance(exc, UsageError):
+                records.record_crash(record_path or Path(out_dir) / "record.json", exc,
+                                     config=to_dict(cfg), extra=record_extra)
+            raise
 
 
 def _train(cfg: RunConfig, out_dir: Path, *, device: torch.device, dist: DistContext,

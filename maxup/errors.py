@@ -14,7 +14,10 @@ class ConfigError(UsageError):
 
     def __init__(self, field: str, value, allowed: str):
         self.field, self.value, self.allowed = field, value, allowed
-        super().__init__(f"{field}: got {value!r}; allowed: {allowed}")
+        shown = repr(value)
+        if len(shown) > 80:  # a 400-digit number or a whole pasted document: keep one line short
+            shown = shown[:60] + f"... ({len(shown)} characters)"
+        super().__init__(f"{field}: got {shown}; allowed: {allowed}")
 
 
 class DataError(UsageError):

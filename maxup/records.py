@@ -18,6 +18,7 @@ import platform
 import socket
 import subprocess
 import sys
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -332,3 +333,28 @@ def mark_failed(path: str | os.PathLike, *, config: dict, reason: str, extra: di
     doc = rec.to_dict()
     write_record(path, doc)
     return doc
+
+
+def crash_reason(exc: BaseException) -> str:
+    """A crash's one-line reason for ``failure.reason``: its type and its message's first line."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def record_crash(path: str | os.PathLike, exc: BaseException, *, config: dict,
+                 extra: dict | None = None) -> dict:
+    """End the record of a run that raised ``exc`` as failed (the reason in one line, the
+    traceback in ``failure.detail``), keeping its history; a completed record stays completed.
+
+    Args:
+        path: the record file.
+        exc: the exception the run died of.
+        config: the run's resolved config (for a run that crashed before its first record).
+        extra: ``sweep``, ``axes``, ``paper_table`` of a sweep trial.
+    """
+    rec = load_record(path)
+    if rec is not None and rec.completed:
+        return rec.to_dict()
+    detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return mark_failed(path, config=config, extra=extra, reason=crash_reason(exc),
+                       detail=detail[-20_000:])

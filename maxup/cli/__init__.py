@@ -44,11 +44,19 @@ def _selected_command(argv: list[str]) -> str | None:
     return None
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that a refused argument is one line (``maxup: error: ...``), exit 2,
+    like every other refusal; the usage stays behind ``--help``."""
+
+    def error(self, message: str):
+        self.exit(2, f"maxup: error: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     """The top-level parser; only the chosen subcommand's module is imported."""
     import maxup
 
-    parser = argparse.ArgumentParser(prog="maxup", description=DESCRIPTION)
+    parser = _Parser(prog="maxup", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"maxup {maxup.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = _selected_command(argv)
@@ -58,6 +66,27 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
         if name == chosen:
             getattr(importlib.import_module(module), configure)(p)
     return parser
+
+
+def check_output_dir(flag: str, path) -> None:
+    """Refuse an output directory that cannot be one (it, or a folder above it, is a file).
+
+    Args:
+        flag: the flag that named it (``--out``, ``--storage``).
+        path: the directory, existing or to be created.
+    """
+    from pathlib import Path
+
+    from maxup.errors import UsageError
+
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                where = "" if p == path else f" ({str(p)!r} is a file)"
+                raise UsageError(f"{flag}: got {str(path)!r}{where}; allowed: a directory "
+                                 "(existing or new), not a file")
+            return
 
 
 def main(argv: list[str] | None = None) -> int:

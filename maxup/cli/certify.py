@@ -22,10 +22,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     """
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file (.pt)")
     parser.add_argument("--sigma", type=float, required=True,
-                        help="Gaussian noise std in [0,1] pixel units (e.g. 0.25)")
-    parser.add_argument("--n", type=int, default=100_000, help="estimation samples (100000)")
+                        help="Gaussian noise std in (0, 1] pixel units (e.g. 0.25); the "
+                             "sigma the model was trained with")
+    parser.add_argument("--n", type=int, default=100_000,
+                        help="estimation samples, at most 10000000 (100000)")
     parser.add_argument("--n0", type=int, default=100, help="selection samples (100)")
-    parser.add_argument("--alpha", type=float, default=0.001, help="failure probability (0.001)")
+    parser.add_argument("--alpha", type=float, default=0.001,
+                        help="failure probability in (0, 0.5] (0.001)")
     parser.add_argument("--batch", type=int, default=400, help="noisy samples per forward (400)")
     parser.add_argument("--skip", type=int, default=20, help="certify every SKIP-th image (20)")
     parser.add_argument("--max-images", dest="max_images", type=int, default=None,
@@ -39,27 +42,29 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default auto)")
 
 
+#: CertifyConfig field → the flag that sets it.
+CERTIFY_FLAGS = {"sigma": "--sigma", "n0": "--n0", "n": "--n", "alpha": "--alpha",
+                 "skip": "--skip", "batch": "--batch", "max_images": "--max-images"}
+
+
 def validate(args: argparse.Namespace) -> None:
     """Raise :class:`UsageError` naming the flag, the value and what is allowed."""
 
     def bad(flag: str, value, allowed: str) -> UsageError:
         return UsageError(f"{flag}: got {value!r}; allowed: {allowed}")
 
-    sigma = args.sigma
-    if sigma is None or not math.isfinite(sigma) or sigma <= 0:
-        raise bad("--sigma", sigma, "a finite number > 0, e.g. 0.25")
-    if args.n < 1:
-        raise bad("--n", args.n, "an integer >= 1")
-    if args.n0 < 1:
-        raise bad("--n0", args.n0, "an integer >= 1")
-    if not (math.isfinite(args.alpha) and 0.0 < args.alpha < 1.0):
-        raise bad("--alpha", args.alpha, "a number in (0, 1), e.g. 0.001")
-    if args.batch < 1:
-        raise bad("--batch", args.batch, "an integer >= 1")
-    if args.skip < 1:
-        raise bad("--skip", args.skip, "an integer >= 1")
-    if args.max_images is not None and args.max_images < 1:
-        raise bad("--max-images", args.max_images, "an integer >= 1")
+    from maxup.config import MAX_SEED, CertifyConfig, from_dict
+    from maxup.errors import ConfigError
+
+    if args.sigma is None:
+        raise bad("--sigma", None, "a number > 0 and <= 1, e.g. 0.25")
+    # The same ranges as a run config's certify section (maxup.config), named by their flags.
+    try:
+        from_dict({name: getattr(args, name) for name in CERTIFY_FLAGS}, cls=CertifyConfig)
+    except ConfigError as exc:
+        raise bad(CERTIFY_FLAGS[exc.field], exc.value, exc.allowed) from None
+    if not 0 <= args.seed <= MAX_SEED:
+        raise bad("--seed", args.seed, f"an integer >= 0 and <= {MAX_SEED}")
     if args.device not in ("cpu", "cuda", "auto") and not str(args.device).startswith("cuda:"):
         raise bad("--device", args.device, "cpu, cuda, cuda:N or auto")
     if not Path(args.checkpoint).is_file():
@@ -101,6 +106,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--device: got {args.device!r}; allowed: cpu or auto (no CUDA device)")
 
     model, config = load_model_from_checkpoint(args.checkpoint)
+    warning = sigma_mismatch(config, args.sigma)
+    if warning:
+        print(f"maxup: warning: {warning}", file=sys.stderr, flush=True)
     data_cfg = config.get("data") or {}
     dataset = build_dataset(
         data_cfg["name"], split="test", root=args.data_root or data_cfg.get("root"),
@@ -136,3 +144,24 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_text(tsv, cohen_tsv(rows))
         print(f"wrote {args.out} and {tsv} (Cohen et al.'s format)")
     return 0
+
+
+def sigma_mismatch(config: dict, sigma: float) -> str | None:
+    """What is wrong with certifying at ``--sigma`` a model trained as ``config`` says, if
+    anything: randomized smoothing certifies the noise level the model was trained for.
+
+    Args:
+        config: the checkpoint's resolved run config.
+        sigma: the ``--sigma`` asked for.
+    """
+    augment = config.get("augment") or {}
+    if "gaussian" not in (augment.get("ops") or []):
+        return (f"certifying at --sigma {sigma:g}, but the model was trained without Gaussian "
+                "noise (augment.ops has no 'gaussian'): expect a smoothed classifier that "
+                "mostly abstains")
+    trained = augment.get("sigma")
+    if isinstance(trained, int | float) and not math.isclose(trained, sigma, rel_tol=1e-9):
+        return (f"certifying at --sigma {sigma:g}, but the model was trained with "
+                f"augment.sigma {trained:g}: certified radii are meaningful at the training "
+                f"sigma (pass --sigma {trained:g})")
+    return None

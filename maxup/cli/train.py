@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sys
+import threading
 from pathlib import Path
+
+from maxup.cli import check_output_dir
 
 EXAMPLE = """example:
   maxup train configs/digits_maxup.yaml --maxup.m=4 --optim.lr=0.05 --out runs/digits-m4
@@ -12,7 +17,9 @@ EXAMPLE = """example:
 
 Any config key can be overridden with --section.key=value (values are read as YAML).
 The run directory gets config.json (the resolved config), metrics.csv, metrics.jsonl,
-record.json (final metrics and history) and checkpoints/last.pt."""
+record.json (final metrics and history), log.txt (the epoch lines printed here) and
+checkpoints/last.pt. A run that crashes ends with a failed record.json (the traceback in its
+failure.detail) and exit status 1."""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -37,25 +44,37 @@ def run(args: argparse.Namespace) -> int:
         overrides["train.workers"] = args.workers
     cfg = load_config(args.config, overrides)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    check_output_dir("--out", out)
     if not args.resume and (out / "checkpoints" / "last.pt").exists():
         raise UsageError(f"--out: {str(out)!r} already holds a run; allowed: a new directory, "
                          "or --resume to continue it")
     check_registered_names(cfg)
+    from maxup import records
+    from maxup.config import to_dict
+
     if cfg.train.workers > 1:
         from maxup.platform.distributed import train_distributed
 
         try:
-            record = train_distributed(cfg, out, resume=args.resume)
+            with _echo_log(out / "log.txt"):  # the workers' epoch lines, on this console too
+                record = train_distributed(cfg, out, resume=args.resume)
+        except UsageError:
+            raise
         except Exception as exc:  # Ray Train gave up after its retries: keep that on record
-            from maxup import records
-            from maxup.config import to_dict
-
-            record = records.mark_failed(out / "record.json", config=to_dict(cfg),
-                                         reason=f"{type(exc).__name__}: {exc}")
+            record = records.record_crash(out / "record.json", exc, config=to_dict(cfg))
     else:
         from maxup.engine import train
 
-        record = train(cfg, out, resume=args.resume)
+        log = _Log(out / "log.txt")
+        try:
+            record = train(cfg, out, resume=args.resume, log=log)
+        except UsageError:
+            raise
+        except Exception as exc:  # the engine ended the record failed (failure.detail)
+            record = records.record_crash(out / "record.json", exc, config=to_dict(cfg))
+            log.write((record.get("failure") or {}).get("detail") or "")
+        finally:
+            log.close()
     final = record.get("final") or {}
     if record["status"] == Status.FAILED:
         print(f"run failed: {record['failure']['reason']} (see {out / 'record.json'})")
@@ -63,3 +82,61 @@ def run(args: argparse.Namespace) -> int:
     print(f"done: test acc {final.get('test_acc', float('nan')):.2f}% after "
           f"{final.get('epoch')} epochs; results in {out}")
     return 0
+
+
+class _Log:
+    """Each epoch line on stdout and appended to ``OUT/log.txt``; the file is opened at the
+    first line (after every refusal), so a refused run writes nothing."""
+
+    def __init__(self, path: Path):
+        self.path, self.fh = path, None
+
+    def __call__(self, line: str) -> None:
+        print(line, flush=True)
+        self.write(line)
+
+    def write(self, line: str) -> None:
+        """Append ``line`` to the file only."""
+        if self.fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.fh = open(self.path, "a")
+        self.fh.write(line + "\n")
+        self.fh.flush()
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+
+
+@contextlib.contextmanager
+def _echo_log(path: Path, interval_s: float = 0.5):
+    """While the block runs, print what the data-parallel workers append to ``path``."""
+    start = path.stat().st_size if path.exists() else 0
+    stop = threading.Event()
+
+    def follow() -> None:
+        pos = start
+        while True:
+            done = stop.wait(interval_s)
+            try:
+                with open(path) as fh:
+                    fh.seek(pos)
+                    chunk = fh.read()
+            except OSError:
+                chunk = ""
+            if chunk:
+                complete = chunk[:chunk.rfind("\n") + 1] if not done else chunk
+                pos += len(complete.encode())
+                if complete:
+                    sys.stdout.write(complete)
+                    sys.stdout.flush()
+            if done:
+                return
+
+    thread = threading.Thread(target=follow, name="maxup-log-echo", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)

@@ -32,13 +32,26 @@ from pathlib import Path
 from typing import Any
 
 from maxup import records
-from maxup.config import check_registered_names, from_dict, read_yaml, set_dotted, to_dict
-from maxup.errors import ConfigError
+from maxup.config import (
+    MAX_SEED,
+    Range,
+    check_registered_names,
+    from_dict,
+    read_yaml,
+    set_dotted,
+    to_dict,
+)
+from maxup.errors import ConfigError, UsageError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SPACE_KEYS = ("name", "description", "paper_table", "base_config", "base", "grid", "seeds",
               "resources", "concurrency", "retries", "order_seed")
 RESOURCE_KEYS = ("cpus_per_trial", "gpus_per_trial", "cpus_per_worker")
+#: What each resource, and the integer fields of a space, accept.
+RESOURCE_RANGE = Range(0, 4096)
+SPACE_RANGES = {"concurrency": Range(1, 10_000), "retries": Range(0, 100),
+                "order_seed": Range(0, MAX_SEED)}
+MAX_SEEDS = 1000  # seeds per arm
 
 
 @dataclass
@@ -132,7 +145,8 @@ def _axis_values(axis: str, values: Any) -> list[tuple[Any, dict]]:
     for label, overrides in values.items():
         if overrides is None:
             overrides = {}
-        if not isinstance(overrides, dict) or not all("." in k or k == "seed" for k in overrides):
+        if not isinstance(overrides, dict) or not all(
+                isinstance(k, str) and ("." in k or k == "seed") for k in overrides):
             raise ConfigError(f"grid.{axis}.{label}", overrides,
                               "a mapping of dotted config keys to values")
         if "seed" in overrides:
@@ -162,23 +176,37 @@ def load_space(path: str | Path) -> SweepSpec:
     """Parse a search-space YAML file into a :class:`SweepSpec` (not yet expanded)."""
     path = Path(path)
     data = read_yaml(path)
-    unknown = sorted(set(data) - set(SPACE_KEYS))
+    if not data:
+        raise UsageError(f"search space {str(path)!r} is empty; allowed: a mapping with a base "
+                         "(base or base_config), a grid and seeds")
+    unknown = sorted(set(data) - set(SPACE_KEYS), key=str)
     if unknown:
-        raise ConfigError(unknown[0], data[unknown[0]], "known keys: " + ", ".join(SPACE_KEYS))
+        raise ConfigError(str(unknown[0]), data[unknown[0]],
+                          "known keys: " + ", ".join(SPACE_KEYS))
+    if not data.get("grid") and data.get("seeds") is None:
+        raise UsageError(f"search space {str(path)!r} has no grid and no seeds, so nothing to "
+                         "sweep; allowed: a 'grid' of axes, 'seeds', or both")
     name = data.get("name", path.stem)
     if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_" for c in name):
         raise ConfigError("name", name, "a non-empty name of letters, digits, '-' and '_'")
     base: dict = {}
     if data.get("base_config") is not None:
         base = read_yaml(_resolve(data["base_config"], path))
-    for key, value in _flatten(data.get("base") or {}).items():
+    base_section = data.get("base") or {}
+    if not isinstance(base_section, dict):
+        raise ConfigError("base", base_section, "a mapping of run-config sections (a run config)")
+    for key, value in _flatten(base_section).items():
         set_dotted(base, key, value)
     grid = data.get("grid") or {}
     if not isinstance(grid, dict):
         raise ConfigError("grid", grid, "a mapping of axes")
     for axis, values in grid.items():
-        if isinstance(values, list) and not values:
-            raise ConfigError(f"grid.{axis}", values, "a non-empty list of values")
+        if not isinstance(axis, str) or not axis:
+            raise ConfigError("grid", axis, "axes named by a dotted config key or a label")
+        if isinstance(values, list | dict) and not values:
+            raise ConfigError(f"grid.{axis}", values,
+                              "a non-empty list of values or mapping of labels (an empty axis "
+                              f"leaves search space {str(path)!r} with zero trials)")
         if axis == "seed":
             raise ConfigError("grid.seed", values, "seeds only through the 'seeds' field")
     seeds = _seeds(data.get("seeds", 1))
@@ -188,20 +216,21 @@ def load_space(path: str | Path) -> SweepSpec:
     for key, value in resources.items():
         if key not in RESOURCE_KEYS:
             raise ConfigError(f"resources.{key}", value, "one of " + ", ".join(RESOURCE_KEYS))
-        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
-            raise ConfigError(f"resources.{key}", value, "a number >= 0")
-    concurrency = data.get("concurrency", 1)
-    if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
-        raise ConfigError("concurrency", concurrency, "an int >= 1")
-    retries = data.get("retries", 2)
-    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
-        raise ConfigError("retries", retries, "an int >= 0")
+        if value not in RESOURCE_RANGE:
+            raise ConfigError(f"resources.{key}", value, RESOURCE_RANGE.allowed(key, False))
+    concurrency = _space_int(data, "concurrency", 1)
+    retries = _space_int(data, "retries", 2)
+    order_seed = _space_int(data, "order_seed", 0)
     paper_table = data.get("paper_table")
-    return SweepSpec(name=name, description=str(data.get("description", "")),
+    if not isinstance(paper_table, str | int | None) or isinstance(paper_table, bool):
+        raise ConfigError("paper_table", paper_table, "null or a paper table number, e.g. 3")
+    description = data.get("description", "")
+    if not isinstance(description, str | None):
+        raise ConfigError("description", description, "a string")
+    return SweepSpec(name=name, description=description or "",
                      paper_table=None if paper_table is None else str(paper_table), base=base,
                      grid=grid, seeds=seeds, resources=resources, concurrency=concurrency,
-                     retries=retries, order_seed=int(data.get("order_seed", 0)),
-                     source=str(path))
+                     retries=retries, order_seed=order_seed, source=str(path))
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -216,6 +245,9 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def _resolve(ref: str, space_path: Path) -> Path:
+    if not isinstance(ref, str) or not ref:
+        raise ConfigError("base_config", ref, "the path of a YAML run config (relative to the "
+                          "repository root or to the search-space file)")
     for candidate in (space_path.parent / ref, REPO_ROOT / ref, Path(ref)):
         if candidate.is_file():
             return candidate
@@ -223,18 +255,29 @@ def _resolve(ref: str, space_path: Path) -> Path:
                       "root or to the search-space file)")
 
 
+def _space_int(data: dict, key: str, default: int) -> int:
+    value = data.get(key, default)
+    rng = SPACE_RANGES[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value not in rng:
+        raise ConfigError(key, value, rng.allowed(key, True))
+    return value
+
+
 def _seeds(value: Any) -> list[int]:
+    allowed = (f"a count >= 1 and <= {MAX_SEEDS} or a list of at most {MAX_SEEDS} distinct "
+               f"ints >= 0 and <= {MAX_SEED}")
     if isinstance(value, int) and not isinstance(value, bool):
-        if value < 1:
-            raise ConfigError("seeds", value, "a count >= 1 or a list of distinct ints >= 0")
+        if not 1 <= value <= MAX_SEEDS:
+            raise ConfigError("seeds", value, allowed)
         return list(range(value))
-    if isinstance(value, list) and value and all(
-            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value):
+    if isinstance(value, list) and 0 < len(value) <= MAX_SEEDS and all(
+            isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED
+            for s in value):
         dupes = sorted({s for s in value if value.count(s) > 1})
         if dupes:
             raise ConfigError("seeds", value, f"distinct seeds (repeated: {dupes})")
         return list(value)
-    raise ConfigError("seeds", value, "a count >= 1 or a list of distinct ints >= 0")
+    raise ConfigError("seeds", value, allowed)
 
 
 def check_space(spec: SweepSpec, trials: list[Trial], cluster_cpus: float | None,

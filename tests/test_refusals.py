@@ -1,0 +1,349 @@
+"""Issue 13, bad input and faults: every refusal is one line before anything runs (exit 2,
+nothing written); every crash during training ends a failed record (exit 1).
+
+Each case the issue found is a regression test named for it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from pathlib import Path
+
+import pytest
+
+from maxup.cli import main
+from maxup.config import RunConfig, field_range, load_config, parse_overrides
+from maxup.errors import ConfigError, UsageError
+
+REPO = Path(__file__).resolve().parent.parent
+SMOKE = str(REPO / "configs" / "digits_smoke.yaml")
+
+
+def _refused(capsys, argv: list[str]) -> str:
+    """Run the CLI in-process; assert exit 2 and one line on stderr; return that line."""
+    try:
+        rc = main(argv)
+    except SystemExit as exc:  # argparse's own refusals exit from inside parse_args
+        rc = exc.code
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert rc == 2, (rc, captured.out, captured.err)
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("maxup: error: "), lines[0]
+    return lines[0]
+
+
+def _nothing_written(path: Path) -> bool:
+    return not path.exists() or not any(path.iterdir())
+
+
+# --------------------------------------------------------------------------- YAML files
+
+def test_regression_binary_file_as_yaml_is_one_line(tmp_path, capsys):
+    """A binary file given as YAML raised UnicodeDecodeError (a traceback) in config.py."""
+    binary = tmp_path / "weights.yaml"
+    binary.write_bytes(bytes(range(256)) * 4)
+    out = tmp_path / "run"
+    line = _refused(capsys, ["train", str(binary), "--out", str(out)])
+    assert "weights.yaml" in line and "not UTF-8" in line
+    assert _nothing_written(out)
+    nul = tmp_path / "nul.yaml"
+    nul.write_bytes(b"seed: 1\n\0\0\0")
+    assert "binary" in _refused(capsys, ["train", str(nul), "--out", str(out)])
+    storage = tmp_path / "store"
+    line = _refused(capsys, ["sweep", str(binary), "--dry-run", "--storage", str(storage)])
+    assert "weights.yaml" in line and not storage.exists()
+
+
+@pytest.mark.parametrize("body, key", [
+    ("train:\n  epochs: 1\ntrain:\n  epochs: 2\n", "train"),
+    ("optim: {lr: 0.1, lr: 0.2}\n", "lr"),
+])
+def test_regression_duplicate_yaml_keys_are_refused(tmp_path, capsys, body, key):
+    """Duplicate YAML keys silently took the last value."""
+    path = tmp_path / "dup.yaml"
+    path.write_text(body)
+    with pytest.raises(UsageError) as info:
+        load_config(path)
+    assert f"key {key!r} given twice" in str(info.value) and "line " in str(info.value)
+    out = tmp_path / "run"
+    assert "given twice" in _refused(capsys, ["train", str(path), "--out", str(out)])
+    assert _nothing_written(out)
+
+
+def test_regression_duplicate_keys_in_a_search_space_are_refused(tmp_path, capsys):
+    path = tmp_path / "s.yaml"
+    path.write_text("seeds: 1\ngrid:\n  maxup.m: [1]\n  maxup.m: [4]\n")
+    storage = tmp_path / "store"
+    line = _refused(capsys, ["sweep", str(path), "--dry-run", "--storage", str(storage)])
+    assert "'maxup.m' given twice" in line and not storage.exists()
+
+
+# --------------------------------------------------------------------------- numbers
+
+NUMERIC_FIELDS = []
+for _section in dataclasses.fields(RunConfig):
+    _cls = typing.get_type_hints(RunConfig)[_section.name]
+    # an optional section (``lm: LMConfig | None``) counts as its dataclass
+    _cls = next((a for a in typing.get_args(_cls) if dataclasses.is_dataclass(a)), _cls)
+    if not dataclasses.is_dataclass(_cls):
+        NUMERIC_FIELDS.append(_section.name)
+        continue
+    for _f in dataclasses.fields(_cls):
+        _hint = typing.get_type_hints(_cls)[_f.name]
+        if typing.get_origin(_hint) is list:  # milestones and the like: bounded by train.epochs
+            continue
+        if (set(typing.get_args(_hint)) or {_hint}) & {int, float}:
+            NUMERIC_FIELDS.append(f"{_section.name}.{_f.name}")
+
+
+def test_every_numeric_config_field_has_a_finite_range():
+    assert len(NUMERIC_FIELDS) >= 30, NUMERIC_FIELDS
+    missing = [k for k in NUMERIC_FIELDS if field_range(k) is None]
+    assert missing == []
+
+
+@pytest.mark.parametrize("key", NUMERIC_FIELDS)
+def test_numeric_field_refuses_nan_inf_and_beyond_its_range(key):
+    """Every numeric field refuses inf, NaN and the first value past its upper bound, in one
+    line that states the range."""
+    rng = field_range(key)
+    leaf = key.rsplit(".", 1)[-1]
+    integer = _annotation_has(key, int)
+    beyond = int(rng.hi) + 1 if integer else rng.hi * 2 + 1
+    bad_values = [beyond] + ([] if integer else [".inf", "-.inf", ".nan", "1e400"])
+    for raw in bad_values:
+        with pytest.raises(ConfigError) as info:
+            load_config(None, parse_overrides([f"--{key}={raw}"]))
+        msg = str(info.value)
+        assert "\n" not in msg and msg.startswith(f"{key}: got "), msg
+        if key != "train.min_workers":  # also bounded by train.workers, said first
+            assert f"{leaf} >= " in msg or f"{leaf} > " in msg, msg
+            assert "and <" in msg, msg
+
+
+def _annotation_has(key: str, tp: type) -> bool:
+    cls = RunConfig
+    *sections, leaf = key.split(".")
+    for section in sections:
+        cls = typing.get_type_hints(cls)[section]
+        cls = next((a for a in typing.get_args(cls) if dataclasses.is_dataclass(a)), cls)
+    hint = typing.get_type_hints(cls)[leaf]
+    return tp in (typing.get_args(hint) or (hint,))
+
+
+@pytest.mark.parametrize("override, field", [
+    ("--optim.lr=.inf", "optim.lr"),
+    ("--augment.sigma=1e400", "augment.sigma"),
+    ("--optim.lr=.nan", "optim.lr"),
+    ("--seed=100000000000000000000", "seed"),
+    ("--train.batch_size=100000000000000000000", "train.batch_size"),
+    ("--maxup.m=1000000000000", "maxup.m"),
+    ("--train.start_timeout_s=.inf", "train.start_timeout_s"),
+    ("--optim.lr=1" + "0" * 400, "optim.lr"),
+])
+def test_regression_non_finite_and_overflowing_numbers_refused_before_anything_runs(
+        tmp_path, capsys, override, field):
+    """``inf``, ``nan`` and overflowing numbers were accepted: a crash at record time and an
+    empty out dir, a hang (start_timeout_s=inf), an allocation failure after two epochs."""
+    out = tmp_path / "run"
+    line = _refused(capsys, ["train", SMOKE, "--out", str(out), "--workers", "2", override])
+    assert line.startswith(f"maxup: error: {field}: got "), line
+    assert "(an integer)" in line or "(a finite number)" in line
+    assert len(line) < 300
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------------- search spaces
+
+@pytest.mark.parametrize("body, field", [
+    ("seeds: 1\norder_seed: abc\n", "order_seed"),
+    ("seeds: 1\nbase: [1, 2]\n", "base"),
+    ("seeds: 1\nbase_config: 5\n", "base_config"),
+    ("seeds: 1\nresources: {cpus_per_trial: .nan}\n", "resources.cpus_per_trial"),
+    ("seeds: 100000000000\n", "seeds"),
+    ("seeds: 1\nconcurrency: 100000000000\n", "concurrency"),
+    ("seeds: 1\n1: 2\n", "1"),
+    ("grid:\n  a:\n    x: {1: 2}\n", "grid.a.x"),
+    ("seeds: 1\ndescription: [1]\n", "description"),
+])
+def test_regression_malformed_search_space_fields_are_one_line(tmp_path, capsys, body, field):
+    """``order_seed: abc``, ``base: [1, 2]``, ``base_config: 5`` raised ValueError /
+    AttributeError / TypeError tracebacks in space.py."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(body)
+    storage = tmp_path / "store"
+    line = _refused(capsys, ["sweep", str(path), "--dry-run", "--storage", str(storage)])
+    assert line.startswith(f"maxup: error: {field}: got "), line
+    assert not storage.exists()
+
+
+@pytest.mark.parametrize("body, says", [
+    ("", "is empty"),
+    ("# only a comment\n", "is empty"),
+    ("name: x\ndescription: nothing here\n", "has no grid and no seeds"),
+    ("name: x\ngrid: {}\n", "has no grid and no seeds"),
+    ("seeds: 1\ngrid:\n  arch: {}\n", "zero trials"),
+    ("seeds: 1\ngrid:\n  maxup.m: []\n", "zero trials"),
+])
+def test_regression_empty_search_space_is_refused_naming_the_file(tmp_path, capsys, body, says):
+    """Issue 14 item 7: an empty space ran a default sweep."""
+    path = tmp_path / "trivial.yaml"
+    path.write_text(body)
+    storage = tmp_path / "store"
+    for extra in (["--dry-run"], []):
+        line = _refused(capsys, ["sweep", str(path), "--storage", str(storage), *extra])
+        assert str(path) in line and says in line, line
+    assert not storage.exists()
+
+
+# --------------------------------------------------------------------------- output paths
+
+def test_regression_out_naming_a_file_is_one_line(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    for out in (afile, afile / "run"):
+        line = _refused(capsys, ["train", SMOKE, "--out", str(out)])
+        assert line.startswith("maxup: error: --out: got ") and "not a file" in line
+    assert afile.read_text() == "keep me"
+
+
+def test_regression_storage_naming_a_file_is_refused_before_ray_starts(tmp_path, capsys):
+    """``--storage`` naming a file failed with a traceback after Ray had started."""
+    import sys
+
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    space = tmp_path / "s.yaml"
+    space.write_text("seeds: 1\nbase: {train: {epochs: 1}}\n")
+    ray_was_imported = "ray" in sys.modules
+    line = _refused(capsys, ["sweep", str(space), "--storage", str(afile)])
+    assert line.startswith("maxup: error: --storage: got ") and "not a file" in line
+    assert afile.read_text() == "keep me"
+    if not ray_was_imported:
+        assert "ray" not in sys.modules
+
+
+def test_regression_argparse_errors_are_one_line(capsys):
+    assert "invalid int value: '1e20'" in _refused(
+        capsys, ["certify", "x.pt", "--sigma", "0.25", "--n", "1e20"])
+    assert "required" in _refused(capsys, ["train"])
+
+
+# --------------------------------------------------------------------------- certify
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--sigma", "2"], "--sigma"),
+    (["--sigma", "inf"], "--sigma"),
+    (["--sigma", "0.25", "--n", "100000000000000000000"], "--n"),
+    (["--sigma", "0.25", "--n0", "100000000000"], "--n0"),
+    (["--sigma", "0.25", "--alpha", "nan"], "--alpha"),
+    (["--sigma", "0.25", "--seed", "-1"], "--seed"),
+])
+def test_regression_certify_sigma_range_and_n_bound(tmp_path, capsys, argv, flag):
+    """``certify --sigma 2`` was accepted (its help says [0, 1]); ``--n 1e20`` ran for
+    minutes producing nothing."""
+    ckpt = tmp_path / "c.pt"
+    ckpt.write_bytes(b"not read")
+    out = tmp_path / "cert.json"
+    line = _refused(capsys, ["certify", str(ckpt), *argv, "--out", str(out)])
+    assert line.startswith(f"maxup: error: {flag}: got ") and "allowed" in line
+    assert not out.exists()
+
+
+def test_sigma_mismatch_messages():
+    from maxup.cli.certify import sigma_mismatch
+
+    trained = {"augment": {"ops": ["gaussian"], "sigma": 0.25}}
+    assert sigma_mismatch(trained, 0.25) is None
+    assert "augment.sigma 0.25" in sigma_mismatch(trained, 0.5)
+    assert "without Gaussian noise" in sigma_mismatch({"augment": {"ops": ["cutout"]}}, 0.25)
+
+
+# --------------------------------------------------------------------------- runs
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """One single-worker ``maxup train`` (1 epoch on digits, about a second)."""
+    out = tmp_path_factory.mktemp("run") / "run"
+    rc = main(["train", SMOKE, "--out", str(out), "--train.epochs=1",
+               "--maxup.warmup_epochs=0", "--train.progress=false"])
+    assert rc == 0
+    return out
+
+
+def test_regression_single_worker_train_writes_log_txt(trained_run):
+    """The README lists log.txt in the run directory; single-worker runs wrote none."""
+    log = (trained_run / "log.txt").read_text().splitlines()
+    assert len(log) == 1 and log[0].startswith("epoch   1/1") and "test loss" in log[0]
+
+
+def test_regression_certify_at_another_sigma_warns(trained_run, capsys):
+    """Certifying at a sigma other than the training sigma gave no warning."""
+    ckpt = trained_run / "checkpoints" / "last.pt"
+    common = ["--n0", "8", "--n", "16", "--batch", "16", "--skip", "100", "--max-images", "1",
+              "--device", "cpu"]
+    assert main(["certify", str(ckpt), "--sigma", "0.5", *common]) == 0
+    err = capsys.readouterr().err
+    assert "maxup: warning: certifying at --sigma 0.5" in err and "augment.sigma 0.25" in err
+    assert main(["certify", str(ckpt), "--sigma", "0.25", *common]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_regression_crash_during_training_ends_a_failed_record(tmp_path, capsys, monkeypatch):
+    """A single-process run that died of anything but a non-finite loss left ``status:
+    running`` forever; now the record is failed, with the traceback in failure.detail."""
+    import maxup.engine as engine
+
+    real = engine.evaluate
+    calls = []
+
+    def evaluate_then_oom(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the second epoch's evaluation
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nsee the docs")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "evaluate", evaluate_then_oom)
+    out = tmp_path / "run"
+    rc = main(["train", SMOKE, "--out", str(out), "--train.epochs=3",
+               "--maxup.warmup_epochs=0", "--train.progress=false"])
+    captured = capsys.readouterr()
+    assert rc == 1
+    rec = json.loads((out / "record.json").read_text())
+    assert rec["status"] == "failed"
+    assert rec["failure"]["reason"] == ("RuntimeError: CUDA out of memory. Tried to allocate "
+                                        "2.00 GiB")
+    assert rec["failure"]["epoch"] == 2 and len(rec["history"]) == 1
+    assert "Traceback" in rec["failure"]["detail"]
+    assert "evaluate_then_oom" in rec["failure"]["detail"]
+    assert "run failed: RuntimeError: CUDA out of memory" in captured.out
+    assert "Traceback" not in captured.err
+    assert "evaluate_then_oom" in (out / "log.txt").read_text()  # the traceback, for later
+
+
+def test_regression_crash_in_library_train_ends_a_failed_record(tmp_path, monkeypatch):
+    """The engine itself (used by sweeps and notebooks) ends the record failed and re-raises."""
+    import maxup.engine as engine
+    from maxup import records
+
+    def broken(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(engine, "train_epoch", broken)
+    cfg = load_config(SMOKE, {"train.epochs": 1, "train.progress": False})
+    with pytest.raises(MemoryError):
+        engine.train(cfg, tmp_path / "run", log=None)
+    rec = records.load_record(tmp_path / "run" / "record.json")
+    assert rec.status is records.Status.FAILED and rec.failure["reason"] == "MemoryError"
+
+
+def test_refusal_inside_train_still_writes_nothing(tmp_path, capsys):
+    """A UsageError raised inside the engine (a missing dataset) is a refusal, not a crash."""
+    out = tmp_path / "run"
+    line = _refused(capsys, ["train", SMOKE, "--out", str(out), "--data.name=cifar10",
+                             "--data.root=/nonexistent/cifar", "--model.name=resnet20"])
+    assert "data.root" in line
+    assert _nothing_written(out)
