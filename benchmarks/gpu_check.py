@@ -39,7 +39,7 @@ lasts; a configuration whose warm-up says it would not finish in time is skipped
 Writes ``DIR/gpu_check.json`` and ``DIR/gpu_check.md`` after every measurement, so a run cut
 short still leaves what it measured. Exit status: 0 when every enforced correctness check
 passed, 1 when one failed, 2 on a usage error, 3 when the hard time limit (budget + 45 s)
-stopped the run.
+stopped the run or an error outside any one measurement ended it.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ import platform  # noqa: E402
 import signal  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
+import traceback  # noqa: E402
 from dataclasses import asdict, dataclass, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -134,6 +135,14 @@ class HardStop(BaseException):
 
 def _elapsed() -> float:
     return time.monotonic() - _T0
+
+
+def _error(exc: BaseException) -> str:
+    """One line naming an unexpected error, with where it was raised (traceback to stderr)."""
+    traceback.print_exception(exc)
+    where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    at = f" (at {Path(where.filename).name}:{where.lineno})" if where else ""
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}{at}"
 
 
 def _finite(v: float | None, digits: int = 6) -> float | None:
@@ -397,6 +406,8 @@ def speed_row(model: str, precision: str, channels_last: bool, config: str, plan
             row["peak_extra_mib"] = _finite((peak - before) / 2**20, 1)
     except torch.cuda.OutOfMemoryError:
         oom = True
+    except Exception as exc:  # recorded; the next row still runs
+        row["status"] = f"error: {_error(exc)}"
     del step  # free the model and its activations before the next row
     if oom:
         row["status"] = "out of memory"
@@ -502,8 +513,11 @@ def render_markdown(result: dict) -> str:
              f"- correctness: **{'PASSED' if result.get('exit_status') == 0 else 'FAILED'}**",
              ""]
     corr = result.get("correctness", {})
+    for key, r in corr.items():
+        if r.get("error"):
+            lines += [f"## {key}: ERROR", "", f"{r['error']}", ""]
     fp = corr.get("fp32_device_vs_cpu")
-    if fp:
+    if fp and not fp.get("error"):
         lines += [f"## fp32 correctness: {fp['compared']} ({fp['model']}, batch {fp['batch']}, "
                   f"m = {fp['m']}, TF32 off)", ""]
         if fp["skipped_reason"]:
@@ -521,7 +535,7 @@ def render_markdown(result: dict) -> str:
                          f"{_fmt(r['selection_agreement'], '.4f')} | {r['passed']} |")
         lines.append("")
     bf = corr.get("bf16_selection")
-    if bf:
+    if bf and not bf.get("error"):
         enforced = ("enforced" if bf["enforced"]
                     else f"not enforced: {bf['not_enforced_reason']}")
         lines += [f"## bf16 selection agreement ({bf['model']}, m = {bf['m']}, fixed batch of "
@@ -550,7 +564,8 @@ def render_markdown(result: dict) -> str:
             continue
         cell = {(r["precision"], r["channels_last"], r["config"]): r for r in rows}
         lines += [f"## Step time: {model}, batch {plan['batch']}, median ms/step of n = "
-                  f"{plan['reps']} after {plan['warmup']} warm-up steps ({timer})", "",
+                  f"{plan['reps']} after {plan['warmup']} warm-up steps ({timer}; fp32 "
+                  "means torch's default flags, as the engine trains: see speed flags)", "",
                   "| config | " + " | ".join(heads) + " |",
                   "|---|" + "---:|" * len(heads)]
         for config in step_configs(tuple(plan["ms"])):
@@ -624,13 +639,18 @@ def run(plan: Plan, device: torch.device, out_dir: Path, mode: str) -> dict:
         atomic_write_json(out_dir / "gpu_check.json", result)
         atomic_write_text(out_dir / "gpu_check.md", render_markdown(result))
 
-    signal.signal(signal.SIGALRM, _on_alarm)
+    save()
+    previous = signal.signal(signal.SIGALRM, _on_alarm)
     signal.alarm(int(plan.budget_s + HARD_STOP_GRACE_S))
     try:
-        result["correctness"]["fp32_device_vs_cpu"] = check_fp32(plan, device)
-        save()
-        result["correctness"]["bf16_selection"] = check_bf16(plan, device)
-        save()
+        # An unexpected error is recorded and the run goes on: one run on a lent device
+        # should bring back everything that can be measured.
+        for key, check in (("fp32_device_vs_cpu", check_fp32), ("bf16_selection", check_bf16)):
+            try:
+                result["correctness"][key] = check(plan, device)
+            except Exception as exc:
+                result["correctness"][key] = {"passed": False, "error": _error(exc)}
+            save()
         for model in plan.models:
             for precision in plan.precisions:
                 for cl in plan.channels_last:
@@ -649,12 +669,20 @@ def run(plan: Plan, device: torch.device, out_dir: Path, mode: str) -> dict:
                     result["skipped"].append(f"certification {model} batch {batch}: "
                                              "time budget spent")
                     continue
-                result["certification"]["rows"].append(certify_row(model, batch, plan, device))
+                try:
+                    result["certification"]["rows"].append(
+                        certify_row(model, batch, plan, device))
+                except Exception as exc:
+                    result["skipped"].append(f"certification {model} batch {batch}: "
+                                             f"{_error(exc)}")
                 save()
     except HardStop as stop:
         result["stopped"] = str(stop)
+    except Exception as exc:  # e.g. a sticky CUDA error outside any one measurement
+        result["stopped"] = f"error: {_error(exc)}"
     finally:
         signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
     save()
     return result
 

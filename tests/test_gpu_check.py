@@ -179,3 +179,25 @@ def test_full_run_without_cuda_is_refused(tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path)], cwd=REPO,
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 2 and "--tiny" in proc.stderr
+
+
+def test_an_error_in_a_phase_is_recorded_and_the_run_goes_on(gpu_check, tmp_path, monkeypatch):
+    def broken(plan, device):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    def also_broken(plan, device):
+        raise ValueError("bf16 went wrong")
+
+    monkeypatch.setattr(gpu_check, "check_fp32", broken)
+    monkeypatch.setattr(gpu_check, "check_bf16", also_broken)
+    plan = gpu_check.replace(gpu_check.TINY_PLAN, models=())  # no speed or certification
+    result = gpu_check.run(plan, torch.device("cpu"), tmp_path, "tiny")
+    fp = result["correctness"]["fp32_device_vs_cpu"]
+    assert fp["passed"] is False and fp["error"].startswith("RuntimeError: CUDA error")
+    bf = result["correctness"]["bf16_selection"]  # the run went on after the first error
+    assert bf["passed"] is False and bf["error"].startswith("ValueError: bf16 went wrong")
+    assert result["exit_status"] == 1
+    saved = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert saved["exit_status"] == 1
+    md = (tmp_path / "gpu_check.md").read_text()
+    assert "fp32_device_vs_cpu: ERROR" in md and "**FAILED**" in md
