@@ -40,6 +40,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="price the dry run for this Ray cluster-launcher file's nodes")
     parser.add_argument("--verbose", action="store_true",
                         help="also print Tune's full status table every 30 s")
+    parser.add_argument("--mlflow", default=None, metavar="URI",
+                        help="also log every trial to this MLflow tracking URI (file:/path "
+                             "needs no server; pip install 'maxup[mlflow]')")
     parser.add_argument("--order", choices=("longest-first", "file"), default="longest-first",
                         help="submission order of pending trials (default: longest estimated "
                              "cost first; file: the space's own order)")
@@ -86,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
     if args.plan_for:
         raise UsageError("--plan-for: only with --dry-run (a real sweep runs on --address)")
     check_space(spec, trials, cpus, gpus)
+    from maxup.platform.views import check_mlflow
+
+    check_mlflow(args.mlflow)
     if not args.address:
         from maxup.platform.preflight import preflight
 
@@ -94,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
 
     summary = run_sweep(spec, trials, storage, address=args.address,
                         rerun_failed=args.rerun_failed, verbose=args.verbose,
-                        order="longest_first" if args.order == "longest-first" else "given")
+                        order="longest_first" if args.order == "longest-first" else "given",
+                        mlflow=args.mlflow)
     from maxup.platform.sweep import sweep_layout
 
     results = sweep_layout(storage, spec.name).results

@@ -186,7 +186,8 @@ def run_trial(trial: dict, layout_root: str, sweep: dict, log_to: Callable | Non
     Args:
         trial: ``{"trial_id", "config", "axes", "seed"}``.
         layout_root: the sweep's local root (scratch directory when ``remote`` is set).
-        sweep: ``{"name", "paper_table", "cpus_per_worker"}`` (the last for sharded trials).
+        sweep: ``{"name", "paper_table", "cpus_per_worker", "mlflow"}`` (``cpus_per_worker``
+            for sharded trials; ``mlflow``: a tracking URI or None).
         log_to: per-epoch reporter (Tune's report inside a Tune trial).
         remote: URI the durable files are mirrored to, or None.
     """
@@ -202,11 +203,19 @@ def run_trial(trial: dict, layout_root: str, sweep: dict, log_to: Callable | Non
 
     extra["environment"] = {"device_name": local_device(config["train"]["device"] != "cpu")[0]}
     record_path, checkpoint = layout.record(tid), trial_dir / "checkpoints" / "last.pt"
+    views = _views(trial_dir, trial, sweep.get("mlflow"))
+
+    def push_views() -> None:
+        for f in views.files() if views is not None else []:
+            layout.push(f)
 
     def report(metrics: dict, checkpoint_dir) -> None:
         layout.push(record_path)
         if checkpoint_dir is not None:
             layout.push(checkpoint)
+        if views is not None:
+            views.log(metrics)
+            push_views()
         if log_to is not None:
             log_to(metrics, checkpoint_dir)
 
@@ -226,6 +235,8 @@ def run_trial(trial: dict, layout_root: str, sweep: dict, log_to: Callable | Non
                                            cpus_per_worker=sweep.get("cpus_per_worker", 1.0),
                                            record_path=record_path, record_extra=extra,
                                            reporter=log_to)
+                if views is not None:  # the workers report to Tune only: curves at the end
+                    views.log_history(record.get("history") or [])
             else:
                 with open(trial_dir / "log.txt", "a") as fh:
                     def log(line: str) -> None:
@@ -241,8 +252,23 @@ def run_trial(trial: dict, layout_root: str, sweep: dict, log_to: Callable | Non
                                 detail=traceback.format_exc(limit=5))
             raise
         finally:
+            if views is not None:
+                rec = records.load_record(record_path)
+                views.close(None if rec is None else str(rec.status))
+                push_views()
             layout.push(record_path)
             layout.push(checkpoint)
+
+
+def _views(trial_dir: Path, trial: dict, mlflow_uri: str | None):
+    """The trial's TensorBoard (and MLflow) writer; None when tensorboard is not installed."""
+    try:
+        from maxup.platform.views import TrialViews
+
+        return TrialViews(trial_dir, trial["trial_id"], trial["axes"], trial["config"],
+                          mlflow_uri)
+    except ImportError:
+        return None
 
 
 def _tune_trial(config: dict, trials: dict, layout_root: str, sweep: dict, cpus: float,
@@ -336,7 +362,7 @@ def write_manifest(spec: SweepSpec, trials: list[Trial], layout: SweepLayout) ->
 def run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *,
               address: str | None = None, rerun_failed: bool = False,
               echo: Callable[[str], None] = print, verbose: bool = False,
-              order: str = "longest_first") -> SweepSummary:
+              order: str = "longest_first", mlflow: str | None = None) -> SweepSummary:
     """Run the sweep's pending trials on Ray Tune and return how each ended.
 
     Args:
@@ -349,6 +375,7 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *,
         verbose: also print Tune's status table every 30 s and a line per trial start.
         order: ``longest_first`` (pending trials submitted in decreasing estimated cost,
             seeds of an arm spread where costs tie) or ``given`` (the order of ``trials``).
+        mlflow: MLflow tracking URI each trial also logs to (:mod:`maxup.platform.views`).
     """
     t_start = time.perf_counter()
     layout = sweep_layout(storage, spec.name)
@@ -408,7 +435,8 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *,
     trainable = tune.with_resources(
         tune.with_parameters(_tune_trial, trials=payload, layout_root=str(layout.root),
                              sweep={"name": spec.name, "paper_table": spec.paper_table,
-                                    "cpus_per_worker": spec.cpus_per_worker},
+                                    "cpus_per_worker": spec.cpus_per_worker,
+                                    "mlflow": mlflow},
                              cpus=per_trial, remote=layout.remote),
         resources)
     axes = spec.varying_axes()
