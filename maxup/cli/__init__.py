@@ -28,6 +28,8 @@ COMMANDS = {
                 "write the paper's figures from stored records"),
     "certify": ("maxup.cli.certify", "configure", "run",
                 "randomized-smoothing certification of a checkpoint"),
+    "report": ("maxup.cli.report", "configure", "run",
+               "write a reproduction document (tables, verdicts, figures) from stored sweeps"),
     "job": ("maxup.cli.job", "configure", "run",
             "submit and manage ad-hoc jobs on a Ray cluster"),
     "calibrate": ("maxup.cli.calibrate", "configure", "run",

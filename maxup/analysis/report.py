@@ -1,0 +1,210 @@
+"""A reproduction report: one Markdown document regenerated from stored sweeps.
+
+``build_report(root)`` reads every sweep under a storage root (``ROOT/<sweep>/sweep.json``
+and the content-addressed ``ROOT/trials/``) and returns the document: per sweep its
+description, the exact command that produced it and how to rerun it, its measured compute
+(the sum of its trials' own wall times, each trial once) and the machine the records name,
+then its tables (mean ± std, n, 95 % CI, Δ and Welch p against the matching baseline), a
+plain-words verdict for every compared arm, and links to its figures.
+
+The text depends on the stored records only (no clock, no absolute paths, sorted output), so
+regenerating it from unchanged records gives the same bytes: ``tests/test_reproduction.py``
+compares the shipped ``REPRODUCTION.md`` with a fresh build, and a change to the analysis that
+alters a published number fails until the document is regenerated (``maxup report``).
+Imports neither torch nor Ray; matplotlib only when figures are drawn.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from maxup.analysis.load import completed, load_records, unique_trials
+from maxup.analysis.stats import compare
+from maxup.analysis.tables import render, sweep_table, tables_for
+from maxup.io import atomic_write_text
+
+#: Significance level of the verdicts (two-sided Welch test).
+ALPHA = 0.05
+#: Per-sweep file with how it was run: ``command``, ``wall_s`` (the driver's wall clock).
+RUN_FILE = "run.json"
+
+
+def sweep_names(root: str | os.PathLike) -> list[str]:
+    """The sweeps stored under ``root`` (folders holding a ``sweep.json``), sorted."""
+    root = Path(root)
+    return sorted(p.parent.name for p in root.glob("*/sweep.json"))
+
+
+def _fmt(x: float, digits: int = 2) -> str:
+    return "–" if x is None or not math.isfinite(float(x)) else f"{x:.{digits}f}"
+
+
+def _value(v) -> str:
+    return f"{v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+
+
+def _arm_words(row: pd.Series, keys: list[str]) -> str:
+    parts = [f"{k.removeprefix('config.')} = {_value(row[k])}" for k in keys
+             if k != "config.maxup.m" and k in row]
+    return ", ".join([f"m = {_value(row['config.maxup.m'])}", *parts])
+
+
+def _p(p: float) -> str:
+    return "–" if not math.isfinite(p) else f"{p:.2g}" if p < 0.001 else f"{p:.3f}"
+
+
+def verdicts(df: pd.DataFrame, metric: str, lower_is_better: bool) -> list[str]:
+    """One sentence per arm compared with its m = 1 counterpart, in plain words.
+
+    An arm "beats" its baseline only when the difference has the right sign and Welch's
+    two-sided p is below :data:`ALPHA`; otherwise the sentence says it does not.
+
+    Args:
+        df: one sweep's records.
+        metric: the compared column (``final.test_acc``, ``final.test_ppl``).
+        lower_is_better: the metric's direction.
+    """
+    cmp = compare(df, metric)
+    keys = [c for c in cmp.columns if c.startswith("config.")]
+    out = []
+    for _, r in cmp.iterrows():
+        better = r["diff"] < 0 if lower_is_better else r["diff"] > 0
+        significant = math.isfinite(r["p_value"]) and r["p_value"] < ALPHA
+        if better and significant:
+            word = "beats its m = 1 baseline"
+        elif significant:
+            word = "is worse than its m = 1 baseline"
+        else:
+            word = "does not beat its m = 1 baseline (no significant difference)"
+        out.append(f"- {_arm_words(r, keys)} {word}: {_fmt(r['mean'])} vs "
+                   f"{_fmt(r['base_mean'])} (Δ = {r['diff']:+.2f}, Welch p = "
+                   f"{_p(r['p_value'])}, n = {int(r['n'])} vs {int(r['base_n'])}).")
+    return out
+
+
+def _machine(done: pd.DataFrame) -> str:
+    def values(col: str, width: int | None = None) -> str:
+        found = done[col].dropna() if col in done else []
+        return ", ".join(sorted({str(v)[:width] for v in found})) or "?"
+
+    return (f"device {values('environment.device')}, {values('environment.cpu_count')} CPU "
+            f"cores, torch {values('environment.torch')}, Python {values('environment.python')}"
+            f", maxup {values('environment.maxup')} at commit "
+            f"{values('environment.git_commit', 10)}")
+
+
+def _compute(sweep: pd.DataFrame, frame: pd.DataFrame, name: str) -> str:
+    done = unique_trials(completed(sweep))
+    total = float(done["timings.wall_s"].sum()) if "timings.wall_s" in done else math.nan
+    others = frame[(frame["sweep"] != name) & frame["trial_id"].isin(done["trial_id"])]
+    shared = set(others["trial_id"])
+    text = (f"{len(done)} completed trials, {_fmt(total / 60, 1)} min of trial compute "
+            "(the sum of the records' own wall times)")
+    if shared:
+        text += (f"; {len(shared)} of them also belong to "
+                 f"{', '.join(sorted({str(s) for s in others['sweep']}))} (trained once)")
+    return text
+
+
+def _sweep_section(root: Path, name: str, frame: pd.DataFrame,
+                   figures: dict[str, list[str]]) -> list[str]:
+    manifest = json.loads((root / name / "sweep.json").read_text())
+    run_file = root / name / RUN_FILE
+    run = json.loads(run_file.read_text()) if run_file.exists() else {}
+    df = frame[frame["sweep"] == name]
+    done = completed(df)
+    lines = [f"## {name}", "", manifest.get("description") or "", ""]
+    command = run.get("command") or f"maxup sweep {manifest.get('source')} --storage {root.name}"
+    lines += ["```bash", command, "```", ""]
+    lines.append(f"- Compute: {_compute(df, frame, name)}.")
+    if run.get("wall_s") is not None:
+        lines.append(f"- Wall clock of the sweep's driver: {_fmt(run['wall_s'] / 60, 1)} min"
+                     f"{' (' + run['note'] + ')' if run.get('note') else ''}.")
+    if run.get("cpu"):
+        lines.append(f"- Machine: {run['cpu']}; {_machine(done)}.")
+    else:
+        lines.append(f"- Machine: {_machine(done)}.")
+    lines.append("")
+    tables = tables_for(df)
+    if not any(t.id == "sweep" for t in tables):
+        tables.append(sweep_table(df, name, frame=df))
+    for table in tables:
+        lines += [render(table, "md").rstrip("\n"), ""]
+    sweep = next(t for t in tables if t.id == "sweep")
+    metric, lower = str(sweep.columns[0].key), sweep.columns[0].lower_is_better
+    said = verdicts(df, metric, lower)
+    if said:
+        lines += [f"Verdicts on `{metric}` (α = {ALPHA}, two-sided):", "", *said, ""]
+    for path in figures.get(name, []):
+        stem = Path(path).stem.replace("_", " ")
+        lines += [f"![{stem}]({path})", ""]
+    return lines
+
+
+def build_report(root: str | os.PathLike, figures_dir: str | os.PathLike | None = None,
+                 link_prefix: str = "") -> str:
+    """The reproduction document of every sweep under ``root``.
+
+    Args:
+        root: a storage root holding ``<sweep>/sweep.json`` manifests and ``trials/``.
+        figures_dir: where each sweep's PNG figures are drawn (``<figures_dir>/<sweep>/``);
+            None: no figures, no links.
+        link_prefix: prefix of the figure links (the figures folder relative to the
+            document).
+
+    Returns:
+        The Markdown text (ends with a newline).
+    """
+    root = Path(root)
+    frame = load_records(root)
+    names = sweep_names(root)
+    figures: dict[str, list[str]] = {}
+    if figures_dir is not None:
+        from maxup.analysis.figures import write_figures
+
+        for name in names:
+            paths = write_figures(frame[frame["sweep"] == name], Path(figures_dir) / name)
+            for p in paths:  # the document links PNGs; PDFs would only grow the repository
+                if p.endswith(".pdf"):
+                    os.remove(p)
+            figures[name] = sorted(f"{link_prefix}{name}/{Path(p).name}" for p in paths
+                                   if p.endswith(".png"))
+    trials = unique_trials(frame)
+    seeds = sorted({int(n) for n in trials.groupby("arm_id")["seed"].nunique()})
+    lines = ["# Reproduction", "",
+             "Real results of this platform, stored as its own records under "
+             f"`{root.name}/` ({len(trials)} trials across {len(names)} sweeps; seeds per "
+             f"arm: {', '.join(map(str, seeds))}). Every number below is regenerated from "
+             "those records by",
+             "", "```bash", f"maxup report {root.name} --out REPRODUCTION.md", "```", "",
+             "and `tests/test_reproduction.py` fails when this file and the records disagree. "
+             "`maxup tables "
+             f"{root.name}/<sweep>` shows any one sweep's tables offline. Cells: mean ± std "
+             "over seeds (n finished seeds); 95 % CI: Student t; Δ and Welch p: an arm against "
+             "its m = 1 counterpart, equal to it in every other setting.", ""]
+    for name in names:
+        lines += _sweep_section(root, name, frame, figures)
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def write_report(root: str | os.PathLike, out: str | os.PathLike) -> list[str]:
+    """Write the document to ``out`` and its figures to ``<out's folder>/<root name>/figures``.
+
+    Args:
+        root: the storage root.
+        out: the Markdown file to write.
+
+    Returns:
+        The written paths (the document first).
+    """
+    out = Path(out)
+    fig_rel = f"{Path(root).name}/figures/"
+    fig_dir = out.parent / fig_rel
+    text = build_report(root, fig_dir, link_prefix=fig_rel)
+    atomic_write_text(out, text)
+    return [str(out), *sorted(str(p) for p in fig_dir.rglob("*.png"))]
