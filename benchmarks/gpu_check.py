@@ -641,7 +641,8 @@ def run(plan: Plan, device: torch.device, out_dir: Path, mode: str) -> dict:
 
     save()
     previous = signal.signal(signal.SIGALRM, _on_alarm)
-    signal.alarm(int(plan.budget_s + HARD_STOP_GRACE_S))
+    # Counted from the script's start, like the budget: the imports are not free.
+    signal.alarm(max(1, math.ceil(_T0 + plan.budget_s + HARD_STOP_GRACE_S - time.monotonic())))
     try:
         # An unexpected error is recorded and the run goes on: one run on a lent device
         # should bring back everything that can be measured.

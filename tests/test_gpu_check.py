@@ -201,3 +201,19 @@ def test_an_error_in_a_phase_is_recorded_and_the_run_goes_on(gpu_check, tmp_path
     assert saved["exit_status"] == 1
     md = (tmp_path / "gpu_check.md").read_text()
     assert "fp32_device_vs_cpu: ERROR" in md and "**FAILED**" in md
+
+
+def test_the_hard_time_limit_stops_the_run_and_keeps_what_it_has(gpu_check, tmp_path,
+                                                                  monkeypatch):
+    import time
+
+    monkeypatch.setattr(gpu_check, "check_fp32", lambda plan, device: time.sleep(30))
+    # A budget whose hard limit (budget + grace, from the script's start) is 1 s from now.
+    budget = time.monotonic() - gpu_check._T0 - gpu_check.HARD_STOP_GRACE_S + 1
+    plan = gpu_check.replace(gpu_check.TINY_PLAN, models=(), budget_s=budget)
+    t0 = time.monotonic()
+    result = gpu_check.run(plan, torch.device("cpu"), tmp_path, "tiny")
+    assert time.monotonic() - t0 < 20
+    assert result["stopped"].startswith("hard time limit")
+    assert result["exit_status"] == 1  # the correctness checks never finished
+    assert json.loads((tmp_path / "gpu_check.json").read_text())["stopped"] == result["stopped"]
