@@ -17,7 +17,8 @@ class ConfigError(UsageError):
         shown = repr(value)
         if len(shown) > 80:  # a 400-digit number or a whole pasted document: keep one line short
             shown = shown[:60] + f"... ({len(shown)} characters)"
-        super().__init__(f"{field}: got {shown}; allowed: {allowed}")
+        name = field if field.isprintable() else repr(field)  # a key holding a newline
+        super().__init__(f"{name}: got {shown}; allowed: {allowed}")
 
 
 class DataError(UsageError):
