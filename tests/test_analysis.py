@@ -520,7 +520,7 @@ def test_figures_plot_the_right_arms_and_values(tmp_path, monkeypatch):
     captured = _captured_figures(monkeypatch)
     paths = write_figures(df, tmp_path / "figs")
     names = {Path(p).name for p in paths}
-    for stem in ("acc_vs_m_t5", "curves_t5", "certified_accuracy"):
+    for stem in ("acc_vs_m_t5", "curves_t5", "certified_cert"):
         assert f"{stem}.png" in names and f"{stem}.pdf" in names
     for p in paths:
         assert Path(p).stat().st_size > 1000
@@ -532,15 +532,16 @@ def test_figures_plot_the_right_arms_and_values(tmp_path, monkeypatch):
 
     # accuracy vs m: one line per architecture, x = m, y = mean, bars = t_{0.975,n-1} s/sqrt(n)
     (acc,) = captured["acc_vs_m_t5"]
-    assert set(acc["lines"]) == {"resnet110", "wrn28_10"}
+    names = {"resnet110": "ResNet-110", "wrn28_10": "WideResNet-28-10"}  # the tables' names
+    assert set(acc["lines"]) == set(names.values())
     for model in ("resnet110", "wrn28_10"):
-        x, y = acc["lines"][model]
+        x, y = acc["lines"][names[model]]
         assert x.tolist() == [1, 4, 10]
         means = [np.mean(finals[(model, m)]) for m in (1, 4, 10)]
         assert y == pytest.approx(means)
         half = [student_t.ppf(0.975, 2) * np.std(finals[(model, m)], ddof=1) / np.sqrt(3)
                 for m in (1, 4, 10)]
-        segs = acc["errorbars"][model]
+        segs = acc["errorbars"][names[model]]
         assert [seg[0][0] for seg in segs] == [1, 4, 10]
         assert [seg[1][1] - seg[0][1] for seg in segs] == pytest.approx([2 * h for h in half])
         assert [(seg[0][1] + seg[1][1]) / 2 for seg in segs] == pytest.approx(means)
@@ -549,7 +550,7 @@ def test_figures_plot_the_right_arms_and_values(tmp_path, monkeypatch):
     acc_ax, loss_ax = captured["curves_t5"]
     assert (acc_ax["ylabel"], loss_ax["ylabel"]) == ("test accuracy (%)", "test loss (nats)")
     for (model, m), histories in hist.items():
-        label = f"{model}, m={m} (n=3)"
+        label = f"{names[model]}, m = {m} (n = 3)"
         for ax, key in ((acc_ax, "test_acc"), (loss_ax, "test_loss")):
             x, y = ax["lines"][label]
             assert x.tolist() == [1, 2, 3, 4]
@@ -558,7 +559,7 @@ def test_figures_plot_the_right_arms_and_values(tmp_path, monkeypatch):
     assert len(acc_ax["lines"]) == 6
 
     # certified accuracy: per method, the upper envelope over its models at each radius
-    (cert,) = captured["certified_accuracy"]
+    (cert,) = captured["certified_cert"]
     assert set(cert["lines"]) == {"Gaussian aug. (m = 1)", "MaxUp+Gauss"}
     for label, m in (("Gaussian aug. (m = 1)", 1), ("MaxUp+Gauss", 4)):
         x, y = cert["lines"][label]

@@ -1,8 +1,12 @@
 """The paper's figures from stored records (matplotlib, Agg backend; PNG and PDF).
 
 - accuracy vs m with 95% CI error bars, one line per architecture (any sweep varying m);
-- certified accuracy vs l2 radius, one curve per method (Table 8's upper envelope);
+- certified accuracy vs l2 radius per sweep, one curve per method (Table 8's upper envelope);
 - training curves: per-arm mean test accuracy / test loss vs epoch with a 95% CI band.
+
+Every figure labels arms in the tables' words (``ResNet-110, σ = 0.25, m = 4``), gives each
+method one colour in all figures (:func:`m_colour`: m = 1 grey, each MaxUp m its own; other
+settings differ by line style), states n, and claims no interval where n = 1.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import pandas as pd  # noqa: E402
 from scipy import stats as sps  # noqa: E402
 
 from maxup.analysis.load import completed  # noqa: E402
-from maxup.analysis.specs import has_certification  # noqa: E402
+from maxup.analysis.specs import SPECS, has_certification  # noqa: E402
 from maxup.analysis.stats import aggregate, arm_columns  # noqa: E402
 from maxup.io import atomic_write_bytes  # noqa: E402
 
@@ -54,13 +58,74 @@ def _half_width(std: np.ndarray, n: np.ndarray) -> np.ndarray:
     return np.nan_to_num(half, nan=0.0)
 
 
+#: How a config key is named in a legend (the paper's symbols); others: their last part.
+KEY_NAMES = {"maxup.m": "m", "augment.sigma": "σ", "optim.lr": "lr",
+             "augment.cutout_size": "Cutout", "train.epochs": "epochs",
+             "data.subset": "subset", "model.name": ""}
+#: Display names of the models no paper table names.
+EXTRA_MODEL_NAMES = {"small_cnn": "small CNN", "mlp": "MLP", "awd_lstm": "AWD-LSTM"}
+#: One colour per method in every figure: the m = 1 baseline grey, each MaxUp m its own.
+M_COLOURS = {1: "#595959", 2: "#3182bd", 4: "#e6550d", 8: "#31a354", 10: "#756bb1",
+             20: "#d6616b"}
+OTHER_COLOUR = "#8c6d31"
+#: Line styles tell apart arms of one method (another σ or architecture), never colours.
+STYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
+def _model_names() -> dict[str, str]:
+    names = dict(EXTRA_MODEL_NAMES)
+    for spec in SPECS.values():
+        for axis in (spec.rows, spec.cols):
+            if axis.key == "config.model.name":
+                names.update({str(v): str(label) for v, label in axis.values})
+    return names
+
+
+MODEL_NAMES = _model_names()
+
+
+def _fmt_value(v) -> str:
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
 def _label(keys: list[str], values: tuple) -> str:
+    """An arm's legend text in the paper's words: ``ResNet-110, σ = 0.25, m = 4``."""
     parts = []
     for k, v in zip(keys, values):
         short = k.removeprefix("config.")
-        short = "m" if short == "maxup.m" else short
-        parts.append(str(v) if short == "model.name" else f"{short}={v}")
-    return ", ".join(parts) or "all"
+        name = KEY_NAMES.get(short, short.rsplit(".", 1)[-1])
+        if short == "model.name":
+            parts.append(MODEL_NAMES.get(str(v), str(v)))
+        else:
+            parts.append(f"{name} = {_fmt_value(v)}")
+    return ", ".join(parts)
+
+
+def m_colour(m) -> str:
+    """The colour of MaxUp with ``m`` copies (m = 1: the baseline) in every figure."""
+    try:
+        return M_COLOURS.get(int(m), OTHER_COLOUR)
+    except (TypeError, ValueError):
+        return OTHER_COLOUR
+
+
+def _n_text(n) -> str:
+    n = sorted({int(x) for x in n})
+    if not n:
+        return ""
+    span = str(n[0]) if len(n) == 1 else f"{n[0]}–{n[-1]}"
+    return f"n = {span} seeds"
+
+
+def _band_text(n) -> str:
+    """Title words for what the bars or bands are: no interval claimed where n = 1."""
+    n = [int(x) for x in n]
+    if n and max(n) >= 2:
+        return f"mean and 95 % CI, {_n_text(n)}"
+    return "mean of 1 seed, no interval" if n else "mean"
 
 
 def _sweeps(done: pd.DataFrame):
@@ -90,21 +155,27 @@ def plot_accuracy_vs_m(df: pd.DataFrame, out_dir: str, name: str,
     if agg.empty:
         return []
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    groups = agg.groupby(others, dropna=False, sort=True) if others else [((), agg)]
-    for key, g in groups:
+    groups = list(agg.groupby(others, dropna=False, sort=True)) if others else [((), agg)]
+    for i, (key, g) in enumerate(groups):
         key = key if isinstance(key, tuple) else (key,)
         g = g.sort_values("config.maxup.m")
+        # Lines are arms of other settings (x is m itself), so they differ by style, in
+        # black: colours stay reserved for methods (m) across figures.
         ax.errorbar(g["config.maxup.m"], g["mean"], yerr=_half_width(g["std"], g["n"]),
-                    marker="o", capsize=3, label=_label(others, key))
+                    marker=MARKERS[i % len(MARKERS)], linestyle=STYLES[i % len(STYLES)],
+                    color="black", capsize=3, label=_label(others, key) or None)
     ax.set_xscale("log")
     ms = sorted(agg["config.maxup.m"].unique())
     ax.set_xticks(ms)
-    ax.set_xticklabels([str(int(m)) if float(m).is_integer() else str(m) for m in ms])
+    ax.set_xticklabels([_fmt_value(float(m)) for m in ms])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlabel("MaxUp sample size m (copies per example)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{name}: test accuracy vs m (mean, 95% CI)")
+    ax.set_title(f"{name}: test accuracy vs m\n({_band_text(agg['n'])})", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if others:
+        ax.legend(fontsize=8)
     return _save(fig, out_dir, f"acc_vs_m_{_safe(name)}")
 
 
@@ -138,24 +209,38 @@ def certified_envelope(df: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarr
 def plot_certified(df: pd.DataFrame, out_dir: str, name: str = "certified") -> list[str]:
     """Certified accuracy vs l2 radius, one curve per method (Table 8 envelope).
 
+    The x-axis ends one radius step after the last radius any method certifies (beyond it
+    every curve is zero).
+
     Args:
-        df: records with ``certification``.
-        out_dir: where ``certified_accuracy.png/.pdf`` go.
-        name: text naming the sweeps in the title.
+        df: records with ``certification`` (one sweep's, so that files do not collide).
+        out_dir: where ``certified_<name>.png/.pdf`` go.
+        name: the sweep's name (title and file name).
     """
     env = certified_envelope(df)
     if not env:
         return []
+    done = completed(df)
     fig, ax = plt.subplots(figsize=(5.5, 4))
+    last = 0.0
     for method, (radii, acc) in sorted(env.items()):
-        ax.plot(radii, acc, marker="o", drawstyle="default", label=METHOD_LABELS[method])
+        ms = done.loc[_method(done) == method, "config.maxup.m"].unique() \
+            if "config.maxup.m" in done else [1]
+        colour = m_colour(ms[0]) if len(ms) == 1 else OTHER_COLOUR
+        ax.plot(radii, acc, marker="o", color=colour, label=METHOD_LABELS[method])
+        if (acc > 0).any():
+            last = max(last, float(radii[acc > 0].max()))
+    radii = np.unique(np.concatenate([r for r, _ in env.values()]))
+    step = float(np.diff(radii).min()) if radii.size > 1 else 0.25
+    ax.set_xlim(-0.05 * (last + step), last + step * 1.05)
     ax.set_xlabel("ℓ2 radius")
     ax.set_ylabel("certified accuracy (%)")
-    ax.set_title(f"{name}: certified accuracy vs radius (best model per method)")
+    ax.set_title(f"{name}: certified accuracy vs radius\n(best model per method at each "
+                 "radius)", fontsize=10)
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, out_dir, "certified_accuracy")
+    return _save(fig, out_dir, f"certified_{_safe(name)}")
 
 
 def _curve(histories: list[list], key: str):
@@ -191,18 +276,25 @@ def plot_training_curves(df: pd.DataFrame, out_dir: str, name: str) -> list[str]
     arms = arm_columns(done)
     groups = list(done.groupby(arms, dropna=False, sort=True)) if arms else [((), done)]
     shown = groups[:MAX_CURVE_ARMS]
+    others = [c for c in arms if c != "config.maxup.m"]
+    styles: dict[tuple, str] = {}
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     drew = False
     for key, g in shown:
         key = key if isinstance(key, tuple) else (key,)
-        label = _label(arms, key) + f" (n={len(g)})"
+        values = dict(zip(arms, key))
+        label = f"{_label(arms, key) or name} (n = {len(g)})"
+        m = values.get("config.maxup.m", g["config.maxup.m"].iloc[0]
+                       if "config.maxup.m" in g else 1)
+        rest = tuple(_fmt_value(values[c]) for c in others)
+        style = styles.setdefault(rest, STYLES[len(styles) % len(STYLES)])
         for ax, metric in zip(axes, ("test_acc", "test_loss")):
             c = _curve(list(g["history"]), metric)
             if c is None:
                 continue
             epochs, mean, half = c
-            (line,) = ax.plot(epochs, mean, label=label)
-            ax.fill_between(epochs, mean - half, mean + half, alpha=0.2,
+            (line,) = ax.plot(epochs, mean, label=label, color=m_colour(m), linestyle=style)
+            ax.fill_between(epochs, mean - half, mean + half, alpha=0.15,
                             color=line.get_color())
             drew = True
     if not drew:
@@ -214,12 +306,13 @@ def plot_training_curves(df: pd.DataFrame, out_dir: str, name: str) -> list[str]
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    for ax in axes:
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-            break
+    # One legend for both panels (the same arms, the same colours), beside them.
+    handles, labels = next((ax.get_legend_handles_labels() for ax in axes
+                            if ax.get_legend_handles_labels()[0]), ([], []))
+    fig.subplots_adjust(right=0.8)
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(0.81, 0.5), fontsize=8)
     more = f" (first {MAX_CURVE_ARMS} of {len(groups)} arms)" if len(groups) > len(shown) else ""
-    fig.suptitle(f"{name}: training curves, mean over seeds with 95% CI{more}")
+    fig.suptitle(f"{name}: training curves ({_band_text([len(g) for _, g in shown])}){more}")
     return _save(fig, out_dir, f"curves_{_safe(name)}")
 
 
@@ -237,7 +330,6 @@ def write_figures(df: pd.DataFrame, out_dir: str | os.PathLike) -> list[str]:
     for name, g in _sweeps(done):
         paths += plot_accuracy_vs_m(g, out_dir, name)
         paths += plot_training_curves(g, out_dir, name)
-    if len(done) and has_certification(done).any():
-        names = sorted({str(s) for s in done.loc[has_certification(done), "sweep"].dropna()})
-        paths += plot_certified(done, out_dir, ", ".join(names) or "single runs")
+        if has_certification(g).any():
+            paths += plot_certified(g, out_dir, name)
     return paths

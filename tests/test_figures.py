@@ -1,0 +1,127 @@
+"""Figures a paper can take: human labels, one colour per method in every figure, clean log-m
+ticks, no interval claimed at n = 1, one certified figure per sweep without a flat tail.
+Checked through the figure objects (texts, colours, limits), not their pixels."""
+
+from __future__ import annotations
+
+import matplotlib.colors as mcolors
+import pytest
+from test_analysis import RADII, make_record, restamp, write_all
+
+from maxup.analysis import load_records
+
+
+@pytest.fixture
+def figures_of(monkeypatch):
+    """stem -> the matplotlib Figure as write_figures saves it (then saved as usual)."""
+    from maxup.analysis import figures
+
+    captured, save = {}, figures._save
+
+    def spy(fig, out_dir, stem):
+        captured[stem] = {
+            "suptitle": fig._suptitle.get_text() if fig._suptitle else "",
+            "fig_legends": [[t.get_text() for t in lg.get_texts()] for lg in fig.legends],
+            "axes": [{
+                "title": ax.get_title(),
+                "legend": [t.get_text() for t in ax.get_legend().get_texts()]
+                if ax.get_legend() else [],
+                "lines": {ln.get_label(): (mcolors.to_hex(ln.get_color()), ln.get_linestyle())
+                          for ln in ax.get_lines() if not ln.get_label().startswith("_")},
+                "errorbar_labels": [c.get_label() for c in ax.containers if c.has_yerr],
+                "major": [t.get_text() for t in ax.get_xticklabels()],
+                "minor": [t.get_text() for t in ax.get_xticklabels(minor=True)],
+                "xlim": ax.get_xlim(),
+            } for ax in fig.axes]}
+        return save(fig, out_dir, stem)
+
+    monkeypatch.setattr(figures, "_save", spy)
+
+    def draw(recs, tmp_path):
+        from maxup.analysis import write_figures
+
+        write_figures(load_records(write_all(tmp_path / "res", recs)), tmp_path / "figs")
+        return captured
+
+    return draw
+
+
+def _sigma_records(sweep="g", seeds=3, ms=(1, 2, 4, 8), certified=None, lr=0.1):
+    recs = []
+    for sigma in (0.25, 0.5):
+        for m in ms:
+            for s in range(seeds):
+                rec = make_record(80.0 + m * 0.1 + s * 0.3, seed=s, m=m, sweep=sweep,
+                                  dataset="digits", model="small_cnn", ops=["gaussian"],
+                                  certified=None if certified is None else certified(m, sigma))
+                rec["config"]["augment"]["sigma"] = sigma
+                rec["config"]["optim"]["lr"] = lr
+                rec["axes"]["augment.sigma"] = sigma
+                recs.append(restamp(rec))
+    return recs
+
+
+def test_log_m_axis_has_only_the_m_ticks_and_human_legend(figures_of, tmp_path):
+    figs = figures_of(_sigma_records(), tmp_path)
+    (ax,) = figs["acc_vs_m_g"]["axes"]
+    assert ax["major"] == ["1", "2", "4", "8"]
+    assert not any(ax["minor"]), ax["minor"]  # no "2×10⁰" minor labels
+    assert ax["legend"] == ["σ = 0.25", "σ = 0.5"]
+    assert "95 % CI" in ax["title"] and "n = 3 seeds" in ax["title"]
+
+
+def test_curves_one_legend_for_both_panels_colour_by_method_style_by_sigma(figures_of,
+                                                                           tmp_path):
+    from maxup.analysis.figures import M_COLOURS
+
+    figs = figures_of(_sigma_records(), tmp_path)
+    curves = figs["curves_g"]
+    (legend,) = curves["fig_legends"]
+    assert len(legend) == 8 and "σ = 0.25, m = 4 (n = 3)" in legend
+    assert all(not ax["legend"] for ax in curves["axes"])  # not on one panel only
+    for ax in curves["axes"]:
+        lines = ax["lines"]
+        for m in (1, 2, 4, 8):
+            a, b = lines[f"σ = 0.25, m = {m} (n = 3)"], lines[f"σ = 0.5, m = {m} (n = 3)"]
+            assert a[0] == b[0] == M_COLOURS[m]  # one colour per method
+            assert a[1] != b[1]  # the other setting told apart by line style
+    assert "all" not in " ".join(legend) and "augment.sigma" not in " ".join(legend)
+
+
+def test_single_seed_claims_no_interval(figures_of, tmp_path):
+    figs = figures_of(_sigma_records(seeds=1), tmp_path)
+    (ax,) = figs["acc_vs_m_g"]["axes"]
+    assert "95 % CI" not in ax["title"] and "1 seed, no interval" in ax["title"]
+    assert "95 % CI" not in figs["curves_g"]["suptitle"]
+
+
+def test_no_legend_entry_says_all_for_a_single_line(figures_of, tmp_path):
+    recs = [make_record(80.0 + m + s * 0.2, seed=s, m=m, sweep="q", dataset="digits")
+            for m in (1, 4) for s in range(2)]
+    figs = figures_of(recs, tmp_path)
+    (ax,) = figs["acc_vs_m_q"]["axes"]
+    assert ax["legend"] == [] and ax["errorbar_labels"] in ([], ["_nolegend_"], [None]) \
+        or all(not lab.startswith("all") for lab in ax["errorbar_labels"])
+    assert figs["curves_q"]["fig_legends"] == [["m = 1 (n = 2)", "m = 4 (n = 2)"]]
+
+
+def test_certified_figure_per_sweep_same_colours_and_no_flat_tail(figures_of, tmp_path):
+    from maxup.analysis.figures import M_COLOURS
+
+    def certified(m, sigma):  # zero from r = 1.25 on: the x-axis ends at 1.25 + a margin
+        return [90 - 20 * i + 5 * (m > 1) if i < 5 else 0 for i in range(len(RADII))]
+
+    recs = (_sigma_records("a", ms=(1, 4), certified=certified)
+            + _sigma_records("b", ms=(1, 4), certified=certified, lr=0.05))
+    figs = figures_of(recs, tmp_path)
+    assert {"certified_a", "certified_b"} <= set(figs)  # a second sweep does not overwrite
+    (ax,) = figs["certified_a"]["axes"]
+    assert "a:" in ax["title"]
+    lines = ax["lines"]
+    assert lines["Gaussian aug. (m = 1)"][0] == M_COLOURS[1]
+    assert lines["MaxUp+Gauss"][0] == M_COLOURS[4]
+    # the same method has the same colour in the training curves
+    curve_lines = figs["curves_a"]["axes"][0]["lines"]
+    assert curve_lines["σ = 0.25, m = 4 (n = 3)"][0] == M_COLOURS[4]
+    last_nonzero, step = RADII[4], RADII[1] - RADII[0]
+    assert last_nonzero < ax["xlim"][1] <= last_nonzero + 1.1 * step
