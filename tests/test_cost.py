@@ -293,3 +293,30 @@ def test_preflight_refuses_missing_data_in_one_line_before_anything(tmp_path, ca
         assert rc == 2 and "\n" not in err and "nodata" in err
         assert "dataset-fashion-mnist" in err and "needed by 2 trials" in err
     assert not storage.exists()
+
+
+def test_finished_records_on_the_target_device_refine_the_estimate(tmp_path):
+    from maxup import records
+
+    fwd_s, step_s = 0.02, 0.05
+    prof = cost.parse_profile(_profile_doc(
+        {"small_cnn@1x8x8": {"batch": 100, "fwd_s": fwd_s, "step_s": step_s}},
+        overhead=2.0), "t")
+    spec = load_space(_space(tmp_path, "grid:\n  maxup.m: [1, 4]\nseeds: 2\n"))
+    trials = spec.expand()
+    m1 = next(t for t in trials if t.axes["maxup.m"] == 1)
+    epoch_m1 = 13 * 100 * step_s / 100 + 540 * fwd_s / 100  # by hand, as above
+    # an m=1 trial measured 3× its prediction over its 2 finished epochs, on DEVICE
+    hist = [{"epoch": e, "wall_s": 3 * epoch_m1} for e in (1, 2)]
+    rec = records.parse_record(records.build_record(
+        config=m1.config, history=hist, status="running", timings={},
+        env={"device_name": DEVICE}))
+    assert cost.refinement([rec], prof) == {"small_cnn": pytest.approx(3.0),
+                                            "*": pytest.approx(3.0)}
+    other = records.parse_record({**rec.to_dict(), "environment": {"device_name": "other"}})
+    assert cost.refinement([other], prof) == {}
+    # the fallback case: another device's profile, corrected by the target's own records
+    assert cost.refinement([other], prof, "other")["small_cnn"] == pytest.approx(3.0)
+    est = cost.estimate(m1.config, prof)
+    refined = cost.refined(est, m1.config, {"small_cnn": 3.0}, prof.trial_overhead_s)
+    assert refined.seconds == pytest.approx(2.0 + 3 * (3 * epoch_m1))

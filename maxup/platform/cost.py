@@ -322,21 +322,25 @@ def predicted_epochs(config: dict, profile: Profile, epochs: Iterable[int]) -> f
                              1 if e <= warm else config["maxup"]["m"]) for e in epochs)
 
 
-def refinement(history_records, profile: Profile) -> dict[str, float]:
+def refinement(history_records, profile: Profile, device: str | None = None
+               ) -> dict[str, float]:
     """Correction factors from finished work: model name → Σ measured ÷ Σ predicted.
 
-    Only records trained on ``profile``'s device count (``environment.device_name``); each
+    Only records trained on the target device count (``environment.device_name``); each
     contributes the epochs it finished (``history[*].wall_s``). ``"*"`` is the factor over all
-    models, for models without their own.
+    models, for models without their own. With a fallback profile (another device's figures),
+    the target device's own records correct it.
 
     Args:
         history_records: :class:`maxup.records.TrialRecord` objects (any status).
         profile: the profile the estimates come from.
+        device: the device planned for (default: the profile's).
     """
+    device = device or profile.device
     measured: dict[str, float] = {}
     predicted: dict[str, float] = {}
     for rec in history_records:
-        if (rec.environment or {}).get("device_name") != profile.device or not rec.history:
+        if (rec.environment or {}).get("device_name") != device or not rec.history:
             continue
         rows = [h for h in rec.history if _number(h.get("wall_s"))]
         pred = predicted_epochs(rec.config, profile, [h["epoch"] for h in rows])

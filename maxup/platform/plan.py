@@ -208,7 +208,7 @@ def price(spec, trials, target: Target, statuses: dict, records_seen=(),
             notes.append(note)
         elif prof.estimate:
             notes.append(f"{dev}: {prof.source}")
-        factors = cost.refinement(records_seen, prof)
+        factors = cost.refinement(records_seen, prof, dev)
         ests = []
         for t in trials:
             key = (t.config["data"]["name"], t.config["data"].get("subset"))
@@ -313,7 +313,7 @@ def run_estimates(spec, trials, layout, *, remote: bool) -> dict[str, float | No
     else:
         name, kind = cost.local_device(want_gpu=gpu)
     prof, _note = cost.find_profile(name, kind)
-    factors = cost.refinement(stored_records(layout, trials), prof)
+    factors = cost.refinement(stored_records(layout, trials), prof, name)
     out: dict[str, float | None] = {}
     facts: dict[tuple, object] = {}
     for t in trials:
