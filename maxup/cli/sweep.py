@@ -29,7 +29,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", default=None,
                         help="Ray cluster to join ('auto' or HOST:PORT); default: embedded local")
     parser.add_argument("--dry-run", action="store_true",
-                        help="print the expanded trial table and resources; launch nothing")
+                        help="print the trials, their estimated cost (time per trial, GPU- or "
+                             "CPU-hours, wall-clock) and the preflight; launch nothing")
     parser.add_argument("--resume", action="store_true",
                         help="(the default) skip completed trials, resume interrupted ones")
     parser.add_argument("--rerun-failed", action="store_true",
