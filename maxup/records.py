@@ -173,6 +173,50 @@ def parse_record(data: dict | str | bytes) -> TrialRecord:
         created=data.get("created"), updated=data.get("updated"))
 
 
+def _metric_range(key: str) -> tuple[float, float, str] | None:
+    """The range of a metric, by its name: accuracies in percent, perplexities, losses."""
+    if key.endswith(("_acc", "_top5")):
+        return 0.0, 100.0, "a percentage in [0, 100]"
+    if key.endswith("_ppl") or key == "perplexity":
+        return 1.0, math.inf, "a finite perplexity >= 1"
+    if key.endswith("_loss"):
+        return 0.0, math.inf, "a finite loss >= 0"
+    return None
+
+
+def metric_problem(rec: TrialRecord) -> str | None:
+    """Why a completed record's metrics cannot be trusted, or None when they can.
+
+    A completed record's ``final`` and ``best`` (what tables read) must hold numbers
+    where metrics belong: accuracies (``*_acc``, ``*_top5``) in [0, 100], perplexities
+    (``*_ppl``) >= 1, losses (``*_loss``) >= 0. A NaN or infinite value is not a problem
+    here: the tables count such a seed as diverged. Failed and running records may hold
+    failure evidence (``"nan"`` strings) and are not checked.
+
+    Args:
+        rec: a parsed record.
+    """
+    if not rec.completed:
+        return None
+    parts = [("final", rec.final), ("best", rec.best)]
+    for where, metrics in parts:
+        if not isinstance(metrics, dict):
+            return f"{where} is {type(metrics).__name__}, expected an object"
+        for key, value in metrics.items():
+            rng = _metric_range(str(key))
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                if rng is not None:
+                    return f"{where}.{key} is {value!r}, expected {rng[2]}"
+                continue
+            if not math.isfinite(value):
+                continue  # a diverged seed: counted as such by every table, never in a mean
+            if rng is not None and not rng[0] <= value <= rng[1]:
+                return f"{where}.{key} is {value!r}, expected {rng[2]}"
+    return None
+
+
 def now() -> str:
     """Current UTC time, ISO-8601."""
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")

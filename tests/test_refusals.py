@@ -347,3 +347,67 @@ def test_refusal_inside_train_still_writes_nothing(tmp_path, capsys):
                              "--data.root=/nonexistent/cifar", "--model.name=resnet20"])
     assert "data.root" in line
     assert _nothing_written(out)
+
+
+# --------------------------------------------------------------------------- records on load
+
+def test_regression_records_are_validated_on_load(tmp_path, capsys):
+    """``maxup tables`` checked only schema, config, id and status: ``test_acc: "abc"`` was
+    silently dropped and ``1e308`` turned a mean into a 300-digit number. A record with a
+    metric of the wrong type or out of range is named, kept out of the mean, and its cell
+    counts it as failed ("invalid record")."""
+    from maxup import records
+    from maxup.analysis.load import INVALID_REASON, load_records, summary
+    from maxup.config import to_dict
+
+    good = [90.0, 91.0, 92.0]
+    bad = {"abc-acc": ("test_acc", "abc"), "huge-acc": ("test_acc", 1e308),
+           "bad-loss": ("test_loss", -3.0)}
+    root = tmp_path / "res"
+    for seed, value in enumerate([*good, *bad]):
+        cfg = to_dict(load_config(SMOKE, {"seed": seed}))
+        hist = [{"epoch": 1, "test_acc": 50.0, "test_loss": 1.0, "train_loss": 1.0}]
+        if isinstance(value, float):
+            hist[0]["test_acc"] = value
+        else:
+            key, bad_value = bad[value]
+            hist[0][key] = bad_value
+        rec = records.build_record(config=cfg, history=hist, status="completed", timings={},
+                                   env={})
+        name = value if isinstance(value, str) else f"good{seed}"
+        (root / name).mkdir(parents=True)
+        (root / name / "record.json").write_text(json.dumps(rec))
+    with pytest.warns(UserWarning) as caught:
+        df = load_records(root)
+    named = " ".join(str(w.message) for w in caught)
+    for name, (key, _) in bad.items():
+        assert f"{name}/record.json" in named and f"final.{key}" in named
+    s = summary(df)
+    assert s["completed"] == 3 and s["failed"] == 3
+    assert s["failure_reasons"] == {INVALID_REASON: 3}
+    assert len(s["invalid_files"]) == 3
+    done = df[df["status"] == "completed"]
+    assert sorted(done["final.test_acc"]) == good
+
+    assert main(["tables", str(root)]) == 0
+    out = capsys.readouterr()
+    assert "91.00 ± 1.00 (n = 3; 3 failed)" in out.out, out.out
+    assert "3 with invalid metrics (counted as failed" in out.out
+    assert "1e+308" not in out.out and "e+30" not in out.out
+    assert out.err.count("skipping the metrics of") == 3
+
+
+def test_metric_problem_ranges():
+    from maxup.records import Status, TrialRecord, metric_problem
+
+    def rec(**final):
+        return TrialRecord(trial_id="t", status=Status.COMPLETED, config={}, final=final)
+
+    assert metric_problem(rec(test_acc=93.2, test_loss=0.3, val_ppl=57.0, lr=0.1)) is None
+    assert metric_problem(rec(test_acc=float("nan"))) is None  # diverged, counted as such
+    assert "expected a percentage in [0, 100]" in metric_problem(rec(test_acc=100.5))
+    assert "expected a finite perplexity >= 1" in metric_problem(rec(test_ppl=0.5))
+    assert "expected a percentage" in metric_problem(rec(test_top5=True))
+    failed = TrialRecord(trial_id="t", status=Status.FAILED, config={},
+                         final={"test_acc": "nan"})
+    assert metric_problem(failed) is None

@@ -31,6 +31,9 @@ TOP_FIELDS = ("trial_id", "sweep", "status", "seed", "paper_table", "created", "
 FLAT_SECTIONS = ("config", "final", "best", "timings", "environment", "failure")
 #: Attribute of ``DataFrame.attrs`` holding the load summary (see :func:`summary`).
 ATTR = "maxup_load"
+#: ``failure.reason`` of a completed record whose metrics failed validation
+#: (:func:`maxup.records.metric_problem`): counted as a failed seed, never in a mean.
+INVALID_REASON = "invalid record"
 
 
 class RecordSkipped(UserWarning):
@@ -210,6 +213,7 @@ def load_records(root: str | os.PathLike) -> pd.DataFrame:
     paths = tree.files()
     parsed: dict[str, TrialRecord | None] = {}
     skipped: list[str] = []
+    invalid: list[str] = []
 
     def parse(path: str, warn: bool = True) -> TrialRecord | None:
         if path not in parsed:
@@ -220,6 +224,17 @@ def load_records(root: str | os.PathLike) -> pd.DataFrame:
                 if warn:
                     skipped.append(path)
                     warnings.warn(f"skipping {path}: {exc}", RecordSkipped, stacklevel=3)
+            else:
+                problem = records.metric_problem(parsed[path])
+                if problem is not None:
+                    # Kept out of every mean, but its cell shows it: a failed seed whose
+                    # reason says the record is invalid.
+                    invalid.append(path)
+                    warnings.warn(f"skipping the metrics of {path}: {problem}", RecordSkipped,
+                                  stacklevel=3)
+                    rec = parsed[path]
+                    rec.status = Status.FAILED
+                    rec.failure = {"reason": INVALID_REASON, "detail": problem}
         return parsed[path]
 
     rows: list[dict] = []
@@ -259,6 +274,7 @@ def load_records(root: str | os.PathLike) -> pd.DataFrame:
         columns=[*TOP_FIELDS, "arm_id", "history", "certification", "axes", "run_config",
                  "file"])
     df.attrs[ATTR] = {"root": tree.root, "skipped_files": skipped, "duplicates": duplicates,
+                      "invalid_files": invalid,
                       "planned_missing": missing,
                       "planned": {k: sorted(v) for k, v in planned.items()}}
     return df
@@ -291,8 +307,11 @@ def summary(df: pd.DataFrame) -> dict:
 
     Returns:
         ``{"completed", "failed", "running", "skipped", "duplicates", "not_run": int,
-        "failure_reasons": {reason: count}, "skipped_files": [paths]}``; ``not_run`` counts
-        trials a sweep manifest planned that have no record yet.
+        "failure_reasons": {reason: count}, "skipped_files": [paths], "invalid_files":
+        [paths]}``; ``not_run`` counts trials a sweep manifest planned that have no record
+        yet; ``invalid_files`` are completed records whose metrics failed validation
+        (:func:`maxup.records.metric_problem`), counted as failed with reason
+        ``"invalid record"``.
     """
     status = df["status"] if "status" in df else pd.Series([], dtype=object)
     counts = status.value_counts()
@@ -311,6 +330,7 @@ def summary(df: pd.DataFrame) -> dict:
         "not_run": int(meta.get("planned_missing", 0)),
         "failure_reasons": dict(reasons.most_common()),
         "skipped_files": skipped,
+        "invalid_files": list(meta.get("invalid_files", [])),
     }
 
 
@@ -326,6 +346,10 @@ def summary_line(df: pd.DataFrame) -> str:
         failed += " (" + ", ".join(f"{r}: {c}" for r, c in s["failure_reasons"].items()) + ")"
     line = (f"records: {s['completed']} completed, {failed}, {s['running']} running (interim, "
             f"excluded), {s['skipped']} files skipped")
+    if s["invalid_files"]:
+        line += (f", {len(s['invalid_files'])} with invalid metrics (counted as failed: "
+                 + ", ".join(s["invalid_files"][:3])
+                 + (", ..." if len(s["invalid_files"]) > 3 else "") + ")")
     if s["duplicates"]:
         line += f", {s['duplicates']} duplicate copies ignored"
     if s["not_run"]:
