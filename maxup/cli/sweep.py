@@ -97,6 +97,13 @@ def run(args: argparse.Namespace) -> int:
         from maxup.platform.preflight import preflight
 
         preflight(_to_train(spec, trials, storage, args.rerun_failed))
+    else:  # a bounded wait and one line, before the manifest is written or Ray joined
+        from maxup.platform.distributed import probe_cluster
+
+        try:
+            probe_cluster(args.address)
+        except UsageError as exc:
+            raise UsageError(f"--{exc}") from None
     from maxup.platform.sweep import run_sweep
 
     summary = run_sweep(spec, trials, storage, address=args.address,

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from maxup import records
 from maxup.config import RunConfig, from_dict, to_dict
+from maxup.errors import UsageError
 
 RUN_NAME = "ray_train"
 MAX_FAILURES = 3
@@ -184,17 +185,73 @@ def _train_env(start_timeout_s: float):
                 os.environ[k] = v
 
 
+def ensure_local_token() -> Path | None:
+    """Make sure Ray finds an authentication token; a token file created here is 0600.
+
+    Ray looks for ``RAY_AUTH_TOKEN``, then the file at ``RAY_AUTH_TOKEN_PATH``, then
+    ``~/.ray/auth_token``; when none exists, Ray 2.60 writes ``~/.ray/auth_token`` with the
+    umask's permissions (0644: any local user could read it). This writes it first, readable
+    by its owner only (``~/.ray`` created 0700). Returns the file created, or None.
+    """
+    from maxup.platform.jobs import read_token
+
+    try:
+        if read_token():
+            return None
+    except UsageError:
+        return None  # RAY_AUTH_TOKEN_PATH names an unreadable file: Ray's own error says so
+    from ray._private.authentication.authentication_token_generator import (
+        generate_new_authentication_token,
+    )
+
+    path = Path.home() / ".ray" / "auth_token"
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # an empty file, or another process was first
+        return None
+    with os.fdopen(fd, "w") as fh:
+        fh.write(generate_new_authentication_token())
+    try:  # Ray may have cached "no token" already
+        from ray._raylet import AuthenticationTokenLoader
+
+        AuthenticationTokenLoader.instance().reset_cache()
+    except (ImportError, AttributeError):
+        pass
+    return path
+
+
+def _force_token_auth() -> None:
+    """Token authentication for this process and the Ray it starts, whatever
+    ``RAY_AUTH_MODE`` said (``disabled`` would leave the control store open to anyone on the
+    network). Setting the mode explicitly also silences Ray's banner that suggests
+    ``RAY_AUTH_MODE=disabled``."""
+    os.environ["RAY_AUTH_MODE"] = "token"
+    try:  # refresh Ray's cached config, which may have read the old mode at import
+        from ray._raylet import Config
+
+        Config.initialize("")
+    except (ImportError, AttributeError):
+        pass
+
+
 def start_local_ray(start_timeout_s: float = 60.0) -> None:
-    """Start an embedded, private local Ray (no dashboard, token auth left on).
+    """Start an embedded, private local Ray: token authentication forced on, no dashboard.
 
     ``address="local"`` always starts a new instance: a plain ``ray.init()`` would instead
-    join whatever ``RAY_ADDRESS`` or the host's last ``ray start`` cluster names. Ray's GCS,
-    raylet and workers still listen on all interfaces (Ray 2.60 offers no loopback-only
-    mode; ``_node_ip_address="127.0.0.1"`` is rewritten to the node's IP); token
-    authentication guards them. Ray's usage-stats reporting (on unless disabled explicitly)
-    is turned off unless ``RAY_USAGE_STATS_ENABLED`` says otherwise.
+    join whatever ``RAY_ADDRESS`` or the host's last ``ray start`` cluster names. Token
+    authentication is on whatever ``RAY_AUTH_MODE`` says, and a token file created for it is
+    0600 (:func:`ensure_local_token`). Ray's GCS, raylet and workers still listen on all
+    interfaces (Ray 2.60 offers no loopback-only mode; ``_node_ip_address="127.0.0.1"`` is
+    rewritten to the node's IP); the token is what guards them. Ray's own processes are
+    started fate-shared with this driver (Ray's ``PR_SET_PDEATHSIG`` on Linux). Ray's
+    usage-stats reporting (on unless disabled explicitly) is turned off unless
+    ``RAY_USAGE_STATS_ENABLED`` says otherwise.
     """
     import ray
+
+    _force_token_auth()
+    ensure_local_token()
 
     env = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(start_timeout_s),
            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get(
@@ -203,3 +260,66 @@ def start_local_ray(start_timeout_s: float = 60.0) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
              log_to_driver=False, logging_level="WARNING", runtime_env={"env_vars": env})
+
+
+def probe_cluster(address: str, timeout_s: float = 10.0) -> str:
+    """Check that a Ray cluster answers at ``address`` before anything is written or started.
+
+    ``auto`` is resolved as Ray resolves it (``RAY_ADDRESS``, then the host's last
+    ``ray start``); the GCS port must accept a TCP connection within ``timeout_s``. Without
+    this, ``auto`` with no cluster was a 29-line ``ConnectionError`` and an unreachable
+    ``HOST:PORT`` waited forever.
+
+    Args:
+        address: ``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``.
+        timeout_s: the longest wait for the connection.
+
+    Returns:
+        the resolved ``HOST:PORT``.
+
+    Raises:
+        UsageError: no cluster found, a malformed address, or no answer in time.
+    """
+    import socket
+
+    resolved = address
+    if address == "auto":
+        from ray._private.services import canonicalize_bootstrap_address
+
+        try:
+            resolved = canonicalize_bootstrap_address(address)
+        except Exception:  # noqa: BLE001 - Ray's own resolution failed: no cluster
+            resolved = None
+        if not resolved:
+            raise UsageError("address 'auto': no running Ray cluster found (RAY_ADDRESS unset "
+                             "and no 'ray start' on this host); allowed: a running cluster's "
+                             "HOST:PORT, or no address for an embedded local Ray")
+    hostport = resolved.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"address {address!r}: not HOST:PORT; allowed: auto or HOST:PORT of "
+                         "a running Ray cluster (e.g. 10.0.0.5:6379)")
+    def unreachable(why: str) -> UsageError:
+        return UsageError(f"address {address!r}: no Ray cluster answers at {hostport} ({why} "
+                          f"within {timeout_s:g} s); allowed: the address of a running "
+                          "cluster ('ray status' on its head prints it)")
+
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        why = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise unreachable(why) from None
+    # A TCP accept is not a GCS (a proxy or another service accepts too): one GCS call must
+    # be answered, as a GCS answers it (OK, or UNAUTHENTICATED: the token is checked later).
+    import grpc
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+    with grpc.insecure_channel(hostport) as channel:
+        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
+        try:
+            stub.GetAllNodeInfo(gcs_service_pb2.GetAllNodeInfoRequest(), timeout=timeout_s)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAUTHENTICATED:
+                raise unreachable(f"not a Ray GCS: {exc.code().name}") from None
+    return hostport

@@ -1,0 +1,213 @@
+"""Issue 13, Ray locked down and clusters that do not answer.
+
+- The embedded Ray forces token authentication whatever ``RAY_AUTH_MODE`` says (a GCS call
+  without the token is refused), creates its token file 0600, and no longer prints Ray's
+  advice to set ``RAY_AUTH_MODE=disabled``.
+- ``--address`` naming no running cluster is a bounded wait and one line (exit 2), before the
+  sweep's manifest is written or Ray joined.
+"""
+
+from __future__ import annotations
+
+import logging
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from maxup.cli import main
+
+SPACE = "seeds: 1\nbase: {model: {name: mlp}, data: {name: digits}, train: {epochs: 1}}\n"
+
+
+def _refused(capsys, argv) -> str:
+    rc = main(argv)
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1, captured.err
+    return lines[0]
+
+
+@pytest.mark.parametrize("address, says", [
+    ("127.0.0.1:1", "Connection refused"),
+    ("nonsense", "not HOST:PORT"),
+])
+def test_regression_unreachable_cluster_is_one_line_and_writes_nothing(tmp_path, capsys,
+                                                                        address, says):
+    """``--address 127.0.0.1:1`` waited forever after writing sweep.json."""
+    space = tmp_path / "s.yaml"
+    space.write_text(SPACE)
+    storage = tmp_path / "store"
+    t0 = time.monotonic()
+    line = _refused(capsys, ["sweep", str(space), "--address", address, "--storage",
+                             str(storage)])
+    assert time.monotonic() - t0 < 60
+    assert line.startswith(f"maxup: error: --address {address!r}: ") and says in line
+    assert not storage.exists()
+
+
+def test_regression_address_auto_without_a_cluster_is_one_line(tmp_path, capsys, monkeypatch):
+    """``--address auto`` with no cluster printed a 29-line ConnectionError and left
+    ``sweep.json`` and ``records/`` behind."""
+    import ray._private.services as services
+
+    def no_cluster(addr, temp_dir=None):
+        raise ConnectionError("Could not find any running Ray instance.")
+
+    monkeypatch.setattr(services, "canonicalize_bootstrap_address", no_cluster)
+    space = tmp_path / "s.yaml"
+    space.write_text(SPACE)
+    storage = tmp_path / "store"
+    line = _refused(capsys, ["sweep", str(space), "--address", "auto", "--storage",
+                             str(storage)])
+    assert "no running Ray cluster found" in line
+    assert not storage.exists()
+
+
+def test_probe_refuses_a_service_that_is_not_a_ray_gcs(tmp_path):
+    """Something that accepts TCP but is no GCS (here a plain socket that never speaks
+    HTTP/2) is refused within the timeout, not waited on."""
+    import socket
+
+    from maxup.errors import UsageError
+    from maxup.platform.distributed import probe_cluster
+
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+        port = srv.getsockname()[1]
+        t0 = time.monotonic()
+        with pytest.raises(UsageError, match="not a Ray GCS"):
+            probe_cluster(f"127.0.0.1:{port}", timeout_s=2)
+        assert time.monotonic() - t0 < 15
+
+
+@pytest.fixture
+def fresh_home(tmp_path, monkeypatch):
+    """No Ray running, and a HOME without ~/.ray/auth_token."""
+    import ray
+    from ray._raylet import AuthenticationTokenLoader
+
+    if ray.is_initialized():
+        ray.shutdown()
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for var in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"):
+        monkeypatch.delenv(var, raising=False)
+    AuthenticationTokenLoader.instance().reset_cache()
+    yield home
+    ray.shutdown()
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("mode", ["disabled", None], ids=["RAY_AUTH_MODE=disabled", "unset"])
+def test_regression_embedded_ray_forces_token_auth(fresh_home, monkeypatch, caplog, mode):
+    """The embedded Ray never set ``RAY_AUTH_MODE``: with ``disabled`` in the environment a
+    sweep's control store was open to anyone on the network, and the token file Ray created
+    was 0644. A GCS call without the token must be refused."""
+    import grpc
+    from test_security import _gcs_call
+
+    from maxup.platform.distributed import start_local_ray
+
+    if mode is None:
+        monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    else:
+        monkeypatch.setenv("RAY_AUTH_MODE", mode)
+    with caplog.at_level(logging.WARNING):
+        start_local_ray(30.0)
+    assert _gcs_call() == grpc.StatusCode.UNAUTHENTICATED  # a client without the token
+    assert _gcs_call((("authorization", "Bearer not-the-token"),)) == \
+        grpc.StatusCode.UNAUTHENTICATED
+    token = Path(fresh_home) / ".ray" / "auth_token"
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600
+    assert stat.S_IMODE(token.parent.stat().st_mode) == 0o700
+    header = {"authorization": f"Bearer {token.read_text().strip()}"}
+    assert _gcs_call(tuple(header.items())) == grpc.StatusCode.OK
+    assert "RAY_AUTH_MODE=disabled" not in caplog.text
+
+
+# --------------------------------------------------------------------------- node loss
+
+@pytest.fixture
+def three_node_cluster(monkeypatch):
+    """A simulated cluster on this machine: a head with no CPUs and two 1-CPU nodes."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False, logging_level="WARNING")
+    try:
+        yield cluster, nodes
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_sweep_survives_losing_a_node_mid_sweep(three_node_cluster, tmp_path):
+    """Fault injection: a 4-trial sweep on two 1-CPU nodes; once a trial is training, one
+    node crashes (no graceful shutdown) and a replacement joins. Every trial finishes
+    exactly once (each epoch once in its record), no record is lost, the table is complete."""
+    import threading
+
+    from maxup import records
+    from maxup.analysis.load import load_records, summary
+    from maxup.platform.space import load_space
+    from maxup.platform.sweep import run_sweep, sweep_layout
+
+    cluster, nodes = three_node_cluster
+    epochs = 4
+    space = tmp_path / "nodeloss.yaml"
+    space.write_text(
+        "name: nodeloss\n"
+        "base: {model: {name: mlp}, data: {name: digits, subset: 600}, "
+        "augment: {ops: [gaussian], sigma: 0.3}, maxup: {m: 2, warmup_epochs: 0}, "
+        f"train: {{epochs: {epochs}, batch_size: 32, device: cpu, progress: false}}}}\n"
+        "grid: {maxup.m: [1, 2]}\nseeds: 2\nresources: {cpus_per_trial: 1}\n"
+        "concurrency: 2\nretries: 3\n")
+    spec = load_space(space)
+    trials = spec.expand()
+    storage = tmp_path / "store"
+    box: dict = {}
+
+    def sweep() -> None:
+        try:
+            box["summary"] = run_sweep(spec, trials, storage, address=cluster.address,
+                                       echo=lambda line: None)
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=sweep, daemon=True)
+    thread.start()
+    layout = sweep_layout(storage, spec.name)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and "summary" not in box and "error" not in box:
+        running = [records.load_record(layout.record(t.trial_id)) for t in trials]
+        if any(r is not None and r.history for r in running):
+            break  # a trial has finished an epoch: lose a node now
+        time.sleep(0.2)
+    assert "error" not in box, box.get("error")
+    cluster.remove_node(nodes[0], allow_graceful=False)
+    cluster.add_node(num_cpus=1)  # the replacement (add_node works from the main thread only)
+    thread.join(timeout=600)
+    assert not thread.is_alive(), "the sweep did not finish after the node was replaced"
+    assert "error" not in box, box.get("error")
+    result = box["summary"]
+    assert sorted(result.completed) == sorted(t.trial_id for t in trials), result.line()
+    for t in trials:
+        rec = records.load_record(layout.record(t.trial_id))
+        assert rec is not None and rec.completed, t.trial_id
+        assert [h["epoch"] for h in rec.history] == list(range(1, epochs + 1)), t.trial_id
+    df = load_records(layout.root)
+    s = summary(df)
+    assert (s["completed"], s["failed"], s["running"], s["not_run"]) == (4, 0, 0, 0)
