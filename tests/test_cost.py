@@ -320,3 +320,13 @@ def test_finished_records_on_the_target_device_refine_the_estimate(tmp_path):
     est = cost.estimate(m1.config, prof)
     refined = cost.refined(est, m1.config, {"small_cnn": 3.0}, prof.trial_overhead_s)
     assert refined.seconds == pytest.approx(2.0 + 3 * (3 * epoch_m1))
+
+
+def test_dry_run_says_when_nothing_can_be_priced(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MAXUP_PROFILES", str(tmp_path / "p"))
+    _write_profile(tmp_path / "p", _profile_doc({}, device=cost.cpu_name()))  # no models
+    rc = main(["sweep", str(_space(tmp_path, "")), "--dry-run", "--storage",
+               str(tmp_path / "s")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "cost: 1 trial(s) to train, none priced" in out
+    assert "no figures for small_cnn" in out and not (tmp_path / "s").exists()

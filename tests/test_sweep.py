@@ -365,22 +365,22 @@ def test_resume_after_driver_sigkill(tmp_path, ray_tmp):
 
 @pytest.fixture(scope="module")
 def failing_sweep(tmp_path_factory):
-    """One sweep, three trials: ok, NaN loss (sigma 1e30), raises (data root missing).
+    """One sweep, three trials: ok, NaN loss (lr 100), raises (a data subset larger than
+    the dataset: the preflight checks that the data is there, not this).
 
     Run three times: first; again (failed ones skipped); again with --rerun-failed.
     """
     tmp = tmp_path_factory.mktemp("fail")
-    missing = tmp / "no-such-data"
-    space = write_space(tmp / "fail.yaml", "fail", epochs=2, seeds=1, retries=2, grid=f"""\
+    space = write_space(tmp / "fail.yaml", "fail", epochs=2, seeds=1, retries=2, grid="""\
         case:
-          ok: {{augment.sigma: 0.3}}
-          nan: {{augment.sigma: 1.0e+30}}
-          boom: {{data.name: fashion_mnist, data.root: {missing}}}
+          ok: {augment.sigma: 0.3}
+          nan: {optim.lr: 100.0}
+          boom: {data.subset: 100000}
         """)
     storage = tmp / "st"
     ray_tmp = tempfile.mkdtemp(prefix="mxs", dir="/tmp")
     try:
-        runs = {"first": run_cli(space, storage, ray_tmp)}
+        runs = {"first": run_cli(space, storage, ray_tmp, "--verbose")}  # + Tune's table
         runs["first_records"] = read_records(storage, "fail")
         runs["again"] = run_cli(space, storage, ray_tmp, timeout=120)
         runs["again_records"] = read_records(storage, "fail")
@@ -418,11 +418,12 @@ def test_raising_trial_is_retried_then_failed_with_the_exception(failing_sweep):
     first, recs = runs["first"], runs["first_records"]
     boom = recs[case["boom"].trial_id]
     check_record(boom, case["boom"], "fail", epochs=2, status="failed")
-    assert boom["failure"]["reason"].startswith("DataError: data.root:"), boom["failure"]
-    assert "no-such-data" in boom["failure"]["reason"]
+    assert boom["failure"]["reason"].startswith("ConfigError: data.subset:"), boom["failure"]
+    assert "100000" in boom["failure"]["reason"]
     assert "Traceback" in boom["failure"]["detail"]
     assert boom["history"] == []
-    assert re.search(rf"^\[error\]\s+{case['boom'].trial_id} ", first.stdout, re.M)
+    assert re.search(rf"^\[failed\]\s+{case['boom'].trial_id} .*ConfigError: data.subset.*"
+                     r"gave up after the configured retries", first.stdout, re.M)
     # retries: 2 → three attempts, counted in Tune's table of errored trials (by Tune's name).
     tune_name = re.findall(rf"^\| (\S+) +\| ERROR +\| .*\| {case['boom'].trial_id} \|",
                            first.stdout, re.M)

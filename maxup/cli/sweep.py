@@ -223,6 +223,10 @@ def _print_cost(spec, trials, priced) -> None:
     n_todo = sum(priced.pending)
     hours = priced.compute_s * per / 3600
     unknown = f" ({priced.unpriced} trial(s) not priced)" if priced.unpriced else ""
+    if n_todo and priced.unpriced == n_todo:
+        print(f"cost: {n_todo} trial(s) to train, none priced (see the notes); "
+              f"{len(trials) - n_todo} already completed cost nothing")
+        return
     print(f"cost: {n_todo} trial(s) to train, {hours:.3g} {unit}-hours "
           f"({cost.fmt_duration(priced.compute_s)} of trial time × {per:g} {unit}), "
           f"wall-clock {cost.fmt_duration(priced.wall_s)} on {len(target.slots)} slot(s)"

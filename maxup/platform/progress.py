@@ -118,18 +118,20 @@ class SweepProgress(Callback):
             self.echo(f"[start]  {_label(trial)}")
         self._refresh(force=True)
 
-    def _finished(self, trial, failed_line: str | None) -> None:
+    def _finished(self, trial, gave_up: bool) -> None:
         tid = _tid(trial)
         took = self.clock() - self.started.get(tid, self.clock())
         est = self.estimates.get(tid)
         timing = f" in {cost.fmt_duration(took)}" + (f" (est. {cost.fmt_duration(est)})"
                                                      if est is not None else "")
         rec = records.load_record(self.layout.record(tid))
-        if failed_line is None and rec is not None and rec.status is records.Status.FAILED:
-            failed_line = str((rec.failure or {}).get("reason"))
-        if failed_line is not None:
+        failed = gave_up or (rec is not None and rec.status is records.Status.FAILED)
+        if failed:
             self.failed.add(tid)
-            self.echo(f"[failed] {_label(trial)}: {failed_line}{timing}")
+            reason = (rec.failure or {}).get("reason") if rec is not None else None
+            why = "; ".join(str(x) for x in (reason, "gave up after the configured retries"
+                                             if gave_up else None) if x)
+            self.echo(f"[failed] {_label(trial)}: {why}{timing}")
         else:
             self.done[tid] = took
             acc = rec.final.get("test_acc") if rec is not None else None
@@ -140,10 +142,10 @@ class SweepProgress(Callback):
         self._refresh(force=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._finished(trial, None)
+        self._finished(trial, False)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._finished(trial, "gave up after the configured retries")
+        self._finished(trial, True)
 
     def on_experiment_end(self, trials, **info):
         if self.bar is not None:
