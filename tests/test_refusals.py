@@ -411,3 +411,23 @@ def test_metric_problem_ranges():
     failed = TrialRecord(trial_id="t", status=Status.FAILED, config={},
                          final={"test_acc": "nan"})
     assert metric_problem(failed) is None
+
+
+def test_regression_data_parallel_train_echoes_worker_epoch_lines(tmp_path, capsys):
+    """``--workers 2`` printed nothing per epoch for over a minute: the workers write their
+    epoch lines to log.txt only. The CLI now echoes what is appended there while it waits
+    (whole lines only, none twice, nothing that was there before it started)."""
+    import time
+
+    from maxup.cli.train import _echo_log
+
+    log = tmp_path / "log.txt"
+    log.write_text("epoch   1/3  from an earlier run\n")
+    with _echo_log(log, interval_s=0.05):
+        with open(log, "a") as fh:
+            fh.write("epoch   2/3  resumed\nepoch   3/")
+            fh.flush()
+            time.sleep(0.3)
+            assert capsys.readouterr().out == "epoch   2/3  resumed\n"  # live, half line held
+            fh.write("3  done\n")
+    assert capsys.readouterr().out == "epoch   3/3  done\n"
