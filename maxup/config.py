@@ -199,6 +199,61 @@ class CertifyConfig:
         _check_ranges(self, "certify.")
 
 
+#: Registered corpora (``maxup.data.corpus``): a run on one is a language-modelling run.
+TEXT_DATASETS = ("kjv", "ptb", "wikitext2")
+
+
+@dataclass
+class LMConfig:
+    """Language modelling (AWD-LSTM on a corpus): model sizes, regularisation, optimisation.
+
+    Present exactly when ``data.name`` is a corpus (then filled with these defaults when
+    absent). Defaults are salesforce/awd-lstm-lm's ``main.py`` arguments; the search spaces
+    set each paper setting and cite its source. ``optim.lr`` is the SGD learning rate (30 in
+    the reference), ``optim.weight_decay`` its ``wdecay`` (1.2e-6), ``train.batch_size`` the
+    number of sequences (columns of the batchified stream), ``maxup.m`` the copies of the
+    word-embedding-dropout mask.
+    """
+
+    emsize: int = _num(400, 1, 65_536)
+    nhid: int = _num(1150, 1, 65_536)
+    nlayers: int = _num(3, 1, 64)
+    dropout: float = _num(0.4, 0, 1, hi_open=True)  # locked dropout on the output
+    dropouth: float = _num(0.3, 0, 1, hi_open=True)  # locked dropout between LSTM layers
+    dropouti: float = _num(0.65, 0, 1, hi_open=True)  # locked dropout on the embeddings
+    dropoute: float = _num(0.1, 0, 1, hi_open=True)  # word-level embedding dropout
+    wdrop: float = _num(0.5, 0, 1, hi_open=True)  # DropConnect on hidden-to-hidden weights
+    bptt: int = _num(70, 5, 100_000)  # mean window; variable BPTT draws around it
+    alpha: float = _num(2.0, 0, 1e6)  # activation regularisation (AR)
+    beta: float = _num(1.0, 0, 1e6)  # temporal activation regularisation (TAR)
+    clip: float = _num(0.25, 0, 1e6)  # gradient-norm clipping (0: off)
+    asgd: Literal["nonmono", "switch", "off"] = "nonmono"  # when averaging starts
+    nonmono: int = _num(5, 1, 100_000)  # NT-ASGD's non-monotone interval
+    switch: int | None = _num(None, 1, 100_000)  # epoch after which asgd=switch averages
+    finetune_epochs: list[int] = field(default_factory=list)  # epochs of each ASGD restart
+    eval_batch_size: int = _num(10, 1, 1_048_576)  # validation columns (reference: 10)
+    test_batch_size: int = _num(1, 1, 1_048_576)  # test columns (reference: 1)
+    adv_eps: float = _num(0.0, 0, 100)  # ADV-AWD-LSTM output-embedding perturbation
+    adv_noise: float = _num(0.0, 0, 100)  # ADV-AWD-LSTM Gaussian noise on embeddings
+    # Dynamic evaluation (Krause et al. 2018) of the best model after the last epoch; the
+    # defaults are benkrause/dynamic-evaluation's dynamiceval.py (tuned for AWD-LSTM on PTB).
+    dyneval: bool = False
+    dyneval_lr: float = _num(5e-5, 0, 100)  # eta
+    dyneval_lamb: float = _num(0.002, 0, 100)  # decay toward the trained weights
+    dyneval_epsilon: float = _num(2e-5, 0, 100, lo_open=True)
+    dyneval_bptt: int = _num(5, 1, 100_000)
+    dyneval_batch_size: int = _num(100, 1, 1_048_576)  # columns for gradient statistics
+    dyneval_batches: int | None = _num(None, 1, 100_000_000)  # None: the whole train split
+
+    def validate(self) -> None:
+        _check_ranges(self, "lm.")
+        _check(all(e >= 1 for e in self.finetune_epochs), "lm.finetune_epochs",
+               self.finetune_epochs, "a list of epoch counts >= 1")
+        if self.asgd == "switch":
+            _check(self.switch is not None, "lm.switch", self.switch,
+                   "an epoch >= 1 when lm.asgd is switch")
+
+
 @dataclass
 class RunConfig:
     """Everything one training run needs; stored beside every result."""
@@ -211,9 +266,37 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     certify: CertifyConfig = field(default_factory=CertifyConfig)
+    lm: LMConfig | None = None  # language modelling; set exactly for a corpus (TEXT_DATASETS)
+
+    def __post_init__(self) -> None:
+        # A corpus run always carries its resolved lm section, so a config that omits it and
+        # one that spells out the defaults are the same trial.
+        if self.data.name in TEXT_DATASETS and self.lm is None:
+            self.lm = LMConfig()
 
     def validate(self) -> None:
         _check_ranges(self, "")
+        if self.data.name in TEXT_DATASETS:
+            _check(self.model.name == "awd_lstm", "model.name", self.model.name,
+                   f"awd_lstm for the corpus {self.data.name}")
+            _check(self.train.workers == 1 or self.train.batch_size % self.train.workers == 0,
+                   "train.batch_size", self.train.batch_size,
+                   f"a multiple of train.workers ({self.train.workers}) for a corpus")
+            # awd-lstm-lm's optimiser: SGD without momentum at a constant rate (ASGD and the
+            # seq_len/bptt scaling are the lm section's).
+            _check(self.optim.momentum == 0, "optim.momentum", self.optim.momentum,
+                   "0 for a corpus (awd-lstm-lm's SGD has no momentum)")
+            _check(self.optim.schedule == "constant", "optim.schedule", self.optim.schedule,
+                   "constant for a corpus (averaging is lm.asgd's)")
+            _check(sum(self.lm.finetune_epochs) < self.train.epochs, "lm.finetune_epochs",
+                   self.lm.finetune_epochs, f"epochs summing to less than train.epochs "
+                   f"({self.train.epochs})")
+        else:
+            _check(self.lm is None, "lm", "a mapping",
+                   "absent unless data.name is a corpus (" + ", ".join(TEXT_DATASETS) + ")")
+            _check(self.model.name != "awd_lstm", "model.name", self.model.name,
+                   "an image model (awd_lstm needs data.name one of "
+                   + ", ".join(TEXT_DATASETS) + ")")
         for f in dataclasses.fields(self):
             sub = getattr(self, f.name)
             if dataclasses.is_dataclass(sub):
@@ -305,6 +388,10 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        section = [a for a in args if dataclasses.is_dataclass(a)]
+        if section and isinstance(value, dict):
+            # An optional section (``lm``): its own refusal names the dotted field.
+            return _build(value, section[0], name + ".")
         errors = []
         for arg in (a for a in args if a is not type(None)):
             try:
@@ -349,8 +436,15 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
 
 
 def to_dict(cfg: Any) -> dict:
-    """The config as nested plain data (JSON- and YAML-serialisable)."""
-    return dataclasses.asdict(cfg)
+    """The config as nested plain data (JSON- and YAML-serialisable).
+
+    An image run's config has no ``lm`` key at all (not ``lm: null``), so its trial id is
+    the one it had before language modelling existed.
+    """
+    out = dataclasses.asdict(cfg)
+    if isinstance(cfg, RunConfig) and cfg.lm is None:
+        out.pop("lm", None)
+    return out
 
 
 def set_dotted(data: dict, key: str, value: Any) -> None:

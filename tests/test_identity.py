@@ -102,9 +102,11 @@ def test_no_other_module_hashes_configs():
     hashing = re.compile(r"hashlib\.|\bsha256\(|\bmd5\(")
     users = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "maxup").rglob("*.py")
                    if hashing.search(p.read_text()))
-    # engine: seeds from integers; storage: a scratch folder name from a URI string.
-    assert users == ["maxup/engine.py", "maxup/identity.py", "maxup/platform/storage.py"]
-    for path in ("maxup/engine.py", "maxup/platform/storage.py"):
+    # engine: seeds from integers; storage: a scratch folder name from a URI string;
+    # corpus: the checksum of a corpus's text files.
+    assert users == ["maxup/data/corpus.py", "maxup/engine.py", "maxup/identity.py",
+                     "maxup/platform/storage.py"]
+    for path in ("maxup/data/corpus.py", "maxup/engine.py", "maxup/platform/storage.py"):
         text = (ROOT / path).read_text()
         assert "json.dumps" not in "".join(
             line for line in text.splitlines() if hashing.search(line)), path

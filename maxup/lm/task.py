@@ -107,9 +107,10 @@ class LMTask:
     #: The engine wraps the model in DDP for image tasks; this task averages gradients itself
     #: (it calls the model several times per step, and its decoder outside ``forward``).
     ddp = False
-    finite_keys = ("val_loss", "test_loss")
-    csv_columns = ("epoch", "lr", "train_loss", "train_ppl", "val_ppl", "best_val_ppl",
-                   "test_ppl", "averaging", "stage", "maxup_active", "maxup_m", "maxup_gap",
+    finite_keys = ("epoch_val_loss", "test_loss")
+    csv_columns = ("epoch", "lr", "train_loss", "train_ppl", "epoch_val_ppl", "val_ppl",
+                   "test_ppl", "dyn_val_ppl", "dyn_test_ppl", "averaging", "stage",
+                   "maxup_active", "maxup_m", "maxup_gap",
                    "train_s", "selection_s", "eval_s", "wall_s", "tokens_per_s")
 
     def __init__(self, cfg: RunConfig, device: torch.device, rank: int = 0,
@@ -323,8 +324,11 @@ class LMTask:
         """Validation perplexity of this epoch's (averaged) weights, NT-ASGD's bookkeeping,
         and the test perplexity of the best-validation model (recomputed when it changes).
 
-        Metrics: ``val_loss``/``val_ppl`` (this epoch), ``best_val_ppl``, ``test_loss``/
-        ``test_ppl`` (of the kept best model, as the reference reports), ``averaging``.
+        Metrics: ``epoch_val_loss``/``epoch_val_ppl`` (this epoch's weights); ``val_loss``/
+        ``val_ppl`` and ``test_loss``/``test_ppl`` of the kept best-validation model (what the
+        reference saves and reports, and what Tables 6/7 show); ``params_m`` (millions of
+        parameters, the tables' Params column); ``averaging``; after the last epoch with
+        ``lm.dyneval``, ``dyn_val_ppl``/``dyn_test_ppl`` of the best model.
         Every rank evaluates the whole splits (they hold the same weights), so nothing is
         all-reduced.
         """
@@ -347,17 +351,43 @@ class LMTask:
                 st.update(averaging=True, avg=None, avg_count=0)
         st["val_history"] = [*st["val_history"], val_loss]
         test_loss = st["best_test_loss"] if st["best_test_loss"] is not None else math.nan
-        return {"val_loss": val_loss, "val_ppl": _ppl(val_loss),
-                "best_val_ppl": _ppl(st["best_val_loss"]), "test_loss": test_loss,
-                "test_ppl": _ppl(test_loss), "best_epoch": st["best_epoch"],
-                "averaging": st["averaging"]}
+        out = {"epoch_val_loss": val_loss, "epoch_val_ppl": _ppl(val_loss),
+               "val_loss": st["best_val_loss"], "val_ppl": _ppl(st["best_val_loss"]),
+               "test_loss": test_loss, "test_ppl": _ppl(test_loss),
+               "best_epoch": st["best_epoch"], "averaging": st["averaging"],
+               "params_m": count_parameters(model) / 1e6}
+        if lm.dyneval and epoch + 1 == self.cfg.train.epochs:
+            out.update(self.dynamic_evaluation(model))
+        return out
+
+    def dynamic_evaluation(self, model: nn.Module) -> dict:
+        """Dynamic evaluation of the kept best model on validation, then test (the weights
+        are restored after each); ``dyn_val_ppl``, ``dyn_test_ppl``, ``dyn_s``."""
+        from maxup.lm.dyneval import dynamic_eval, gradient_statistics
+
+        lm = self.lm
+        t0 = time.perf_counter()
+        saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(self.state["best_model"])
+        train = batchify(self.corpus.splits["train"], lm.dyneval_batch_size).to(self.device)
+        stats = gradient_statistics(model, train, lm.dyneval_bptt, lm.dyneval_batches)
+        out = {}
+        for split in ("valid", "test"):
+            data = batchify(self.corpus.splits[split], 1).to(self.device)
+            loss = dynamic_eval(model, data, stats, lr=lm.dyneval_lr, lamb=lm.dyneval_lamb,
+                                epsilon=lm.dyneval_epsilon, bptt=lm.dyneval_bptt)
+            out["dyn_val_ppl" if split == "valid" else "dyn_test_ppl"] = _ppl(loss)
+            model.load_state_dict(self.state["best_model"])
+        model.load_state_dict(saved)
+        out["dyn_s"] = time.perf_counter() - t0
+        return out
 
     def summary_line(self, m: dict, epochs: int) -> str:
         arm = f"maxup m={m['maxup_m']}" if m["maxup_active"] else "plain"
         avg = " asgd" if m.get("averaging") else ""
         return (f"epoch {m['epoch']:>3}/{epochs}  {arm:<11} stage {m['stage']}{avg}  "
-                f"train ppl {m['train_ppl']:.2f}  val ppl {m['val_ppl']:.2f} "
-                f"(best {m['best_val_ppl']:.2f}, its test {m['test_ppl']:.2f})  "
+                f"train ppl {m['train_ppl']:.2f}  val ppl {m['epoch_val_ppl']:.2f} "
+                f"(best {m['val_ppl']:.2f}, its test {m['test_ppl']:.2f})  "
                 f"{m['wall_s']:.1f}s ({m['tokens_per_s']:.0f} tok/s, "
                 f"selection {m['selection_s']:.1f}s)")
 
