@@ -74,10 +74,14 @@ PUBLISHED: dict[str, dict[tuple, Published]] = {
     "6": {
         ("baseline", "final.val_ppl"): P(57.15), ("baseline", "final.test_ppl"): P(55.01),
         ("maxup", "final.val_ppl"): P(56.25), ("maxup", "final.test_ppl"): P(54.27),
+        ("baseline", "final.dyn_val_ppl"): P(51.60), ("baseline", "final.dyn_test_ppl"): P(51.10),
+        ("maxup", "final.dyn_val_ppl"): P(50.83), ("maxup", "final.dyn_test_ppl"): P(50.29),
     },
     "7": {
         ("baseline", "final.val_ppl"): P(63.68), ("baseline", "final.test_ppl"): P(61.34),
         ("maxup", "final.val_ppl"): P(62.48), ("maxup", "final.test_ppl"): P(60.19),
+        ("baseline", "final.dyn_val_ppl"): P(42.36), ("baseline", "final.dyn_test_ppl"): P(40.53),
+        ("maxup", "final.dyn_val_ppl"): P(41.29), ("maxup", "final.dyn_test_ppl"): P(39.61),
     },
     "8": {
         **{("baseline", r): P(float(v)) for r, v in zip(RADII, _T8["Cohen et al. (2019)"])},

@@ -220,8 +220,11 @@ for _tid, _ds, _name in (("6", "ptb", "Penn Treebank"), ("7", "wikitext2", "Wiki
                        "(lower is better)",
         filter=paper_table(_tid, _dataset(_ds, _ds.replace("wikitext2", "wt2"))),
         rows=_methods("ADV-AWD-LSTM (m = 1)", "ADV-AWD-LSTM + MaxUp"),
-        cols=Axis(METRIC, (("final.val_ppl", "Valid"), ("final.test_ppl", "Test")),
-                  extra=False),
+        # Valid/Test of the kept best-validation model, then the same model under dynamic
+        # evaluation (the paper's "+ dynamic evaluation" rows), and the Params column (M).
+        cols=Axis(METRIC, (("final.params_m", "Params (M)"), ("final.val_ppl", "Valid"),
+                           ("final.test_ppl", "Test"), ("final.dyn_val_ppl", "Valid + dyn. eval"),
+                           ("final.dyn_test_ppl", "Test + dyn. eval")), extra=False),
         metric=None, lower_is_better=True, expected_n=None, unit="perplexity", dataset=_ds,
         protocol={"data.subset": None}))
 _add(TableSpec(

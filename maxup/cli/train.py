@@ -79,8 +79,11 @@ def run(args: argparse.Namespace) -> int:
     if record["status"] == Status.FAILED:
         print(f"run failed: {record['failure']['reason']} (see {out / 'record.json'})")
         return 1
-    print(f"done: test acc {final.get('test_acc', float('nan')):.2f}% after "
-          f"{final.get('epoch')} epochs; results in {out}")
+    if final.get("test_ppl") is not None:  # a language model
+        result = f"val ppl {final.get('val_ppl'):.2f}, test ppl {final['test_ppl']:.2f}"
+    else:
+        result = f"test acc {final.get('test_acc', float('nan')):.2f}%"
+    print(f"done: {result} after {final.get('epoch')} epochs; results in {out}")
     return 0
 
 
