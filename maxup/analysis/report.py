@@ -98,12 +98,15 @@ def _machine(done: pd.DataFrame) -> str:
             f"{values('environment.git_commit', 10)}")
 
 
+def _wall_min(done: pd.DataFrame) -> float:
+    return float(done["timings.wall_s"].sum()) / 60 if "timings.wall_s" in done else math.nan
+
+
 def _compute(sweep: pd.DataFrame, frame: pd.DataFrame, name: str) -> str:
     done = unique_trials(completed(sweep))
-    total = float(done["timings.wall_s"].sum()) if "timings.wall_s" in done else math.nan
     others = frame[(frame["sweep"] != name) & frame["trial_id"].isin(done["trial_id"])]
     shared = set(others["trial_id"])
-    text = (f"{len(done)} completed trials, {_fmt(total / 60, 1)} min of trial compute "
+    text = (f"{len(done)} completed trials, {_fmt(_wall_min(done), 1)} min of trial compute "
             "(the sum of the records' own wall times)")
     if shared:
         text += (f"; {len(shared)} of them also belong to "
@@ -179,8 +182,9 @@ def build_report(root: str | os.PathLike, figures_dir: str | os.PathLike | None 
     lines = ["# Reproduction", "",
              "Real results of this platform, stored as its own records under "
              f"`{root.name}/` ({len(trials)} trials across {len(names)} sweeps; seeds per "
-             f"arm: {', '.join(map(str, seeds))}). Every number below is regenerated from "
-             "those records by",
+             f"arm: {', '.join(map(str, seeds))}; {_fmt(_wall_min(trials), 1)} min of trial "
+             "compute in all, each trial counted once). Every number below is regenerated "
+             "from those records by",
              "", "```bash", f"maxup report {root.name} --out REPRODUCTION.md", "```", "",
              "and `tests/test_reproduction.py` fails when this file and the records disagree. "
              "`maxup tables "
