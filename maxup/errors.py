@@ -15,7 +15,10 @@ class ConfigError(UsageError):
     def __init__(self, field: str, value, allowed: str):
         self.field, self.value, self.allowed = field, value, allowed
         shown = repr(value)
-        if len(shown) > 80:  # a 400-digit number or a whole pasted document: keep one line short
+        # A 400-digit number or a whole pasted document: keep the line short. A path is shown
+        # whole (up to a long one): it is what the user must find and fix.
+        limit = 400 if isinstance(value, str) else 80
+        if len(shown) > limit:
             shown = shown[:60] + f"... ({len(shown)} characters)"
         name = field if field.isprintable() else repr(field)  # a key holding a newline
         super().__init__(f"{name}: got {shown}; allowed: {allowed}")

@@ -13,7 +13,8 @@ import pytest
 from maxup.cli import COMMANDS, DESCRIPTION, main
 
 REPO = Path(__file__).resolve().parent.parent
-EXPECTED = {"train", "sweep", "tables", "figures", "certify", "job"}
+EXPECTED = {"train", "sweep", "tables", "figures", "report", "certify", "job", "calibrate",
+            "status"}
 
 
 def _help(capsys, *argv: str) -> str:

@@ -29,13 +29,13 @@ COMMANDS = {
     "certify": ("maxup.cli.certify", "configure", "run",
                 "randomized-smoothing certification of a checkpoint"),
     "report": ("maxup.cli.report", "configure", "run",
-               "write a reproduction document (tables, verdicts, figures) from stored sweeps"),
+               "write a reproduction document from stored sweeps"),
     "job": ("maxup.cli.job", "configure", "run",
             "submit and manage ad-hoc jobs on a Ray cluster"),
     "calibrate": ("maxup.cli.calibrate", "configure", "run",
-                  "time this device's forward and training step per model (a cost profile)"),
+                  "time each model's steps on this device (a cost profile)"),
     "status": ("maxup.cli.status", "configure", "run",
-               "a sweep's progress and remaining cost, read from its storage only"),
+               "a sweep's progress and remaining cost, from its storage only"),
 }
 
 
@@ -54,11 +54,23 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"maxup: error: {message} (see: {self.prog} --help)\n")
 
 
+class _CommandList(argparse.HelpFormatter):
+    """argparse's help, with each command's help on the command's own line: argparse sizes the
+    name column without the extra indent it prints command names with, so a name as long as
+    ``calibrate`` would push its help onto a second line."""
+
+    def add_argument(self, action):
+        super().add_argument(action)
+        if isinstance(action, argparse._SubParsersAction) and action.choices:
+            longest = max(map(len, action.choices)) + self._current_indent + self._indent_increment
+            self._action_max_length = max(self._action_max_length, longest)
+
+
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     """The top-level parser; only the chosen subcommand's module is imported."""
     import maxup
 
-    parser = _Parser(prog="maxup", description=DESCRIPTION)
+    parser = _Parser(prog="maxup", description=DESCRIPTION, formatter_class=_CommandList)
     parser.add_argument("--version", action="version", version=f"maxup {maxup.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = _selected_command(argv)
