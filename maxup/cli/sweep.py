@@ -192,6 +192,7 @@ def _price(spec, trials, layout, stored, cpus, gpus, needs_cluster, plan_for, ad
     """(priced plan, planned for this machine) or None when no cluster file is at hand."""
     from maxup.platform import plan
     from maxup.platform.space import REPO_ROOT
+    from maxup.platform.sweep import stored_records
 
     if plan_for is None and (address or needs_cluster):
         default = Path("cluster.yaml") if Path("cluster.yaml").is_file() \
@@ -203,7 +204,7 @@ def _price(spec, trials, layout, stored, cpus, gpus, needs_cluster, plan_for, ad
         target = plan.cluster_target(plan_for, spec, trials)
     else:
         target = plan.local_target(spec, trials, cpus, gpus or 0.0)
-    finished = plan.stored_records(layout, trials, remote=layout.remote is not None)
+    finished = list(stored_records(trials, layout, remote=layout.remote is not None).values())
     return plan.price(spec, trials, target, stored, finished), plan_for is None
 
 

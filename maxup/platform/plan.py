@@ -263,26 +263,6 @@ def apply_overrides(spec, overrides: dict) -> None:
         set_dotted(spec.base, key, value)
 
 
-def stored_records(layout, trials, *, remote: bool = False) -> list:
-    """The parsed records the storage holds for these trials (read only; missing skipped)."""
-    from maxup import records
-
-    out = []
-    mirror = layout._mirror() if remote else None
-    for t in trials:
-        if mirror is not None:
-            data = mirror.read(layout._rel(layout.record(t.trial_id)))
-            try:
-                rec = None if data is None else records.parse_record(data)
-            except records.RecordError:
-                rec = None
-        else:
-            rec = records.load_record(layout.record(t.trial_id))
-        if rec is not None:
-            out.append(rec)
-    return out
-
-
 def arm_lines(spec, priced: Priced) -> list[str]:
     """One line per arm, in submission order: estimated time per trial, trials to train."""
     from maxup import identity
@@ -313,7 +293,9 @@ def run_estimates(spec, trials, layout, *, remote: bool) -> dict[str, float | No
     else:
         name, kind = cost.local_device(want_gpu=gpu)
     prof, _note = cost.find_profile(name, kind)
-    factors = cost.refinement(stored_records(layout, trials), prof, name)
+    from maxup.platform.sweep import stored_records
+
+    factors = cost.refinement(list(stored_records(trials, layout).values()), prof, name)
     out: dict[str, float | None] = {}
     facts: dict[tuple, object] = {}
     for t in trials:

@@ -132,9 +132,9 @@ class SweepSummary:
         return not (self.failed or self.failed_before or self.interrupted)
 
 
-def record_statuses(trials: list[Trial], layout: SweepLayout, *, remote: bool = False
-                    ) -> dict[str, records.Status | None]:
-    """Each trial's record status in storage (None: no readable record yet).
+def stored_records(trials: list[Trial], layout: SweepLayout, *, remote: bool = False
+                   ) -> dict[str, records.TrialRecord]:
+    """Trial id -> the record the storage holds for it (trials without a readable one left out).
 
     Args:
         trials: the trials to look up.
@@ -142,7 +142,7 @@ def record_statuses(trials: list[Trial], layout: SweepLayout, *, remote: bool = 
         remote: read the records from the remote storage root itself, writing nothing
             locally (a dry run); by default the local copies are read.
     """
-    out: dict[str, records.Status | None] = {}
+    out: dict[str, records.TrialRecord] = {}
     mirror = layout._mirror() if remote else None
     for t in trials:
         if mirror is not None:
@@ -153,8 +153,18 @@ def record_statuses(trials: list[Trial], layout: SweepLayout, *, remote: bool = 
                 rec = None
         else:
             rec = records.load_record(layout.record(t.trial_id))
-        out[t.trial_id] = None if rec is None else rec.status
+        if rec is not None:
+            out[t.trial_id] = rec
     return out
+
+
+def record_statuses(trials: list[Trial], layout: SweepLayout, *, remote: bool = False
+                    ) -> dict[str, records.Status | None]:
+    """Each trial's record status in storage (None: no readable record yet); arguments as
+    :func:`stored_records`."""
+    recs = stored_records(trials, layout, remote=remote)
+    return {t.trial_id: recs[t.trial_id].status if t.trial_id in recs else None
+            for t in trials}
 
 
 def plan(spec: SweepSpec, trials: list[Trial], layout: SweepLayout, rerun_failed: bool,

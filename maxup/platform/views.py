@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from maxup.platform.space import _flatten
+
 #: record metric → TensorBoard / MLflow tag
 SCALARS = {
     "train_loss": "train/loss", "train_acc": "train/acc", "test_loss": "test/loss",
@@ -96,7 +98,7 @@ class _MlflowRun:
         tags = {f"axis.{k}": str(v) for k, v in axes.items()}
         tags["trial_id"] = trial_id
         self.run_id = self.client.create_run(exp_id, run_name=trial_id, tags=tags).info.run_id
-        params = _flatten(config)
+        params = _flatten(config)  # dotted keys, as the search spaces write them
         for key, value in params.items():
             self.client.log_param(self.run_id, key, str(value)[:500])
 
@@ -107,16 +109,6 @@ class _MlflowRun:
     def close(self, status: str | None) -> None:
         self.client.set_terminated(self.run_id,
                                    "FINISHED" if status in (None, "completed") else "FAILED")
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def check_mlflow(uri: str | None) -> None:
