@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from proc_helpers import cmdline, descendants
+from proc_helpers import cmdline, descendants, simulated_cluster
 
 from maxup import records
 from maxup.config import from_dict, to_dict
@@ -414,22 +414,8 @@ def test_worker_sigkill_mid_run_resumes_and_completes(local_ray, tmp_path):
 
 @pytest.fixture
 def two_node_cluster(monkeypatch):
-    import ray
-    from ray.cluster_utils import Cluster
-
-    if ray.is_initialized():
-        ray.shutdown()
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, log_to_driver=False, logging_level="WARNING")
-    try:
-        yield cluster, nodes
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
+    yield from simulated_cluster(monkeypatch)
 
 
 def _node_pids(node) -> set[int]:

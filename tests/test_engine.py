@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch_helpers import with_sections
 
 from maxup.engine import load_checkpoint, save_checkpoint, train
 
@@ -40,13 +41,7 @@ TIMING_KEYS = {"wall_s", "train_s", "eval_s", "selection_s", "images_per_s"}
 
 def config(**sections) -> dict:
     """BASE with sections updated, e.g. config(train={"epochs": 4})."""
-    cfg = copy.deepcopy(BASE)
-    for name, values in sections.items():
-        if isinstance(values, dict):
-            cfg[name].update(values)
-        else:
-            cfg[name] = values
-    return cfg
+    return with_sections(copy.deepcopy(BASE), sections)
 
 
 def metrics_only(history: list[dict]) -> list[dict]:

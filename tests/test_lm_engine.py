@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch_helpers import with_sections
 
 from maxup.config import from_dict
 from maxup.engine import load_checkpoint, train
@@ -53,12 +54,7 @@ def lm_config(root: Path, **sections) -> dict:
         "optim": {"lr": 5.0, "momentum": 0.0, "weight_decay": 1.2e-6, "schedule": "constant"},
         "train": {"epochs": 4, "batch_size": 4, "device": "cpu", "progress": False},
     }
-    for name, values in sections.items():
-        if isinstance(values, dict):
-            cfg[name].update(values)
-        else:
-            cfg[name] = values
-    return cfg
+    return with_sections(cfg, sections)
 
 
 def timeless(history):

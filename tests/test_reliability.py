@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from proc_helpers import simulated_cluster
 
 from maxup.cli import main
 
@@ -135,21 +136,7 @@ def test_regression_embedded_ray_forces_token_auth(fresh_home, monkeypatch, capl
 @pytest.fixture
 def three_node_cluster(monkeypatch):
     """A simulated cluster on this machine: a head with no CPUs and two 1-CPU nodes."""
-    import ray
-    from ray.cluster_utils import Cluster
-
-    if ray.is_initialized():
-        ray.shutdown()
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, log_to_driver=False, logging_level="WARNING")
-    try:
-        yield cluster, nodes
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
+    yield from simulated_cluster(monkeypatch)
 
 
 @pytest.mark.ray

@@ -13,3 +13,13 @@ def clone_gen(g: torch.Generator) -> torch.Generator:
     c = torch.Generator()
     c.set_state(g.get_state())
     return c
+
+
+def with_sections(cfg: dict, sections: dict) -> dict:
+    """``cfg`` with each named section updated (a dict) or replaced (anything else)."""
+    for name, values in sections.items():
+        if isinstance(values, dict):
+            cfg[name].update(values)
+        else:
+            cfg[name] = values
+    return cfg
