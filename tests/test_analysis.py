@@ -471,7 +471,7 @@ def _captured_figures(monkeypatch) -> dict:
 
     captured, save = {}, figures._save
 
-    def spy(fig, out_dir, stem):
+    def spy(fig, out_dir, stem, *formats):
         axes = []
         for ax in fig.axes:
             def xy(line):
@@ -485,7 +485,7 @@ def _captured_figures(monkeypatch) -> dict:
                     for c in ax.containers if c.has_yerr}
             axes.append({"lines": lines, "errorbars": bars, "ylabel": ax.get_ylabel()})
         captured[stem] = axes
-        return save(fig, out_dir, stem)
+        return save(fig, out_dir, stem, *formats)
 
     monkeypatch.setattr(figures, "_save", spy)
     return captured

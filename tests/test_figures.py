@@ -18,7 +18,7 @@ def figures_of(monkeypatch):
 
     captured, save = {}, figures._save
 
-    def spy(fig, out_dir, stem):
+    def spy(fig, out_dir, stem, *formats):
         captured[stem] = {
             "suptitle": fig._suptitle.get_text() if fig._suptitle else "",
             "fig_legends": [[t.get_text() for t in lg.get_texts()] for lg in fig.legends],
@@ -33,7 +33,7 @@ def figures_of(monkeypatch):
                 "minor": [t.get_text() for t in ax.get_xticklabels(minor=True)],
                 "xlim": ax.get_xlim(),
             } for ax in fig.axes]}
-        return save(fig, out_dir, stem)
+        return save(fig, out_dir, stem, *formats)
 
     monkeypatch.setattr(figures, "_save", spy)
 

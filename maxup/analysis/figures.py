@@ -38,9 +38,13 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "results"
 
 
-def _save(fig, out_dir: str, stem: str) -> list[str]:
+#: What each figure is written as, unless the caller asks for fewer.
+FORMATS = ("png", "pdf")
+
+
+def _save(fig, out_dir: str, stem: str, formats: tuple[str, ...] = FORMATS) -> list[str]:
     paths = []
-    for ext in ("png", "pdf"):
+    for ext in formats:
         buf = io.BytesIO()
         fig.savefig(buf, format=ext, dpi=120, bbox_inches="tight")
         path = os.path.join(out_dir, f"{stem}.{ext}")
@@ -137,7 +141,8 @@ def _sweeps(done: pd.DataFrame):
 
 
 def plot_accuracy_vs_m(df: pd.DataFrame, out_dir: str, name: str,
-                       metric: str = "final.test_acc") -> list[str]:
+                       metric: str = "final.test_acc",
+                       formats: tuple[str, ...] = FORMATS) -> list[str]:
     """Accuracy vs MaxUp sample size m, 95% CI error bars, one line per architecture/arm.
 
     Args:
@@ -176,7 +181,7 @@ def plot_accuracy_vs_m(df: pd.DataFrame, out_dir: str, name: str,
     ax.grid(alpha=0.3)
     if others:
         ax.legend(fontsize=8)
-    return _save(fig, out_dir, f"acc_vs_m_{_safe(name)}")
+    return _save(fig, out_dir, f"acc_vs_m_{_safe(name)}", formats)
 
 
 def _method(df: pd.DataFrame) -> pd.Series:
@@ -206,7 +211,8 @@ def certified_envelope(df: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarr
     return out
 
 
-def plot_certified(df: pd.DataFrame, out_dir: str, name: str = "certified") -> list[str]:
+def plot_certified(df: pd.DataFrame, out_dir: str, name: str = "certified",
+                   formats: tuple[str, ...] = FORMATS) -> list[str]:
     """Certified accuracy vs l2 radius, one curve per method (Table 8 envelope).
 
     The x-axis ends one radius step after the last radius any method certifies (beyond it
@@ -240,7 +246,7 @@ def plot_certified(df: pd.DataFrame, out_dir: str, name: str = "certified") -> l
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, out_dir, f"certified_{_safe(name)}")
+    return _save(fig, out_dir, f"certified_{_safe(name)}", formats)
 
 
 def _curve(histories: list[list], key: str):
@@ -262,7 +268,8 @@ def _curve(histories: list[list], key: str):
     return epochs, mean, _half_width(std, n)
 
 
-def plot_training_curves(df: pd.DataFrame, out_dir: str, name: str) -> list[str]:
+def plot_training_curves(df: pd.DataFrame, out_dir: str, name: str,
+                         formats: tuple[str, ...] = FORMATS) -> list[str]:
     """Test accuracy and test loss vs epoch, per arm: mean over seeds with a 95% CI band.
 
     Args:
@@ -313,23 +320,26 @@ def plot_training_curves(df: pd.DataFrame, out_dir: str, name: str) -> list[str]
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(0.81, 0.5), fontsize=8)
     more = f" (first {MAX_CURVE_ARMS} of {len(groups)} arms)" if len(groups) > len(shown) else ""
     fig.suptitle(f"{name}: training curves ({_band_text([len(g) for _, g in shown])}){more}")
-    return _save(fig, out_dir, f"curves_{_safe(name)}")
+    return _save(fig, out_dir, f"curves_{_safe(name)}", formats)
 
 
-def write_figures(df: pd.DataFrame, out_dir: str | os.PathLike) -> list[str]:
+def write_figures(df: pd.DataFrame, out_dir: str | os.PathLike,
+                  formats: tuple[str, ...] = FORMATS) -> list[str]:
     """Write every figure the records can fill; return the written paths (PNG and PDF).
 
     Args:
         df: a frame from :func:`maxup.analysis.load_records`.
         out_dir: output directory (created).
+        formats: the file types each figure is written as (default PNG and PDF; each
+            ``plot_*`` function takes the same keyword).
     """
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     done = completed(df)
     paths: list[str] = []
     for name, g in _sweeps(done):
-        paths += plot_accuracy_vs_m(g, out_dir, name)
-        paths += plot_training_curves(g, out_dir, name)
+        paths += plot_accuracy_vs_m(g, out_dir, name, formats=formats)
+        paths += plot_training_curves(g, out_dir, name, formats=formats)
         if has_certification(g).any():
-            paths += plot_certified(g, out_dir, name)
+            paths += plot_certified(g, out_dir, name, formats=formats)
     return paths

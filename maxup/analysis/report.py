@@ -171,12 +171,10 @@ def build_report(root: str | os.PathLike, figures_dir: str | os.PathLike | None 
         from maxup.analysis.figures import write_figures
 
         for name in names:
-            paths = write_figures(frame[frame["sweep"] == name], Path(figures_dir) / name)
-            for p in paths:  # the document links PNGs; PDFs would only grow the repository
-                if p.endswith(".pdf"):
-                    os.remove(p)
-            figures[name] = sorted(f"{link_prefix}{name}/{Path(p).name}" for p in paths
-                                   if p.endswith(".png"))
+            # The document links PNGs; PDFs would only grow the repository.
+            paths = write_figures(frame[frame["sweep"] == name], Path(figures_dir) / name,
+                                  formats=("png",))
+            figures[name] = sorted(f"{link_prefix}{name}/{Path(p).name}" for p in paths)
     trials = unique_trials(frame)
     seeds = sorted({int(n) for n in trials.groupby("arm_id")["seed"].nunique()})
     lines = ["# Reproduction", "",
