@@ -126,6 +126,12 @@ class LMTask:
                 raise ConfigError("data.subset", cfg.data.subset,
                                   f"1..{train.numel()} (training tokens of {cfg.data.name})")
             train = train[: cfg.data.subset]
+        if cfg.train.batch_size % world_size:
+            # Unequal shards would drop columns, and the mean of the ranks' mean losses would
+            # no longer be the global mean (the gradient average assumes equal shapes).
+            raise ConfigError("train.batch_size", cfg.train.batch_size,
+                              f"a multiple of the {world_size} data-parallel workers "
+                              "(each trains an equal share of the columns)")
         full = batchify(train, cfg.train.batch_size)
         per = cfg.train.batch_size // world_size
         self.train_data = full[:, rank * per:(rank + 1) * per].to(device)
@@ -251,10 +257,14 @@ class LMTask:
             step = train_step(model, words, targets, hidden, gen, m=m, alpha=lm.alpha,
                               beta=lm.beta, adversarial=lm.adv_eps > 0, chunk=cfg.maxup.chunk)
             value = step.raw_loss
-            if not math.isfinite(value):
+            # Distributed, all ranks stop at the same step: one stopping alone would leave the
+            # others waiting in the gradient all-reduce until the collective timeout.
+            total = (float(_all_reduce_sum(torch.tensor([value], dtype=torch.float64),
+                                           self.device)) if distributed else value)
+            if not math.isfinite(total):
                 from maxup.engine import NonFiniteLoss
 
-                raise NonFiniteLoss(epoch + 1, steps, value)
+                raise NonFiniteLoss(epoch + 1, steps, value if not math.isfinite(value) else total)
             self.optimizer.zero_grad(set_to_none=True)
             step.loss.backward()
             if distributed:
@@ -286,6 +296,7 @@ class LMTask:
         if distributed:
             sums = torch.tensor([loss_sum, tokens, gap_sum, steps], dtype=torch.float64)
             loss_sum, tokens, gap_sum, steps = _all_reduce_sum(sums, self.device).tolist()
+            wins = _all_reduce_sum(wins, self.device)  # selections over all columns
         train_loss = loss_sum / max(tokens, 1)
         return {
             "epoch": epoch + 1, "lr": lr, "train_loss": train_loss,
