@@ -5,12 +5,18 @@
   advice to set ``RAY_AUTH_MODE=disabled``.
 - ``--address`` naming no running cluster is a bounded wait and one line (exit 2), before the
   sweep's manifest is written or Ray joined.
+- The embedded Ray's watchdog kills what a SIGKILLed driver had started (children in their own
+  session or re-parented away included) and nothing after a normal exit.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -198,3 +204,85 @@ def test_sweep_survives_losing_a_node_mid_sweep(three_node_cluster, tmp_path):
     df = load_records(layout.root)
     s = summary(df)
     assert (s["completed"], s["failed"], s["running"], s["not_run"]) == (4, 0, 0, 0)
+
+
+# --------------------------------------------------------------------------- the watchdog
+
+_FAKE_DRIVER = """\
+import subprocess, sys, time
+from maxup.platform import reaper
+reaper.start()
+quiet = {"stdout": subprocess.DEVNULL}
+kids = [subprocess.Popen(["sleep", "60"], **quiet),             # a child
+        subprocess.Popen(["setsid", "sleep", "60"], **quiet)]   # a child in its own session
+# A grandchild that leaves the driver's tree when its parent exits (re-parented).
+sh = subprocess.Popen(["sh", "-c", "sleep 60 >/dev/null & echo $!; sleep 0.6"],
+                      stdout=subprocess.PIPE, text=True)
+orphan = int(sh.stdout.readline())
+sh.wait()
+time.sleep(0.5)
+watchdog = [reaper._reaper.pid] if reaper._reaper else []
+print(kids[0].pid, kids[1].pid, orphan, *watchdog, flush=True)
+if sys.argv[1] == "exit":
+    sys.exit(0)
+time.sleep(60)
+"""
+
+
+def _watchdog_case(mode: str):
+    """Run the fake driver until it has its processes; returns it and (pid, start time) of
+    its two children, the re-parented grandchild and its watchdog."""
+    from maxup.platform.reaper import process_table
+
+    driver = subprocess.Popen([sys.executable, "-c", _FAKE_DRIVER, mode], text=True,
+                              stdout=subprocess.PIPE, start_new_session=True)
+    pids = [int(p) for p in driver.stdout.readline().split()]
+    table = process_table()
+    assert len(pids) >= 3 and all(p in table for p in pids), pids
+    return driver, {p: table[p][1] for p in pids}
+
+
+def _alive(procs: dict[int, int]) -> list[int]:
+    from maxup.platform.reaper import process_table
+
+    table = process_table()
+    return [p for p, start in procs.items() if table.get(p, (0, None))[1] == start]
+
+
+def _kill_all(driver: subprocess.Popen, procs: dict[int, int]) -> None:
+    driver.kill()
+    driver.wait()
+    driver.stdout.close()
+    for pid in _alive(procs):
+        os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the watchdog is Linux-only")
+def test_regression_processes_outlived_a_sigkilled_driver():
+    """After a driver SIGKILL, what it had started lived on (Ray's agents for good, trial
+    workers for seconds). The watchdog kills its children, one in its own session and one
+    re-parented away from the driver's tree, then leaves itself."""
+    driver, procs = _watchdog_case("kill")
+    try:
+        driver.kill()
+        driver.wait()
+        deadline = time.monotonic() + 2
+        while _alive(procs) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not _alive(procs), "outlived the driver by 2 s"
+    finally:
+        _kill_all(driver, procs)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the watchdog is Linux-only")
+def test_watchdog_kills_nothing_after_a_normal_exit():
+    driver, procs = _watchdog_case("exit")
+    kids = list(procs)[:3]
+    try:
+        assert len(procs) == 4  # the watchdog runs
+        assert driver.wait(timeout=10) == 0
+        assert driver.stdout.read() == ""  # nothing printed after the pids
+        time.sleep(0.5)
+        assert _alive(procs) == kids  # the watchdog left (it had exited before the driver)
+    finally:
+        _kill_all(driver, procs)
