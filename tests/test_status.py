@@ -137,3 +137,17 @@ def test_arm_id_of_status_matches_identity(tmp_path):
     for t in st.trials:
         cfg = next(x.config for x in by.values() if x.trial_id == t.trial_id)
         assert t.arm_id == identity.arm_id(cfg)
+
+
+@pytest.mark.parametrize("final, words", [
+    ({"test_acc": 91.234}, "test acc 91.23%"),
+    ({"val_ppl": 208.7379, "test_ppl": 194.3803}, "val ppl 208.74, test ppl 194.38"),
+    ({"test_ppl": 194.3803}, "test ppl 194.38"),
+    ({"epoch": 3}, "no metrics"),
+])
+def test_regression_language_model_trials_finish_with_their_perplexity_not_no_metrics(
+        final, words):
+    from maxup.platform.progress import headline
+
+    assert headline(SimpleNamespace(final=final)) == words
+    assert headline(None) == "no metrics"

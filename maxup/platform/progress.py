@@ -23,11 +23,25 @@ from maxup.platform import cost
 
 
 def status_reporter(axes: list[str]) -> CLIReporter:
-    """Tune's status table with the sweep's varying axes, the epoch and the latest accuracy."""
+    """Tune's status table: the varying axes, the epoch, the latest accuracy or perplexity."""
     params = {"trial/id": "trial", **{f"trial/{a}": a for a in axes}}
     return CLIReporter(parameter_columns=params,
-                       metric_columns={"epoch": "epoch", "test_acc": "test acc %"},
+                       metric_columns={"epoch": "epoch", "test_acc": "test acc %",
+                                       "val_ppl": "val ppl"},
                        max_report_frequency=30, max_progress_rows=40)
+
+
+def headline(rec: records.TrialRecord | None) -> str:
+    """A finished trial's result in a few words: test accuracy, or a language model's
+    validation and test perplexity; ``no metrics`` when the record holds neither."""
+    final = rec.final if rec is not None else {}
+    if isinstance(final.get("test_acc"), float):
+        return f"test acc {final['test_acc']:.2f}%"
+    if isinstance(final.get("test_ppl"), float):
+        val = final.get("val_ppl")
+        return (f"val ppl {val:.2f}, " if isinstance(val, float) else "") + \
+            f"test ppl {final['test_ppl']:.2f}"
+    return "no metrics"
 
 
 def _label(trial) -> str:
@@ -134,9 +148,7 @@ class SweepProgress(Callback):
             self.echo(f"[failed] {_label(trial)}: {why}{timing}")
         else:
             self.done[tid] = took
-            acc = rec.final.get("test_acc") if rec is not None else None
-            acc_s = f"test acc {acc:.2f}%" if isinstance(acc, float) else "no metrics"
-            self.echo(f"[done]   {_label(trial)}: {acc_s}{timing}")
+            self.echo(f"[done]   {_label(trial)}: {headline(rec)}{timing}")
         if self.bar is None:
             self.echo(f"[status] {self.status()}")
         self._refresh(force=True)
