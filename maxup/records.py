@@ -157,20 +157,51 @@ def parse_record(data: dict | str | bytes) -> TrialRecord:
                           + ", ".join(s.value for s in Status)) from None
     seed = data.get("seed", config.get("seed"))
     paper_table = data.get("paper_table")
+    history = _typed(data, "history", (list,), [])
+    best = _typed(data, "best", (dict,), {})
+    if _is_lm(history):
+        # Records written before best_entry knew perplexities hold the first epoch here.
+        best = best_entry(history)
     return TrialRecord(
         schema=data["schema"], trial_id=data["trial_id"], status=status, config=config,
         seed=config.get("seed") if seed is None else seed,
         sweep=_typed(data, "sweep", (str,), None),
         axes=_typed(data, "axes", (dict,), {}),
         paper_table=None if paper_table is None else str(paper_table),
-        final=_typed(data, "final", (dict,), {}), best=_typed(data, "best", (dict,), {}),
-        history=_typed(data, "history", (list,), []),
+        final=_typed(data, "final", (dict,), {}), best=best, history=history,
         timings=_typed(data, "timings", (dict,), {}),
         environment=_typed(data, "environment", (dict,), {}),
         failure=_typed(data, "failure", (dict,), None),
         certification=_typed(data, "certification", (dict,), None),
         certifications=_typed(data, "certifications", (dict,), {}),
         created=data.get("created"), updated=data.get("updated"))
+
+
+def _is_lm(history: list) -> bool:
+    entries = [h for h in history if isinstance(h, dict)]
+    return (any(isinstance(h.get("epoch_val_ppl"), int | float) for h in entries)
+            and not any("test_acc" in h for h in entries))
+
+
+def best_entry(history: list[dict]) -> dict:
+    """The epoch a record's ``best`` holds (the table's "best" column reads it).
+
+    Image tasks: the highest test accuracy, the earliest epoch on ties. Language models: the
+    epoch with the lowest validation perplexity of its own (``epoch_val_ppl``), the earliest on
+    ties: the model the run keeps, whose test perplexity is reported.
+
+    Args:
+        history: per-epoch metric dicts.
+    """
+    if not history:
+        return {}
+    if _is_lm(history):
+        def val(h: dict) -> float:
+            v = h.get("epoch_val_ppl")
+            return float(v) if isinstance(v, int | float) and math.isfinite(v) else math.inf
+
+        return dict(min(history, key=lambda h: (val(h), h["epoch"])))
+    return dict(max(history, key=lambda h: (h.get("test_acc") or -1.0, -h["epoch"])))
 
 
 def _metric_range(key: str) -> tuple[float, float, str] | None:
@@ -312,9 +343,7 @@ def build_record(*, config: dict, history: list[dict], status: Status | str, tim
         created: creation timestamp to keep across rewrites.
     """
     final = dict(history[-1]) if history else {}
-    best = {}
-    if history:
-        best = dict(max(history, key=lambda h: (h.get("test_acc") or -1.0, -h["epoch"])))
+    best = best_entry(history)
     rec = TrialRecord(
         trial_id=trial_id(config), status=Status(status), config=config, seed=config["seed"],
         sweep=sweep, axes=axes or {}, paper_table=paper_table, final=final, best=best,

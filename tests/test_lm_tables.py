@@ -29,3 +29,28 @@ def test_table6_from_lm_records(tmp_path):
             cell = table.cell(row, col)
             assert cell.n == 2
             assert cell.mean == pytest.approx(np.mean([f[key] for f in finals[m]]))
+
+
+def _lm_epoch(epoch: int, val: float, test: float) -> dict:
+    return {"epoch": epoch, "epoch_val_ppl": val, "val_ppl": val, "test_ppl": test}
+
+
+def test_regression_lm_best_is_the_lowest_validation_epoch_not_the_first():
+    """An LM record's ``best`` held epoch 1 (the image rule looked for test_acc); it is the
+    epoch of lowest validation perplexity, also when read from a record written before."""
+    from maxup import records
+
+    history = [_lm_epoch(1, 502.9, 477.3), _lm_epoch(2, 404.7, 362.3),
+               _lm_epoch(3, 410.0, 362.3), _lm_epoch(4, 404.7, 362.3)]
+    assert records.best_entry(history)["epoch"] == 2  # lowest, earliest of the tie
+    images = [{"epoch": 1, "test_acc": 80.0}, {"epoch": 2, "test_acc": 90.0},
+              {"epoch": 3, "test_acc": 90.0}]
+    assert records.best_entry(images)["epoch"] == 2
+    config = {"seed": 0, "data": {"name": "kjv"}}
+    doc = {"schema": records.SCHEMA, "trial_id": "t", "status": "completed", "config": config,
+           "final": history[-1], "best": history[0], "history": history}
+    rec = records.parse_record(doc)
+    assert rec.best == history[1]
+    assert records.parse_record(rec.to_dict()) == rec
+    image_doc = dict(doc, history=images, final=images[-1], best=images[0])
+    assert records.parse_record(image_doc).best == images[0]  # image records are read as stored
