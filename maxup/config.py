@@ -233,6 +233,9 @@ class LMConfig:
     finetune_epochs: list[int] = field(default_factory=list)  # epochs of each ASGD restart
     eval_batch_size: int = _num(10, 1, 1_048_576)  # validation columns (reference: 10)
     test_batch_size: int = _num(1, 1, 1_048_576)  # test columns (reference: 1)
+    # Windows between checkpoints inside an epoch (0: at epoch ends only); where state is
+    # saved, not what is trained, so not part of the trial id.
+    checkpoint_windows: int = _num(0, 0, 100_000_000)
     adv_eps: float = _num(0.0, 0, 100)  # ADV-AWD-LSTM output-embedding perturbation
     adv_noise: float = _num(0.0, 0, 100)  # ADV-AWD-LSTM Gaussian noise on embeddings
     # Dynamic evaluation (Krause et al. 2018) of the best model after the last epoch; the

@@ -18,7 +18,10 @@ records are this module's and the same for both.
 Exact resume: every source of randomness (data order, augmentation draws, dropout, data-loader
 workers) is re-seeded at the start of each epoch from (seed, epoch, rank), and the learning
 rate is a pure function of the epoch; so a run restored from the checkpoint of epoch k
-continues exactly as an uninterrupted run would, with no RNG state to restore.
+continues exactly as an uninterrupted run would, with no RNG state to restore. A task may
+also checkpoint inside an epoch (language modelling, ``lm.checkpoint_windows``): the loop hands
+it its save function (``task.save_mid_epoch``), and the task's checkpoint entry then holds the
+partial epoch — its position, RNG states and running sums — from which it continues.
 
 No hidden global state: that re-seeding uses the process's global Python, NumPy and torch
 generators (dropout and data-loader workers draw from them), so ``train`` saves them on entry
@@ -432,6 +435,10 @@ class Task(Protocol):
             averages gradients itself says False).
         finite_keys: evaluation metrics that must be finite (else the run fails).
         csv_columns: the columns of ``metrics.csv``.
+
+    Optional: a task with a ``save_mid_epoch`` attribute gets the loop's save function there
+    (called on every rank with the number of finished epochs; the main rank writes), and a
+    ``resume_note`` string after a resume is appended to the log's "resumed" line.
     """
 
     model: nn.Module
@@ -599,7 +606,8 @@ def _train(cfg: RunConfig, out_dir: Path, *, device: torch.device, dist: DistCon
         old = records.read_record(record_path)
         created = old.get("created") if old else None
         if log:
-            log(f"resumed from {source} after epoch {start_epoch}")
+            note = getattr(task, "resume_note", None)  # e.g. the window a partial epoch is at
+            log(f"resumed from {source} after epoch {start_epoch}" + (f"; {note}" if note else ""))
     if dist.world_size > 1 and torch.distributed.is_initialized() and task.ddp:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -618,6 +626,16 @@ def _train(cfg: RunConfig, out_dir: Path, *, device: torch.device, dist: DistCon
             paper_table=extra.get("paper_table"), created=created,
             certification=extra.get("certification"))
 
+    def save(finished: int) -> None:
+        """Write ``checkpoints/last.pt`` (main rank only) after ``finished`` epochs."""
+        if dist.is_main:
+            save_checkpoint(ckpt_path, config=cfg_dict, model=model, optimizer=task.optimizer,
+                            epoch=finished, history=history, task=task.checkpoint_state())
+
+    if hasattr(task, "save_mid_epoch"):
+        # A task that checkpoints inside an epoch (language modelling) calls this on every rank
+        # with the number of finished epochs; its checkpoint_state() holds the partial epoch.
+        task.save_mid_epoch = save
     failure = None
     epoch = start_epoch
     try:
@@ -636,9 +654,7 @@ def _train(cfg: RunConfig, out_dir: Path, *, device: torch.device, dist: DistCon
             checkpoint_now = done % cfg.train.checkpoint_every == 0 or done == cfg.train.epochs
             if dist.is_main:
                 if checkpoint_now:
-                    save_checkpoint(ckpt_path, config=cfg_dict, model=model,
-                                    optimizer=task.optimizer, epoch=done, history=history,
-                                    task=task.checkpoint_state())
+                    save(done)
                 _write_metrics(out_dir, history, task.csv_columns)
                 status = (records.Status.COMPLETED if done == cfg.train.epochs
                           else records.Status.RUNNING)

@@ -5,7 +5,7 @@ The rule
 A run is identified by its resolved config (:func:`maxup.config.to_dict`) with the
 *non-identity* settings removed: those that say where, how fast or how verbosely a run
 happens (:data:`NON_IDENTITY_KEYS`: data root, data-loading workers, download flag, device,
-progress display, evaluation batch size, checkpoint frequency, start time-out) and the whole
+progress display, evaluation batch size, checkpoint frequencies, start time-out) and the whole
 post-hoc certification section (:data:`CERTIFY_SECTION`): certifying the same model with
 another ``n`` is not another training run. Everything else changes what training computes
 and is part of the identity — the seed, the model, the data subset, every augmentation,
@@ -44,6 +44,7 @@ NON_IDENTITY_KEYS: tuple[str, ...] = (
     "train.progress",
     "train.eval_batch_size",
     "train.checkpoint_every",
+    "lm.checkpoint_windows",
     "train.start_timeout_s",
 )
 #: The config section of post-hoc certification: part of the certification id only.

@@ -91,6 +91,8 @@ def _refusal(data_or_overrides) -> str:
     (["--augment.ops=[cutout,rotate]"], "augment.ops", "'rotate'", "one of crop_flip"),
     (["--optim.milestones=[5,3]"], "optim.milestones", "[5, 3]", "strictly increasing"),
     (["--maxup.chunk=0"], "maxup.chunk", "0", ">= 1"),
+    (["--data.name=ptb", "--lm.checkpoint_windows=-1"], "lm.checkpoint_windows", "-1",
+     "checkpoint_windows >= 0"),
 ])
 def test_refusals_name_field_value_and_allowed(overrides, field, value, allowed):
     msg = _refusal(overrides)

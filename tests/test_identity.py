@@ -21,6 +21,10 @@ def config(**overrides) -> dict:
     return to_dict(_load(ROOT / "configs" / "digits_maxup.yaml", overrides))
 
 
+def lm_config(**overrides) -> dict:
+    return to_dict(_load(ROOT / "configs" / "lm_kjv.yaml", overrides))
+
+
 def by_hand(cfg: dict, *, seed: bool = True) -> str:
     """The documented rule, written out independently of the module."""
     ident = copy.deepcopy(cfg)
@@ -29,6 +33,8 @@ def by_hand(cfg: dict, *, seed: bool = True) -> str:
                          ("train", "eval_batch_size"), ("train", "checkpoint_every"),
                          ("train", "start_timeout_s")]:
         del ident[section][key]
+    if "lm" in ident:  # a language-modelling run
+        del ident["lm"]["checkpoint_windows"]
     del ident["certify"]
     if not seed:
         del ident["seed"]
@@ -36,8 +42,9 @@ def by_hand(cfg: dict, *, seed: bool = True) -> str:
     return hashlib.sha256(canon.encode()).hexdigest()[:12]
 
 
-def test_trial_and_arm_ids_follow_the_documented_rule():
-    cfg = config()
+@pytest.mark.parametrize("make", [config, lm_config])
+def test_trial_and_arm_ids_follow_the_documented_rule(make):
+    cfg = make()
     assert identity.trial_id(cfg) == by_hand(cfg) == records.trial_id(cfg)
     assert identity.arm_id(cfg) == by_hand(cfg, seed=False)
 
@@ -53,9 +60,11 @@ def test_regression_certify_n_keeps_the_trial_id_and_maxup_m_changes_it():
 @pytest.mark.parametrize("key,value", [
     ("train.checkpoint_every", 7), ("train.eval_batch_size", 33), ("train.device", "cuda"),
     ("train.progress", True), ("train.start_timeout_s", 5.0), ("data.root", "/elsewhere"),
-    ("data.num_workers", 3), ("certify.sigma", 0.5), ("certify.alpha", 0.01)])
+    ("data.num_workers", 3), ("certify.sigma", 0.5), ("certify.alpha", 0.01),
+    ("lm.checkpoint_windows", 7)])
 def test_run_local_and_certification_settings_keep_trial_and_arm(key, value):
-    base, other = config(), config(**{key: value})
+    make = lm_config if key.startswith("lm.") else config
+    base, other = make(), make(**{key: value})
     assert other != base
     assert identity.trial_id(other) == identity.trial_id(base)
     assert identity.arm_id(other) == identity.arm_id(base)
@@ -65,9 +74,10 @@ def test_run_local_and_certification_settings_keep_trial_and_arm(key, value):
 @pytest.mark.parametrize("key,value", [
     ("maxup.m", 8), ("maxup.bn", "eval"), ("maxup.chunk", 1), ("augment.sigma", 0.5),
     ("optim.lr", 0.01), ("train.epochs", 2), ("train.workers", 2), ("data.subset", 100),
-    ("model.name", "mlp")])
+    ("model.name", "mlp"), ("lm.bptt", 70)])
 def test_training_settings_change_trial_and_arm(key, value):
-    base, other = config(), config(**{key: value})
+    make = lm_config if key.startswith("lm.") else config
+    base, other = make(), make(**{key: value})
     assert identity.trial_id(other) != identity.trial_id(base)
     assert identity.arm_id(other) != identity.arm_id(base)
     assert identity.identity_differences(base, other) == [key]

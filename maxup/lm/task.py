@@ -13,18 +13,32 @@ kept best model use the averaged weights. Fine-tuning stages (``lm.finetune_epoc
 averaging from the best model so far, as the reference's ``finetune.py`` (the paper restarts
 it twice); they are the last epochs of ``train.epochs``.
 
-Exact resume: checkpoints are written at epoch ends, where the hidden state is reset anyway;
-every random draw of an epoch comes from generators seeded by (seed, epoch, rank); the
-checkpoint's ``task`` entry holds the rest — the averages and their count, whether averaging
-is on, the validation history NT-ASGD reads, the best model and its perplexities.
+Exact resume: checkpoints are written at epoch ends, where the hidden state is reset anyway,
+and with ``lm.checkpoint_windows`` = N also after every N-th window of an epoch (counted from
+the epoch's start, so every rank and every resumed run takes the same decision). Every random
+draw of an epoch comes from generators seeded by (seed, epoch, rank). The checkpoint's
+``task`` entry holds the rest — the averages and their count, whether averaging is on, the
+stage, the validation history NT-ASGD reads, the best model and its perplexities — and, for a
+mid-epoch checkpoint, ``partial``: the epoch, the window count and row reached, the
+window-length generator's state, and per rank (gathered to the main rank) the hidden state,
+the dropout generator's state, the global RNG states (Python, NumPy, torch, the CUDA
+device's) and the running sums (loss, tokens, gap, selection counts and time); plus the
+epoch's starting weights, optimiser state and averages. A resumed run continues the epoch at
+the saved window, each rank from its own entry, bit for bit as an uninterrupted run; a
+checkpoint written by another number of ranks restarts the epoch from its starting state
+(exact too; the log says so). The checkpoint's ``epoch`` stays the count of finished epochs.
 """
 
 from __future__ import annotations
 
+import copy
 import math
+import random
 import time
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -113,6 +127,12 @@ class LMTask:
                    "maxup_active", "maxup_m", "maxup_gap",
                    "train_s", "selection_s", "eval_s", "wall_s", "tokens_per_s")
 
+    #: Set by the engine: ``save_mid_epoch(finished_epochs)`` writes the run's checkpoint
+    #: (on the main rank) with :meth:`checkpoint_state` holding the partial epoch.
+    save_mid_epoch: Callable[[int], None] | None = None
+    #: After :meth:`load_checkpoint_state` of a mid-epoch checkpoint: where training resumes.
+    resume_note: str | None = None
+
     def __init__(self, cfg: RunConfig, device: torch.device, rank: int = 0,
                  world_size: int = 1, corpus: Corpus | None = None):
         lm = cfg.lm
@@ -154,6 +174,8 @@ class LMTask:
             "best_val_loss": math.inf, "best_test_loss": None, "best_model": None,
             "best_epoch": None, "stage": 0,
         }
+        self._partial: dict | None = None  # the gathered partial epoch, during a mid-epoch save
+        self._resume: dict | None = None  # this rank's partial epoch to continue from
 
     # ------------------------------------------------------------------ checkpoint
 
@@ -164,18 +186,45 @@ class LMTask:
         if s["best_model"] is not None:
             s["best_model"] = {k: v.cpu() for k, v in s["best_model"].items()}
         s["val_history"] = list(s["val_history"])
+        s["partial"] = self._partial  # None at an epoch end
         return s
 
     def load_checkpoint_state(self, state: dict | None) -> None:
-        """Restore :meth:`checkpoint_state`'s output (a resumed run)."""
+        """Restore :meth:`checkpoint_state`'s output (a resumed run).
+
+        A mid-epoch checkpoint from as many ranks as this run has: each rank continues from
+        its own entry at the next :meth:`train_epoch`. From another number of ranks: the
+        weights, optimiser state and averages go back to the epoch's start, which then
+        restarts. Either way :attr:`resume_note` says which.
+        """
         if not state:
             return
         s = dict(state)
+        partial = s.pop("partial", None)
         if s.get("avg") is not None:
             s["avg"] = [t.to(self.device) for t in s["avg"]]
         if s.get("best_model") is not None:
             s["best_model"] = {k: v.to(self.device) for k, v in s["best_model"].items()}
         self.state.update(s)
+        if partial is None:
+            return
+        epoch, ranks = partial["epoch"] + 1, len(partial["ranks"])
+        if ranks == self.world_size:
+            self._resume = {**partial, "ranks": None, "rank": partial["ranks"][self.rank],
+                            "start": partial["start"] if self.rank == 0 else None}
+            self.resume_note = (f"epoch {epoch} continues after window {partial['windows']} "
+                                f"(row {partial['row']} of {self.train_data.shape[0]})")
+            return
+        start = partial["start"]
+        self.model.load_state_dict(start["model"])
+        self.optimizer.load_state_dict(start["optimizer"])
+        st = dict(start["state"])
+        if st.get("avg") is not None:
+            st["avg"] = [t.to(self.device) for t in st["avg"]]
+        self.state.update(st)
+        self.resume_note = (f"epoch {epoch} restarts from its beginning: its checkpoint after "
+                            f"window {partial['windows']} was written by {ranks} rank(s), "
+                            f"this run has {self.world_size}")
 
     def check_resumable(self, model_state: dict, source) -> None:
         """Refuse a checkpoint trained on another vocabulary (one line)."""
@@ -214,7 +263,10 @@ class LMTask:
         """One pass over the training stream (0-based ``epoch``); returns its metrics.
 
         Dropout draws come from a generator seeded by (seed, epoch, rank); the window lengths
-        from one seeded by (seed, epoch) alone, so all ranks take the same windows.
+        from one seeded by (seed, epoch) alone, so all ranks take the same windows. With
+        ``lm.checkpoint_windows`` = N, every N-th window of the epoch is followed by a
+        mid-epoch checkpoint (:meth:`_save_partial`); after a resume from one, the epoch
+        continues from its saved window and states.
 
         Args:
             model: the (unwrapped) model.
@@ -225,6 +277,10 @@ class LMTask:
         from maxup.engine import _all_reduce_sum, _Progress, derive_seed, seed_everything
 
         cfg, lm = self.cfg, self.lm
+        resume, self._resume = self._resume, None
+        if resume is not None and resume["epoch"] != epoch:
+            raise RuntimeError(f"the checkpoint's partial epoch is {resume['epoch'] + 1}, "
+                               f"not epoch {epoch + 1}")
         stage = self._stage_of(epoch)
         if stage != self.state["stage"]:
             self._start_stage(model, stage)
@@ -244,9 +300,21 @@ class LMTask:
         loss_sum = tokens = 0.0
         gap_sum, steps, selection_s = 0.0, 0, 0.0
         wins = torch.zeros(m, dtype=torch.long)
+        i, elapsed, start = 0, 0.0, None
+        every = lm.checkpoint_windows if self.save_mid_epoch is not None else 0
+        if resume is not None:
+            mine = resume["rank"]
+            i, steps, start = resume["row"], resume["windows"], resume["start"]
+            len_gen.set_state(resume["bptt_generator"])
+            gen.set_state(mine["generator"])
+            _set_rng_states(mine["rng"], self.device)
+            hidden = [(h.to(self.device), c.to(self.device)) for h, c in mine["hidden"]]
+            loss_sum, tokens, gap_sum = mine["loss_sum"], mine["tokens"], mine["gap_sum"]
+            wins, selection_s, elapsed = mine["wins"].clone(), mine["selection_s"], mine["train_s"]
+        elif every and dist.is_main:
+            start = self._epoch_start(model)
         model.train()
         t0 = time.perf_counter()
-        i = 0
         total_rows = data.shape[0]
         while i < total_rows - 1 - 1:
             seq_len = draw_seq_len(lm.bptt, len_gen)
@@ -289,10 +357,18 @@ class LMTask:
             steps += 1
             i += seq_len
             bar.update(min(i, total_rows), loss_sum / tokens)
+            if every and steps % every == 0 and i < total_rows - 1 - 1:
+                self._save_partial(epoch, dist, start, {
+                    "row": i, "windows": steps, "bptt_generator": len_gen.get_state()}, {
+                    "hidden": [(h.detach().cpu(), c.detach().cpu()) for h, c in hidden],
+                    "generator": gen.get_state(), "rng": _rng_states(self.device),
+                    "loss_sum": loss_sum, "tokens": tokens, "gap_sum": gap_sum,
+                    "wins": wins.clone(), "selection_s": selection_s,
+                    "train_s": elapsed + time.perf_counter() - t0})
         bar.close()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        train_s = time.perf_counter() - t0
+        train_s = elapsed + time.perf_counter() - t0
         if distributed:
             sums = torch.tensor([loss_sum, tokens, gap_sum, steps], dtype=torch.float64)
             loss_sum, tokens, gap_sum, steps = _all_reduce_sum(sums, self.device).tolist()
@@ -306,6 +382,33 @@ class LMTask:
             "stage": self.state["stage"], "train_s": train_s, "selection_s": selection_s,
             "tokens_per_s": tokens / max(train_s, 1e-9),
         }
+
+    def _epoch_start(self, model: nn.Module) -> dict:
+        """What restarting this epoch from its beginning needs (on the CPU): the weights, the
+        optimiser state and the task state as the epoch's first window finds them."""
+        state = {k: v for k, v in self.state.items() if k != "best_model"}  # best: unchanged
+        if state["avg"] is not None:
+            state["avg"] = [t.detach().cpu().clone() for t in state["avg"]]
+        state["val_history"] = list(state["val_history"])
+        return {"model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                "optimizer": copy.deepcopy(self.optimizer.state_dict()), "state": state}
+
+    def _save_partial(self, epoch: int, dist, start: dict | None, shared: dict,
+                      mine: dict) -> None:
+        """A mid-epoch checkpoint: gather every rank's ``mine`` to the main rank, which saves
+        them with the ``shared`` position and the epoch's ``start`` (collective: every rank
+        calls it at the same window)."""
+        if self.world_size > 1 and torch.distributed.is_initialized():
+            ranks = [None] * self.world_size if dist.is_main else None
+            torch.distributed.gather_object(mine, ranks, dst=0)
+        else:
+            ranks = [mine]
+        if dist.is_main:
+            self._partial = {"epoch": epoch, **shared, "ranks": ranks, "start": start}
+        try:
+            self.save_mid_epoch(epoch)
+        finally:
+            self._partial = None
 
     # ------------------------------------------------------------------ evaluation
 
@@ -401,6 +504,27 @@ class LMTask:
                 f"(best {m['val_ppl']:.2f}, its test {m['test_ppl']:.2f})  "
                 f"{m['wall_s']:.1f}s ({m['tokens_per_s']:.0f} tok/s, "
                 f"selection {m['selection_s']:.1f}s)")
+
+
+def _rng_states(device: torch.device) -> dict:
+    """The global generators' states (Python, NumPy, torch, and a CUDA device's) as plain
+    values and tensors, loadable with ``weights_only=True``."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    out = {"python": random.getstate(), "numpy": (name, keys.tolist(), pos, has_gauss, cached),
+           "torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        out["cuda"] = torch.cuda.get_rng_state(device)
+    return out
+
+
+def _set_rng_states(states: dict, device: torch.device) -> None:
+    """Restore :func:`_rng_states`' output."""
+    random.setstate(states["python"])
+    name, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(states["torch"])
+    if device.type == "cuda" and "cuda" in states:
+        torch.cuda.set_rng_state(states["cuda"], device)
 
 
 def _ppl(loss: float | None) -> float:
