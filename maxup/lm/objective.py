@@ -10,7 +10,9 @@ batchified stream. Per step:
    at the words present (:func:`maxup.models.awd_lstm.word_dropout_scale`), never an
    (m, V, E) masked embedding matrix;
 3. forward all m copies without gradient from the same hidden state, stacked along the batch
-   (``chunk`` copies per forward bound the memory), and score each copy of each sequence by
+   through the LSTMs (``chunk`` copies per forward bound the memory), then decode and score
+   one copy at a time (the (T·B, V) logits of one copy, never of all m: at V = 10,000 those
+   dominate the selection's memory and, on a CPU, its time), each copy of each sequence by
    its cross-entropy summed over the window (with ADV's perturbation when it is on, since that
    is the data term being trained; AR/TAR are not part of the score — they regularise the
    hidden states, not the fit to this augmentation);
@@ -79,7 +81,8 @@ def copy_losses(model: AWDLSTM, words: torch.Tensor, targets: torch.Tensor, hidd
         noise: the shared draws (its ``emb_scale`` is ignored).
         scales: (m, T, B) per-copy word-dropout scales.
         adversarial: include ADV's perturbation in the score.
-        chunk: copies per forward (None: all m at once).
+        chunk: copies per LSTM forward (None: all m at once); the decoder and the loss take
+            one copy at a time whatever ``chunk`` is.
 
     Returns:
         (m, B) losses.
@@ -93,9 +96,10 @@ def copy_losses(model: AWDLSTM, words: torch.Tensor, targets: torch.Tensor, hidd
         stacked_scale = scales[k0:k0 + c].permute(1, 0, 2).reshape(t, c * b)
         h = [(hh.repeat(1, c, 1), cc.repeat(1, c, 1)) for hh, cc in hidden]
         o, _, _ = model(words.repeat(1, c), h, noise.repeat(c), emb_scale=stacked_scale)
-        losses = lm_token_losses(model, o, targets.repeat(1, c), adversarial=adversarial)
-        out.append(losses.sum(0).view(c, b))
-    return torch.cat(out)
+        o = o.view(t, c, b, -1)
+        for k in range(c):
+            out.append(lm_token_losses(model, o[:, k], targets, adversarial=adversarial).sum(0))
+    return torch.stack(out)
 
 
 def select_scales(scales: torch.Tensor, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
