@@ -647,7 +647,9 @@ def _train(cfg: RunConfig, out_dir: Path, *, device: torch.device, dist: DistCon
             # would wait on collectives; the sums are all-reduced once at the end instead.
             metrics.update(task.evaluate(_unwrap(model), epoch, dist))
             metrics["eval_s"] = time.perf_counter() - t1
-            metrics["wall_s"] = time.perf_counter() - t0
+            # A task resumed inside an epoch says how long the epoch ran before (its train_s
+            # already counts it), so the epoch's wall time is the whole epoch's too.
+            metrics["wall_s"] = time.perf_counter() - t0 + metrics.pop("resumed_s", 0.0)
             history.append(metrics)
             _check_finite(metrics, epoch + 1, task.finite_keys)
             done = epoch + 1

@@ -153,6 +153,11 @@ def test_killed_mid_epoch_resumes_bit_identically(tmp_path, one_torch_thread, ki
     assert f"after epoch {kill_epoch}; epoch {kill_epoch + 1} continues after window " \
            f"{2 * EVERY}" in lines[0]
     assert_same_run(tmp_path / "full", tmp_path / "cut", full, resumed)
+    # The resumed epoch's wall time is the whole epoch's: it holds its training time, which
+    # counts the windows before the kill (it held only the part after the resume).
+    for h in resumed["history"]:
+        assert "resumed_s" not in h
+        assert h["wall_s"] >= h["train_s"] + h["eval_s"], h
 
 
 def test_no_mid_epoch_checkpoint_without_the_key(tmp_path, one_torch_thread):

@@ -381,6 +381,8 @@ class LMTask:
             "maxup_gap": gap_sum / max(steps, 1), "maxup_wins": wins.tolist(),
             "stage": self.state["stage"], "train_s": train_s, "selection_s": selection_s,
             "tokens_per_s": tokens / max(train_s, 1e-9),
+            # training time spent before a resume: the engine adds it to the epoch's wall time
+            "resumed_s": elapsed,
         }
 
     def _epoch_start(self, model: nn.Module) -> dict:
