@@ -32,6 +32,9 @@ def figures_of(monkeypatch):
                 "major": [t.get_text() for t in ax.get_xticklabels()],
                 "minor": [t.get_text() for t in ax.get_xticklabels(minor=True)],
                 "xlim": ax.get_xlim(),
+                "ylabel": ax.get_ylabel(),
+                "ydata": {ln.get_label(): list(ln.get_ydata()) for ln in ax.get_lines()
+                          if not ln.get_label().startswith("_")},
             } for ax in fig.axes]}
         return save(fig, out_dir, stem, *formats)
 
@@ -125,3 +128,24 @@ def test_certified_figure_per_sweep_same_colours_and_no_flat_tail(figures_of, tm
     assert curve_lines["σ = 0.25, m = 4 (n = 3)"][0] == M_COLOURS[4]
     last_nonzero, step = RADII[4], RADII[1] - RADII[0]
     assert last_nonzero < ax["xlim"][1] <= last_nonzero + 1.1 * step
+
+
+def test_regression_lm_curves_plot_perplexities_not_an_empty_accuracy_panel(figures_of,
+                                                                           tmp_path):
+    """A language model's history has no test_acc: its curves showed an empty accuracy
+    panel. They plot each epoch's validation perplexity and the training perplexity."""
+    recs = []
+    for m in (1, 2):
+        for s in range(2):
+            rec = make_record(None, seed=s, m=m, sweep="lm", dataset="digits", model="mlp")
+            history = [{"epoch": e, "epoch_val_ppl": 500.0 / e + 10 * m + s,
+                        "val_ppl": 500.0 / e, "test_ppl": 480.0 / e,
+                        "train_ppl": 600.0 / e - s, "test_loss": 6.0} for e in (1, 2, 3)]
+            rec.update(history=history, final=dict(history[-1]), best=dict(history[-1]))
+            recs.append(restamp(rec))
+    curves = figures_of(recs, tmp_path)["curves_lm"]
+    val, train = curves["axes"]
+    assert (val["ylabel"], train["ylabel"]) == ("validation perplexity", "training perplexity")
+    # means over the two seeds of each arm, epoch by epoch
+    assert val["ydata"]["m = 2 (n = 2)"] == pytest.approx([500.0 / e + 20.5 for e in (1, 2, 3)])
+    assert train["ydata"]["m = 1 (n = 2)"] == pytest.approx([600.0 / e - 0.5 for e in (1, 2, 3)])

@@ -268,9 +268,23 @@ def _curve(histories: list[list], key: str):
     return epochs, mean, _half_width(std, n)
 
 
+#: The two panels of the training curves: (history key, axis label). A language model's
+#: history has no accuracy; its per-epoch validation perplexity (of that epoch's model, not
+#: the best so far) and training perplexity take the panels.
+CURVE_PANELS = {"image": (("test_acc", "test accuracy (%)"), ("test_loss", "test loss (nats)")),
+                "lm": (("epoch_val_ppl", "validation perplexity"),
+                       ("train_ppl", "training perplexity"))}
+
+
+def _panels(histories) -> tuple[tuple[str, str], ...]:
+    lm = any("epoch_val_ppl" in row for hist in histories for row in (hist or []))
+    return CURVE_PANELS["lm" if lm else "image"]
+
+
 def plot_training_curves(df: pd.DataFrame, out_dir: str, name: str,
                          formats: tuple[str, ...] = FORMATS) -> list[str]:
-    """Test accuracy and test loss vs epoch, per arm: mean over seeds with a 95% CI band.
+    """Per arm, two metrics vs epoch (:data:`CURVE_PANELS`: test accuracy and loss; for a
+    language model validation and training perplexity): mean over seeds, 95% CI band.
 
     Args:
         df: records of one sweep (completed ones with a history are used).
@@ -285,6 +299,7 @@ def plot_training_curves(df: pd.DataFrame, out_dir: str, name: str,
     shown = groups[:MAX_CURVE_ARMS]
     others = [c for c in arms if c != "config.maxup.m"]
     styles: dict[tuple, str] = {}
+    panels = _panels(done["history"])
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     drew = False
     for key, g in shown:
@@ -295,7 +310,7 @@ def plot_training_curves(df: pd.DataFrame, out_dir: str, name: str,
                        if "config.maxup.m" in g else 1)
         rest = tuple(_fmt_value(values[c]) for c in others)
         style = styles.setdefault(rest, STYLES[len(styles) % len(STYLES)])
-        for ax, metric in zip(axes, ("test_acc", "test_loss")):
+        for ax, (metric, _) in zip(axes, panels, strict=True):
             c = _curve(list(g["history"]), metric)
             if c is None:
                 continue
@@ -307,9 +322,8 @@ def plot_training_curves(df: pd.DataFrame, out_dir: str, name: str,
     if not drew:
         plt.close(fig)
         return []
-    axes[0].set_ylabel("test accuracy (%)")
-    axes[1].set_ylabel("test loss (nats)")
-    for ax in axes:
+    for ax, (_, ylabel) in zip(axes, panels, strict=True):
+        ax.set_ylabel(ylabel)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
