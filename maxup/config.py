@@ -291,6 +291,10 @@ class RunConfig:
                    "0 for a corpus (awd-lstm-lm's SGD has no momentum)")
             _check(self.optim.schedule == "constant", "optim.schedule", self.optim.schedule,
                    "constant for a corpus (averaging is lm.asgd's)")
+            # The language model has one selection (maxup.lm.objective); the naive one, every
+            # copy forwarded with gradients, is its test reference, not a training mode.
+            _check(self.maxup.mode == "efficient", "maxup.mode", self.maxup.mode,
+                   "efficient for a corpus")
             _check(sum(self.lm.finetune_epochs) < self.train.epochs, "lm.finetune_epochs",
                    self.lm.finetune_epochs, f"epochs summing to less than train.epochs "
                    f"({self.train.epochs})")

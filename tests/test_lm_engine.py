@@ -170,6 +170,7 @@ def test_resume_on_another_vocabulary_is_refused(tmp_path):
     ("lm.bptt", 4, "lm.bptt"), ("lm.dropoute", 1.0, "lm.dropoute"),
     ("lm.wdrop", -0.1, "lm.wdrop"), ("optim.momentum", 0.9, "optim.momentum"),
     ("model.name", "small_cnn", "model.name"), ("lm.finetune_epochs", [4], "lm.finetune_epochs"),
+    ("maxup.mode", "naive", "maxup.mode"),  # it was accepted and silently ignored
 ])
 def test_bad_lm_settings_are_refused_naming_the_field(tmp_path, key, value, field):
     cfg = lm_config(tmp_path)
