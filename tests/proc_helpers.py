@@ -1,7 +1,16 @@
-"""Process-tree helpers over /proc, for tests that must touch only their own Ray's processes."""
+"""Process helpers: the process tree over /proc, for tests that must touch only their own
+Ray's processes, and a free local port for a gloo rendezvous."""
 
 import os
+import socket
 from pathlib import Path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for ``init_method=tcp://``)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def proc_children() -> dict[int, list[int]]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from proc_helpers import cmdline, descendants, simulated_cluster
+from proc_helpers import cmdline, descendants, free_port, simulated_cluster
 
 from maxup import records
 from maxup.config import from_dict, to_dict
@@ -117,12 +116,6 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         tdist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ddp_gradient_equals_single_process_gradient(tmp_path):
     """Two gloo ranks (engine sharding, MaxUpLoss, DDP) give the single-process gradient.
 
@@ -141,7 +134,7 @@ def test_ddp_gradient_equals_single_process_gradient(tmp_path):
     import torch.multiprocessing as mp
 
     world = 2
-    mp.spawn(_ddp_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world, join=True)
+    mp.spawn(_ddp_worker, args=(world, free_port(), str(tmp_path)), nprocs=world, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(world)]
     shards = _shard_batches(world)
     x = torch.cat([s[0] for s in shards])
@@ -582,6 +575,6 @@ def test_regression_nonfinite_loss_on_one_rank_stops_all_ranks(tmp_path):
     agree on finiteness every step and all raise ``NonFiniteLoss`` at the same step."""
     import torch.multiprocessing as mp
 
-    mp.spawn(_nan_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_nan_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     got = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
     assert got == ["NonFiniteLoss step 2"] * 2, got

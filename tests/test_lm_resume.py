@@ -15,12 +15,12 @@ import hashlib
 import json
 import random
 import shutil
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from proc_helpers import free_port
 from test_lm_engine import lm_config, timeless, write_corpus
 
 import maxup.lm.task as lm_task
@@ -209,12 +209,6 @@ def _worker(rank: int, port: int, root: str, out: str, windows: list[int]) -> No
         tdist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow  # 43-50 s here on the shared 2 cores, mostly two workers importing torch
 def test_two_gloo_ranks_resume_mid_epoch(tmp_path, one_torch_thread):
     """Two ranks killed mid-epoch resume bit-identically, each from its own hidden state,
@@ -227,7 +221,7 @@ def test_two_gloo_ranks_resume_mid_epoch(tmp_path, one_torch_thread):
     cfg = lm_config(root, lm={"checkpoint_windows": EVERY, "switch": 1}, train={"epochs": 2})
     # the windows of an epoch: all ranks take the same, as one process does
     _, _, windows = per_epoch_windows(cfg, tmp_path / "one")
-    mp.spawn(_worker, args=(_free_port(), str(root), str(tmp_path), windows), nprocs=WORLD,
+    mp.spawn(_worker, args=(free_port(), str(root), str(tmp_path), windows), nprocs=WORLD,
              join=True)
     got = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     done = windows[0] + 2 * EVERY
