@@ -8,6 +8,8 @@
   ``peak_rss_mib()`` after the steps minus ``current_rss_mib()`` just before the first step:
   the extra resident memory the steps needed on top of the model, data and imports. (torch's
   CPU allocator is invisible to ``tracemalloc``; RSS sees everything, including glibc caches.)
+- :func:`round_robin`: the step benchmarks' timing, every configuration stepped in turn so a
+  changing load hits them alike; :func:`peak_extra_mib`: their per-configuration peak memory.
 - :func:`machine_description`: one line naming the CPU, core count, threads and versions.
 """
 
@@ -99,3 +101,37 @@ def machine_description(threads: int | None = None) -> str:
     except ImportError:
         pass
     return ", ".join(parts)
+
+
+def round_robin(steps: dict[str, Callable[[], float]], reps: int) -> dict[str, dict]:
+    """Time every step in turn, ``1 + reps`` rounds, the first a warm-up; per step the median,
+    min, max and every timed ms, and the median of the seconds each call returns (its
+    selection time).
+
+    Args:
+        steps: name → a no-argument training step returning its selection seconds.
+        reps: timed rounds.
+    """
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    selection: dict[str, list[float]] = {name: [] for name in steps}
+    for rnd in range(1 + reps):
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            sel = step()
+            if rnd > 0:  # round 0 is the warm-up
+                times[name].append(time.perf_counter() - t0)
+                selection[name].append(sel)
+    return {name: {"median_ms": statistics.median(t) * 1e3, "n": len(t),
+                   "min_ms": min(t) * 1e3, "max_ms": max(t) * 1e3,
+                   "selection_ms": statistics.median(selection[name]) * 1e3,
+                   "all_ms": [x * 1e3 for x in t]}
+            for name, t in times.items()}
+
+
+def peak_extra_mib(step: Callable[[], object]) -> float:
+    """Peak RSS (MiB) one warm-up and one measured call of ``step`` add to this process (run it
+    in a fresh process per configuration: the high-water mark never comes down)."""
+    rss0 = current_rss_mib()
+    step()
+    step()
+    return peak_rss_mib() - rss0

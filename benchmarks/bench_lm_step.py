@@ -48,7 +48,7 @@ import subprocess
 import sys
 import time
 
-from _common import current_rss_mib, machine_description, peak_rss_mib
+from _common import machine_description, peak_extra_mib, round_robin
 
 SHAPES = {
     "kjv": dict(vocab=10_000, emsize=128, nhid=256, nlayers=2, bptt=35, batch=20,
@@ -182,10 +182,7 @@ def run_one(name: str, shape: str, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     step = build_step(name, shape)
-    rss0 = current_rss_mib()
-    step()
-    step()
-    res = {"name": name, "peak_mib": peak_rss_mib() - rss0}
+    res = {"name": name, "peak_mib": peak_extra_mib(step)}
     if name == "plain" or name.startswith("maxup"):
         res.update(embedding_shaped(step, shape))
     return res
@@ -196,21 +193,7 @@ def time_all(names: list[str], shape: str, reps: int, threads: int) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    steps = {name: build_step(name, shape) for name in names}
-    times = {name: [] for name in steps}
-    selection = {name: [] for name in steps}
-    for rnd in range(1 + reps):
-        for name, step in steps.items():
-            t0 = time.perf_counter()
-            sel = step()
-            if rnd > 0:  # round 0 is the warm-up
-                times[name].append(time.perf_counter() - t0)
-                selection[name].append(sel)
-    return {name: {"median_ms": statistics.median(t) * 1e3, "n": len(t),
-                   "min_ms": min(t) * 1e3, "max_ms": max(t) * 1e3,
-                   "selection_ms": statistics.median(selection[name]) * 1e3,
-                   "all_ms": [x * 1e3 for x in t]}
-            for name, t in times.items()}
+    return round_robin({name: build_step(name, shape) for name in names}, reps)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,12 +28,11 @@ import argparse
 import contextlib
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 
-from _common import current_rss_mib, machine_description, peak_rss_mib
+from _common import machine_description, peak_extra_mib, round_robin
 
 BATCH, CLASSES, SIZE = 128, 10, 32
 MS = (4, 10)
@@ -124,11 +123,7 @@ def run_one(name: str, threads: int) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    step = build_step(name)
-    rss0 = current_rss_mib()
-    step()
-    step()
-    return {"name": name, "peak_mib": peak_rss_mib() - rss0}
+    return {"name": name, "peak_mib": peak_extra_mib(build_step(name))}
 
 
 def time_all(reps: int, threads: int) -> dict:
@@ -136,20 +131,7 @@ def time_all(reps: int, threads: int) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    steps = {name: build_step(name) for name in configs()}
-    times = {name: [] for name in steps}
-    selection = {name: [] for name in steps}
-    for rnd in range(1 + reps):
-        for name, step in steps.items():
-            t0 = time.perf_counter()
-            sel = step()
-            if rnd > 0:  # round 0 is the warm-up
-                times[name].append(time.perf_counter() - t0)
-                selection[name].append(sel)
-    return {name: {"median_ms": statistics.median(t) * 1e3, "n": len(t),
-                   "min_ms": min(t) * 1e3, "max_ms": max(t) * 1e3,
-                   "selection_ms": statistics.median(selection[name]) * 1e3}
-            for name, t in times.items()}
+    return round_robin({name: build_step(name) for name in configs()}, reps)
 
 
 def main(argv: list[str] | None = None) -> int:
