@@ -133,24 +133,45 @@ def _cuda_index(device: torch.device) -> int:
     return device.index if device.index is not None else torch.cuda.current_device()
 
 
+def rng_states(device: torch.device) -> dict:
+    """The global generators' states: Python's ``random``, NumPy's legacy global generator,
+    torch's CPU generator and, for a CUDA ``device``, that device's generator; as plain values
+    and tensors (a checkpoint holds them and loads with ``weights_only=True``).
+
+    Args:
+        device: the device the code runs on; a CUDA device's generator is included.
+    """
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    out = {"python": random.getstate(), "numpy": (name, keys.tolist(), pos, has_gauss, cached),
+           "torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        out["cuda"] = torch.cuda.get_rng_state(_cuda_index(device))
+    return out
+
+
+def set_rng_states(states: dict, device: torch.device) -> None:
+    """Put back the global generators' states :func:`rng_states` returned."""
+    random.setstate(states["python"])
+    name, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(states["torch"])
+    if device.type == "cuda" and "cuda" in states:
+        torch.cuda.set_rng_state(states["cuda"], _cuda_index(device))
+
+
 @contextlib.contextmanager
 def global_rng_preserved(device: torch.device):
-    """Run the block, then put the global RNG states back as they were on entry.
-
-    Covers Python's ``random``, NumPy's legacy global generator, torch's CPU generator and,
-    for a CUDA ``device``, that device's generator; also when the block raises.
+    """Run the block, then put the global RNG states (:func:`rng_states`) back as they were on
+    entry, also when the block raises.
 
     Args:
         device: the device the code inside runs on; a CUDA device's generator is restored too.
     """
-    py_state, np_state = random.getstate(), np.random.get_state()
-    cuda = [_cuda_index(device)] if device.type == "cuda" else []
+    states = rng_states(device)
     try:
-        with torch.random.fork_rng(devices=cuda):
-            yield
+        yield
     finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
+        set_rng_states(states, device)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -33,12 +33,10 @@ from __future__ import annotations
 
 import copy
 import math
-import random
 import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -274,7 +272,14 @@ class LMTask:
             dist: the engine's ``DistContext``.
             progress: show a progress bar (main rank, terminal only).
         """
-        from maxup.engine import _all_reduce_sum, _Progress, derive_seed, seed_everything
+        from maxup.engine import (
+            _all_reduce_sum,
+            _Progress,
+            derive_seed,
+            rng_states,
+            seed_everything,
+            set_rng_states,
+        )
 
         cfg, lm = self.cfg, self.lm
         resume, self._resume = self._resume, None
@@ -307,7 +312,7 @@ class LMTask:
             i, steps, start = resume["row"], resume["windows"], resume["start"]
             len_gen.set_state(resume["bptt_generator"])
             gen.set_state(mine["generator"])
-            _set_rng_states(mine["rng"], self.device)
+            set_rng_states(mine["rng"], self.device)
             hidden = [(h.to(self.device), c.to(self.device)) for h, c in mine["hidden"]]
             loss_sum, tokens, gap_sum = mine["loss_sum"], mine["tokens"], mine["gap_sum"]
             wins, selection_s, elapsed = mine["wins"].clone(), mine["selection_s"], mine["train_s"]
@@ -361,7 +366,7 @@ class LMTask:
                 self._save_partial(epoch, dist, start, {
                     "row": i, "windows": steps, "bptt_generator": len_gen.get_state()}, {
                     "hidden": [(h.detach().cpu(), c.detach().cpu()) for h, c in hidden],
-                    "generator": gen.get_state(), "rng": _rng_states(self.device),
+                    "generator": gen.get_state(), "rng": rng_states(self.device),
                     "loss_sum": loss_sum, "tokens": tokens, "gap_sum": gap_sum,
                     "wins": wins.clone(), "selection_s": selection_s,
                     "train_s": elapsed + time.perf_counter() - t0})
@@ -506,27 +511,6 @@ class LMTask:
                 f"(best {m['val_ppl']:.2f}, its test {m['test_ppl']:.2f})  "
                 f"{m['wall_s']:.1f}s ({m['tokens_per_s']:.0f} tok/s, "
                 f"selection {m['selection_s']:.1f}s)")
-
-
-def _rng_states(device: torch.device) -> dict:
-    """The global generators' states (Python, NumPy, torch, and a CUDA device's) as plain
-    values and tensors, loadable with ``weights_only=True``."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    out = {"python": random.getstate(), "numpy": (name, keys.tolist(), pos, has_gauss, cached),
-           "torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        out["cuda"] = torch.cuda.get_rng_state(device)
-    return out
-
-
-def _set_rng_states(states: dict, device: torch.device) -> None:
-    """Restore :func:`_rng_states`' output."""
-    random.setstate(states["python"])
-    name, keys, pos, has_gauss, cached = states["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(states["torch"])
-    if device.type == "cuda" and "cuda" in states:
-        torch.cuda.set_rng_state(states["cuda"], device)
 
 
 def _ppl(loss: float | None) -> float:
