@@ -159,7 +159,7 @@ def parse_record(data: dict | str | bytes) -> TrialRecord:
     paper_table = data.get("paper_table")
     history = _typed(data, "history", (list,), [])
     best = _typed(data, "best", (dict,), {})
-    if _is_lm(history):
+    if is_lm_history(history):
         # Records written before best_entry knew perplexities hold the first epoch here.
         best = best_entry(history)
     return TrialRecord(
@@ -177,7 +177,9 @@ def parse_record(data: dict | str | bytes) -> TrialRecord:
         created=data.get("created"), updated=data.get("updated"))
 
 
-def _is_lm(history: list) -> bool:
+def is_lm_history(history: list) -> bool:
+    """Whether a history is a language model's: per-epoch validation perplexities, no
+    accuracy."""
     entries = [h for h in history if isinstance(h, dict)]
     return (any(isinstance(h.get("epoch_val_ppl"), int | float) for h in entries)
             and not any("test_acc" in h for h in entries))
@@ -195,7 +197,7 @@ def best_entry(history: list[dict]) -> dict:
     """
     if not history:
         return {}
-    if _is_lm(history):
+    if is_lm_history(history):
         def val(h: dict) -> float:
             v = h.get("epoch_val_ppl")
             return float(v) if isinstance(v, int | float) and math.isfinite(v) else math.inf

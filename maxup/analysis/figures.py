@@ -29,6 +29,7 @@ from maxup.analysis.load import completed  # noqa: E402
 from maxup.analysis.specs import SPECS, has_certification  # noqa: E402
 from maxup.analysis.stats import aggregate, arm_columns  # noqa: E402
 from maxup.io import atomic_write_bytes  # noqa: E402
+from maxup.records import is_lm_history  # noqa: E402
 
 MAX_CURVE_ARMS = 10
 METHOD_LABELS = {"baseline": "Gaussian aug. (m = 1)", "maxup": "MaxUp+Gauss"}
@@ -277,7 +278,7 @@ CURVE_PANELS = {"image": (("test_acc", "test accuracy (%)"), ("test_loss", "test
 
 
 def _panels(histories) -> tuple[tuple[str, str], ...]:
-    lm = any("epoch_val_ppl" in row for hist in histories for row in (hist or []))
+    lm = any(is_lm_history(hist or []) for hist in histories)
     return CURVE_PANELS["lm" if lm else "image"]
 
 
