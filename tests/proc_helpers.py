@@ -13,6 +13,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def alive(procs: dict[int, int]) -> list[int]:
+    """The processes of ``procs`` (pid -> start time) still running: same pid, same start
+    time (a reused pid is another process), not a zombie."""
+    from maxup.platform.reaper import process_table
+
+    table = process_table()
+    return [pid for pid, start in procs.items() if table.get(pid, (0, None))[1] == start]
+
+
 def proc_children() -> dict[int, list[int]]:
     """Parent pid → child pids of every process on the host."""
     kids: dict[int, list[int]] = {}

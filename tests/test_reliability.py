@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from proc_helpers import simulated_cluster
+from proc_helpers import alive, simulated_cluster
 
 from maxup.cli import main
 
@@ -193,7 +193,7 @@ def test_sweep_survives_losing_a_node_mid_sweep(three_node_cluster, tmp_path):
     cluster.remove_node(nodes[0], allow_graceful=False)
     cluster.add_node(num_cpus=1)  # the replacement (add_node works from the main thread only)
     thread.join(timeout=600)
-    assert not thread.is_alive(), "the sweep did not finish after the node was replaced"
+    assert not thread.isalive(), "the sweep did not finish after the node was replaced"
     assert "error" not in box, box.get("error")
     result = box["summary"]
     assert sorted(result.completed) == sorted(t.trial_id for t in trials), result.line()
@@ -242,18 +242,11 @@ def _watchdog_case(mode: str):
     return driver, {p: table[p][1] for p in pids}
 
 
-def _alive(procs: dict[int, int]) -> list[int]:
-    from maxup.platform.reaper import process_table
-
-    table = process_table()
-    return [p for p, start in procs.items() if table.get(p, (0, None))[1] == start]
-
-
 def _kill_all(driver: subprocess.Popen, procs: dict[int, int]) -> None:
     driver.kill()
     driver.wait()
     driver.stdout.close()
-    for pid in _alive(procs):
+    for pid in alive(procs):
         os.kill(pid, signal.SIGKILL)
 
 
@@ -267,9 +260,9 @@ def test_regression_processes_outlived_a_sigkilled_driver():
         driver.kill()
         driver.wait()
         deadline = time.monotonic() + 2
-        while _alive(procs) and time.monotonic() < deadline:
+        while alive(procs) and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert not _alive(procs), "outlived the driver by 2 s"
+        assert not alive(procs), "outlived the driver by 2 s"
     finally:
         _kill_all(driver, procs)
 
@@ -283,6 +276,6 @@ def test_watchdog_kills_nothing_after_a_normal_exit():
         assert driver.wait(timeout=10) == 0
         assert driver.stdout.read() == ""  # nothing printed after the pids
         time.sleep(0.5)
-        assert _alive(procs) == kids  # the watchdog left (it had exited before the driver)
+        assert alive(procs) == kids  # the watchdog left (it had exited before the driver)
     finally:
         _kill_all(driver, procs)

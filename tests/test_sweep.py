@@ -22,10 +22,11 @@ import time
 from pathlib import Path
 
 import pytest
+from proc_helpers import alive
 from sweep_helpers import sweep_record_files, trial_dir
 
 from maxup import records
-from maxup.platform.reaper import descendants, process_table
+from maxup.platform.reaper import descendants
 from maxup.platform.space import load_space
 from maxup.platform.sweep import SweepLayout, SweepSummary, plan
 
@@ -123,12 +124,6 @@ def kill_session(sid: int, grace: float = 5.0) -> None:
         deadline = time.time() + grace
         while procs and time.time() < deadline and session_processes(sid):
             time.sleep(0.2)
-
-
-def alive(procs: dict[int, int]) -> list[int]:
-    """The processes of ``procs`` (pid -> start time) still running (not zombies)."""
-    table = process_table()
-    return [pid for pid, start in procs.items() if table.get(pid, (0, None))[1] == start]
 
 
 def storage_state(storage: Path) -> dict[str, tuple[int, int]]:
