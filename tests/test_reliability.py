@@ -193,7 +193,7 @@ def test_sweep_survives_losing_a_node_mid_sweep(three_node_cluster, tmp_path):
     cluster.remove_node(nodes[0], allow_graceful=False)
     cluster.add_node(num_cpus=1)  # the replacement (add_node works from the main thread only)
     thread.join(timeout=600)
-    assert not thread.isalive(), "the sweep did not finish after the node was replaced"
+    assert not thread.is_alive(), "the sweep did not finish after the node was replaced"
     assert "error" not in box, box.get("error")
     result = box["summary"]
     assert sorted(result.completed) == sorted(t.trial_id for t in trials), result.line()
