@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import os
 
-from torchvision import datasets as tvd
-from torchvision import transforms as T
-
 from maxup.data.registry import DatasetInfo, register_dataset
 from maxup.errors import DataError
 
@@ -46,6 +43,9 @@ def imagenet(*, split: str, root: str | None, train_transform: str, download: bo
     folder = os.path.join(root, "train" if split == "train" else "val")
     if not os.path.isdir(folder):
         raise DataError(f"data.root: {folder} not found; {_HOWTO}")
+    from torchvision import datasets as tvd  # here: registering must not import torchvision
+    from torchvision import transforms as T
+
     if split == "train" and train_transform == "standard":
         tf = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor()])
     else:

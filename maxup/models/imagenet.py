@@ -14,7 +14,6 @@ same shape apart from its input channels. ``image_size`` is ignored.
 from __future__ import annotations
 
 from torch import nn
-from torchvision import models as tvm
 
 from maxup.models.registry import register_model
 
@@ -30,30 +29,38 @@ def _replace_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
     )
 
 
-def _resnet(fn):
+def _torchvision(name: str):
+    """torchvision's builder ``name``, imported on first use: registering the models must not
+    import torchvision (~2.5 s of CPU in every process that imports :mod:`maxup.models`)."""
+    from torchvision import models as tvm
+
+    return getattr(tvm, name)
+
+
+def _resnet(name: str):
     def build(*, num_classes: int, in_channels: int = 3, dropout: float = 0.0, image_size=None):
-        net = fn(weights=None, num_classes=num_classes)
+        net = _torchvision(name)(weights=None, num_classes=num_classes)
         if in_channels != 3:
             net.conv1 = _replace_conv(net.conv1, in_channels)
         return net
 
-    build.__doc__ = f"torchvision {fn.__name__} (weights=None); dropout ignored."
+    build.__doc__ = f"torchvision {name} (weights=None); dropout ignored."
     return build
 
 
-def _efficientnet(fn):
+def _efficientnet(name: str):
     def build(*, num_classes: int, in_channels: int = 3, dropout: float = 0.0, image_size=None):
-        net = fn(weights=None, num_classes=num_classes, dropout=dropout)
+        net = _torchvision(name)(weights=None, num_classes=num_classes, dropout=dropout)
         if in_channels != 3:
             net.features[0][0] = _replace_conv(net.features[0][0], in_channels)
         return net
 
-    build.__doc__ = f"torchvision {fn.__name__} (weights=None); dropout before the classifier."
+    build.__doc__ = f"torchvision {name} (weights=None); dropout before the classifier."
     return build
 
 
-register_model("resnet50")(_resnet(tvm.resnet50))
-register_model("resnet101")(_resnet(tvm.resnet101))
+register_model("resnet50")(_resnet("resnet50"))
+register_model("resnet101")(_resnet("resnet101"))
 for _i in range(8):
     _name = f"efficientnet_b{_i}"
-    register_model(_name)(_efficientnet(getattr(tvm, _name)))
+    register_model(_name)(_efficientnet(_name))
