@@ -303,9 +303,11 @@ def test_resume_after_driver_sigkill(tmp_path, ray_tmp):
     dashboard and runtime-env agents stayed for good, and trial workers trained on for up to
     ~3 s, writing records, logs and checkpoints. Now every process the driver had started is
     gone within 3 s of the kill and no file under the storage changes after it."""
-    epochs = 30
+    # Two trials one at a time: the kill lands while the second is early in its run and the
+    # first is complete (8 epochs, ~4 s idle, of margin before the second could finish).
+    epochs, margin = 12, 8
     space = write_space(tmp_path / "res.yaml", "res", grid="optim.lr: [0.05, 0.02]",
-                        epochs=epochs, model="small_cnn", m=4)
+                        epochs=epochs, model="small_cnn", m=4, seeds=1, concurrency=1)
     storage = tmp_path / "st"
     trials = {t.trial_id: t for t in load_space(space).expand()}
     driver = subprocess.Popen(sweep_cmd(space, storage, "--no-table"), cwd=ROOT,
@@ -320,7 +322,7 @@ def test_resume_after_driver_sigkill(tmp_path, ray_tmp):
             recs = read_records(storage, "res")
             done = [k for k, r in recs.items() if r.get("status") == "completed"]
             mid = [k for k, r in recs.items() if r.get("status") == "running"
-                   and 1 <= len(r["history"]) <= epochs - 20]
+                   and 1 <= len(r["history"]) <= epochs - margin]
             if done and mid:
                 break
             time.sleep(0.1)
