@@ -402,10 +402,26 @@ def test_worker_sigkill_mid_run_resumes_and_completes(local_ray, tmp_path):
     assert "resumed from" in (out / "log.txt").read_text()
 
 
+@pytest.fixture(scope="module")
+def _simulated_cluster():
+    """One simulated cluster for this module's node-loss tests: starting one (a head and two
+    nodes, each with its own raylet and agents) costs more CPU than either test's training."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+        yield from simulated_cluster(mp)
+
+
 @pytest.fixture
-def two_node_cluster(monkeypatch):
-    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-    yield from simulated_cluster(monkeypatch)
+def two_node_cluster(_simulated_cluster):
+    """The shared cluster with exactly two live 1-CPU nodes: a test that lost one gets a new
+    one before the next test starts."""
+    cluster, _ = _simulated_cluster
+    nodes = list(cluster.worker_nodes)
+    while len(nodes) < 2:
+        nodes.append(cluster.add_node(num_cpus=1))
+    cluster.wait_for_nodes()
+    assert len(nodes) == 2, nodes
+    return cluster, nodes
 
 
 def _node_pids(node) -> set[int]:
