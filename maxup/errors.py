@@ -23,6 +23,12 @@ class ConfigError(UsageError):
         name = field if field.isprintable() else repr(field)  # a key holding a newline
         super().__init__(f"{name}: got {shown}; allowed: {allowed}")
 
+    def __reduce__(self):
+        # Copy and pickle by the constructor's arguments: Ray copies a trial's exception
+        # (``copy.copy``) and pickles it to the driver, and the default (``self.args``, the one
+        # message) broke both with a TypeError printed over the real error.
+        return type(self), (self.field, self.value, self.allowed)
+
 
 class DataError(UsageError):
     """A dataset is missing or malformed at the given path."""

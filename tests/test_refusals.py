@@ -431,3 +431,17 @@ def test_regression_data_parallel_train_echoes_worker_epoch_lines(tmp_path, caps
             assert capsys.readouterr().out == "epoch   2/3  resumed\n"  # live, half line held
             fh.write("3  done\n")
     assert capsys.readouterr().out == "epoch   3/3  done\n"
+
+
+@pytest.mark.parametrize("make", [lambda: ConfigError("data.subset", 100000, "1..1257"),
+                                  lambda: UsageError("storage: not a directory")])
+def test_regression_typed_errors_copy_and_pickle_whole(make):
+    """Ray copies a trial's exception (``copy.copy``) and pickles it to the driver; ConfigError
+    copied by its one-message ``args`` raised a TypeError that Ray printed over the real error."""
+    import copy
+    import pickle
+
+    err = make()
+    for twin in (copy.copy(err), pickle.loads(pickle.dumps(err))):
+        assert type(twin) is type(err) and str(twin) == str(err)
+        assert vars(twin) == vars(err)

@@ -437,6 +437,7 @@ def test_raising_trial_is_retried_then_failed_with_the_exception(failing_sweep):
     assert boom["failure"]["reason"].startswith("ConfigError: data.subset:"), boom["failure"]
     assert "100000" in boom["failure"]["reason"]
     assert "Traceback" in boom["failure"]["detail"]
+    assert "TypeError" not in first.stdout  # Ray could not copy the ConfigError (regression)
     assert boom["history"] == []
     assert re.search(rf"^\[failed\]\s+{case['boom'].trial_id} .*ConfigError: data.subset.*"
                      r"gave up after the configured retries", first.stdout, re.M)
