@@ -415,7 +415,11 @@ def _simulated_cluster():
 def two_node_cluster(_simulated_cluster):
     """The shared cluster with exactly two live 1-CPU nodes: a test that lost one gets a new
     one before the next test starts."""
+    import ray
+
     cluster, _ = _simulated_cluster
+    if not ray.is_initialized():  # a test in between ran its own Ray (``local_ray``)
+        ray.init(address=cluster.address, log_to_driver=False, logging_level="WARNING")
     nodes = list(cluster.worker_nodes)
     while len(nodes) < 2:
         nodes.append(cluster.add_node(num_cpus=1))
