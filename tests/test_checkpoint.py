@@ -54,6 +54,17 @@ def test_certify_garbage_checkpoint_is_one_line_exit_2(tmp_path, capsys):
     assert str(path) in line and "weights_only=True" in line
 
 
+def test_regression_text_file_as_checkpoint_says_it_is_not_a_torch_file(tmp_path, capsys):
+    """torch reads a short text file as a legacy checkpoint and fails with a bare KeyError
+    (a number); the line said only "(174812789)"."""
+    path = tmp_path / "notes.pt"
+    path.write_text("junk\n")
+    rc = main(["certify", str(path), "--sigma", "0.25", "--device", "cpu"])
+    line = _one_error_line(capsys.readouterr().err)
+    assert rc == 2
+    assert str(path) in line and "not a torch.save file" in line
+
+
 @pytest.mark.parametrize("kind", ["garbage", "refused_pickle", "empty", "truncated"])
 def test_train_resume_from_unusable_checkpoint_is_one_line_exit_2(tmp_path, capsys, kind):
     out = tmp_path / "run"
