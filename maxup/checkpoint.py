@@ -103,7 +103,7 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, KeyError):
         # torch's legacy-format reader looks the bytes up as a record key: a text or other
         # non-torch file surfaces as a bare number ("(174812789)" said nothing).
-        return f"not a torch.save file (KeyError {exc})"
+        return f"not a torch.save file: KeyError {exc}"
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch bolds part of its advice
     # weights_only refusals open with advice about loading unsafely; what was refused in
     # this file follows the marker.
