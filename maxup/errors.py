@@ -1,4 +1,5 @@
-"""Errors the command line turns into one line on stderr and exit code 2."""
+"""Errors the command line turns into one line on stderr: exit 2 for bad input (UsageError and
+its subclasses), exit 1 for a service that did not start (StartError)."""
 
 
 class UsageError(Exception):
@@ -36,3 +37,11 @@ class DataError(UsageError):
 
 class ProfileError(UsageError):
     """A device profile (``maxup calibrate``'s JSON) is missing, unreadable or malformed."""
+
+
+class StartError(Exception):
+    """A service the command needs did not come up (the embedded Ray on an overloaded machine).
+
+    Not the user's input: the CLI prints ``maxup: error: <message>`` and exits with status 1.
+    Whatever had finished before stays stored, so the same command can simply be run again.
+    """

@@ -105,7 +105,7 @@ def check_output_dir(flag: str, path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``maxup`` console script."""
-    from maxup.errors import UsageError
+    from maxup.errors import StartError, UsageError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
@@ -122,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"maxup: error: {exc}", file=sys.stderr)
         return 2
+    except StartError as exc:
+        print(f"maxup: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("maxup: interrupted", file=sys.stderr)
         return 130

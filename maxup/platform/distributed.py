@@ -267,8 +267,19 @@ def start_local_ray(start_timeout_s: float = 60.0) -> None:
                "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")}
     os.environ.update(env)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
-             log_to_driver=False, logging_level="WARNING", runtime_env={"env_vars": env})
+    try:
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+                 log_to_driver=False, logging_level="WARNING", runtime_env={"env_vars": env})
+    except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception when its node
+        # does not register within its fixed 30 s (seen with three Ray test files at once
+        # on two cores); a 30-line traceback said no more than this line does.
+        from maxup.errors import StartError
+
+        with contextlib.suppress(Exception):
+            ray.shutdown()  # stop whatever part of it did start
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise StartError(f"the embedded local Ray did not start ({reason}); if the machine "
+                         "is busy, run the same command again: finished work is kept") from exc
 
 
 def probe_cluster(address: str, timeout_s: float = 10.0) -> str:
