@@ -36,10 +36,11 @@ def csv_path() -> Path:
 
 
 @cache
-def _table() -> tuple[np.ndarray, np.ndarray]:
-    """(pixels (1797, 64) float64 in 0..16, labels (1797,) int64), sklearn's row order."""
+def _table() -> tuple[np.ndarray, np.ndarray, dict[str, list[int]]]:
+    """(pixels (1797, 64) float64 in 0..16, labels (1797,) int64, rows of each split), read
+    once per process: the train and test splits are usually both built."""
     data = np.loadtxt(csv_path(), delimiter=",")
-    return data[:, :-1], data[:, -1].astype(np.int64)
+    return data[:, :-1], data[:, -1].astype(np.int64), json.loads(SPLIT_FILE.read_text())
 
 
 @register_dataset(
@@ -57,8 +58,8 @@ def _table() -> tuple[np.ndarray, np.ndarray]:
 )
 def digits(*, split: str, root: str | None, train_transform: str, download: bool):
     """The train or test part of the fixed digits split."""
-    pixels, labels = _table()
-    rows = np.asarray(json.loads(SPLIT_FILE.read_text())[split], dtype=np.int64)
+    pixels, labels, splits = _table()
+    rows = np.asarray(splits[split], dtype=np.int64)
     images = torch.as_tensor(pixels[rows], dtype=torch.float32).div_(16.0).reshape(-1, 1, 8, 8)
     return TensorImageDataset(
         images, torch.as_tensor(labels[rows], dtype=torch.long),
