@@ -399,6 +399,8 @@ def test_worker_sigkill_mid_run_resumes_and_completes(local_ray, tmp_path):
     assert done_before < SLOW["train"]["epochs"], "the kill landed after the last epoch"
     rec = box["value"]
     _assert_complete(rec, SLOW["train"]["epochs"])
+    # What train_distributed returns is the stored record (also after a restart).
+    assert records.read_record(out / "record.json")["history"] == rec["history"]
     assert "resumed from" in (out / "log.txt").read_text()
 
 

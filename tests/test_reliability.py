@@ -284,8 +284,7 @@ def test_watchdog_kills_nothing_after_a_normal_exit():
 def test_regression_embedded_ray_that_does_not_start_is_one_line_exit_1(tmp_path, capsys,
                                                                         monkeypatch):
     """With three Ray test files at once on two cores, Ray's node did not register within its
-    fixed 30 s and ``maxup sweep`` ended in a 30-line traceback. It is now one line, exit 1,
-    and the sweep (already planned) resumes when run again."""
+    fixed 30 s and ``maxup sweep`` ended in a 30-line traceback. It is now one line, exit 1."""
     import ray
 
     def node_timed_out(*args, **kwargs):
