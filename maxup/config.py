@@ -165,6 +165,8 @@ class TrainConfig:
     eval_batch_size: int = _num(512, 1, 1_048_576)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast applies on GPU only
+    # bit-reproducible arithmetic (maxup/determinism.py); not part of the trial id
+    deterministic: bool = True
     channels_last: bool = False
     checkpoint_every: int = _num(1, 1, 100_000)  # epochs between checkpoints
     # data-parallel workers; > 1 runs inside a Ray Train TorchTrainer

@@ -53,6 +53,7 @@ from maxup.checkpoint import CHECKPOINT_FORMAT as CHECKPOINT_FORMAT  # re-export
 from maxup.checkpoint import load_checkpoint as load_checkpoint  # re-exported
 from maxup.checkpoint import save_checkpoint as save_checkpoint  # re-exported
 from maxup.config import RunConfig, from_dict, to_dict
+from maxup.determinism import deterministic_mode
 from maxup.errors import UsageError
 from maxup.io import atomic_write_json, atomic_write_text
 from maxup.objective import MaxUpLoss
@@ -576,13 +577,14 @@ def train(config: dict | RunConfig, out_dir: str | Path, *, reporter: Reporter |
             (a Ray Train worker restores the run's latest committed checkpoint here).
         log: one summary line per epoch goes here (None: silent).
 
-    The caller's global Python, NumPy and torch RNG states are the same on return (or on an
-    exception) as on entry; torch's thread settings are left alone.
+    The caller's global Python, NumPy and torch RNG states, and its deterministic-algorithm
+    settings (``train.deterministic``, :mod:`maxup.determinism`), are the same on return (or
+    on an exception) as on entry; torch's thread settings are left alone.
     """
     cfg = config if isinstance(config, RunConfig) else from_dict(config)
     dist = dist or DistContext()
     device = dist.device or resolve_device(cfg.train.device)
-    with global_rng_preserved(device):
+    with global_rng_preserved(device), deterministic_mode(cfg.train.deterministic, device):
         try:
             return _train(cfg, Path(out_dir), device=device, dist=dist, reporter=reporter,
                           resume=resume, record_path=record_path, record_extra=record_extra,
@@ -633,7 +635,10 @@ def _train(cfg: RunConfig, out_dir: Path, *, device: torch.device, dist: DistCon
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    env = records.environment(device=str(device), workers=dist.world_size)
+    # bf16 autocast applies on CUDA only; the record states the arithmetic actually used.
+    precision = cfg.train.precision if device.type == "cuda" else "fp32"
+    env = records.environment(device=str(device), workers=dist.world_size, precision=precision,
+                              deterministic=cfg.train.deterministic)
     env.update(task.record_facts())
     env.update(extra.get("environment") or {})
     if dist.is_main:

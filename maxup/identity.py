@@ -3,13 +3,14 @@
 The rule
 --------
 A run is identified by its resolved config (:func:`maxup.config.to_dict`) with the
-*non-identity* settings removed: those that say where, how fast or how verbosely a run
-happens (:data:`NON_IDENTITY_KEYS`: data root, data-loading workers, download flag, device,
-progress display, evaluation batch size, checkpoint frequencies, start time-out) and the whole
-post-hoc certification section (:data:`CERTIFY_SECTION`): certifying the same model with
-another ``n`` is not another training run. Everything else changes what training computes
-and is part of the identity — the seed, the model, the data subset, every augmentation,
-MaxUp, optimiser and training-loop setting (workers included: each rank draws its own data).
+*non-identity* settings removed: those that say where, how fast or how verbosely a run happens
+(:data:`NON_IDENTITY_KEYS`: data root, data-loading workers, download flag, device,
+deterministic arithmetic, progress display, evaluation batch size, checkpoint frequencies,
+start time-out) and the whole post-hoc certification section (:data:`CERTIFY_SECTION`):
+certifying the same model with another ``n`` is not another training run. Everything else
+changes what training computes and is part of the identity — the seed, the model, the data
+subset, every augmentation, MaxUp, optimiser and training-loop setting (workers included: each
+rank draws its own data).
 
 - **trial id** — 12 hex digits of sha256 over the canonical JSON (sorted keys, no spaces) of
   the identity config, seed included. Two runs with the same trial id train the same model
@@ -41,6 +42,7 @@ NON_IDENTITY_KEYS: tuple[str, ...] = (
     "data.num_workers",
     "data.download",
     "train.device",
+    "train.deterministic",
     "train.progress",
     "train.eval_batch_size",
     "train.checkpoint_every",

@@ -264,20 +264,44 @@ def trial_id(config: dict) -> str:
     return identity.trial_id(config)
 
 
-def _git_commit() -> str | None:
+def _git(*args: str) -> str | None:
+    """Output of a git command in this package's repository; None outside one or on error."""
     root = Path(__file__).resolve().parent.parent
     if not (root / ".git").exists():
         return None
     try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=5)
-        return out.stdout.strip() or None
+        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                             timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
+    return out.stdout if out.returncode == 0 else None
 
 
-def environment(device: str = "cpu", workers: int = 1) -> dict:
-    """Versions and machine facts stored in every record."""
+def _git_commit() -> str | None:
+    out = _git("rev-parse", "HEAD")
+    return out.strip() or None if out is not None else None
+
+
+def _git_dirty() -> bool | None:
+    """Whether tracked files differ from the commit (None when unknown)."""
+    out = _git("status", "--porcelain", "--untracked-files=no")
+    return None if out is None else bool(out.strip())
+
+
+def environment(device: str = "cpu", workers: int = 1, *, precision: str | None = None,
+                deterministic: bool | None = None) -> dict:
+    """Versions, machine facts and the run's provenance, stored in every record.
+
+    Never part of the trial id: they say where and with what code a trial ran, which
+    ``maxup verify`` uses to decide what a rerun must reproduce bit for bit.
+
+    Args:
+        device: the torch device the run trained on (``"cpu"``, ``"cuda:0"``).
+        workers: data-parallel workers.
+        precision: the arithmetic actually used (``"fp32"``, ``"bf16"``; ``"fp32+tf32"`` when
+            CUDA's TF32 tensor cores do fp32 matmuls/convolutions).
+        deterministic: whether deterministic algorithms were on (``train.deterministic``).
+    """
     import torch
 
     import maxup
@@ -285,17 +309,53 @@ def environment(device: str = "cpu", workers: int = 1) -> dict:
     ray_version = None
     if "ray" in sys.modules:
         ray_version = getattr(sys.modules["ray"], "__version__", None)
+    on_cuda = str(device).startswith("cuda")
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
     return {
         "maxup": maxup.__version__,
         "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": cudnn,
         "ray": ray_version,
         "python": platform.python_version(),
         "git_commit": _git_commit(),
+        "git_dirty": _git_dirty(),
         "device": device,
+        "device_name": _device_name(device) if on_cuda else cpu_name(),
+        "precision": precision,
+        "tf32": _tf32() if on_cuda else None,
+        "deterministic": deterministic,
+        "threads": torch.get_num_threads(),
         "workers": workers,
         "hostname": socket.gethostname(),
         "cpu_count": os.cpu_count(),
     }
+
+
+def _device_name(device: str) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(torch.device(device))
+
+
+def _tf32() -> str:
+    """Which fp32 CUDA operations TF32 tensor cores may compute: conv, matmul, both or off."""
+    import torch
+
+    on = [name for name, flag in (("conv", torch.backends.cudnn.allow_tf32),
+                                  ("matmul", torch.backends.cuda.matmul.allow_tf32)) if flag]
+    return "+".join(on) or "off"
+
+
+def cpu_name() -> str:
+    """The CPU model (``/proc/cpuinfo``; ``platform.processor()`` elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
 
 
 def certified_accuracy(rows: list[dict], radii) -> list[float]:

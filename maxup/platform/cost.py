@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from maxup.errors import ProfileError
+from maxup.records import cpu_name
 
 PROFILE_SCHEMA = "maxup.profile/1"
 SHIPPED_DIR = Path(__file__).resolve().parent / "profiles"
@@ -228,19 +229,6 @@ def local_device(want_gpu: bool = False) -> tuple[str, str]:
         if torch.cuda.is_available():
             return torch.cuda.get_device_name(0), "gpu"
     return cpu_name(), "cpu"
-
-
-def cpu_name() -> str:
-    """The CPU model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine() or "cpu"
 
 
 # --------------------------------------------------------------------------- per trial
