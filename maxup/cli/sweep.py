@@ -18,7 +18,9 @@ EXAMPLE = """examples:
 Running the same file against the same storage resumes it: completed trials are skipped,
 interrupted ones continue from their last checkpoint. Pending trials start longest first
 (estimated cost: `maxup calibrate` profiles). Dotted overrides apply to every trial before
-its id is computed."""
+its id is computed. Relative data.root and model.weights paths (in the space or overrides) are
+relative to the directory this command runs from: they are made absolute here, before the
+preflight, since trials run in Ray workers elsewhere."""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import os
 import sys
 import threading
 from pathlib import Path
@@ -19,7 +21,8 @@ Any config key can be overridden with --section.key=value (values are read as YA
 The run directory gets config.json (the resolved config), metrics.csv, metrics.jsonl,
 record.json (final metrics and history), log.txt (the epoch lines printed here) and
 checkpoints/last.pt. A run that crashes ends with a failed record.json (the traceback in its
-failure.detail) and exit status 1."""
+failure.detail) and exit status 1. Relative data.root and model.weights paths are relative to
+the directory the command runs from (config.json holds them absolute)."""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -48,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.resume and (out / "checkpoints" / "last.pt").exists():
         raise UsageError(f"--out: {str(out)!r} already holds a run; allowed: a new directory, "
                          "or --resume to continue it")
+    cfg = _with_absolute_paths(cfg, out, args.resume)
     check_registered_names(cfg)
     from maxup import records
     from maxup.config import to_dict
@@ -85,6 +89,39 @@ def run(args: argparse.Namespace) -> int:
         result = f"test acc {final.get('test_acc', float('nan')):.2f}%"
     print(f"done: {result} after {final.get('epoch')} epochs; results in {out}")
     return 0
+
+
+def _with_absolute_paths(cfg, out: Path, resume: bool):
+    """``cfg`` with its relative local paths (``data.root``, ``model.weights``) made absolute
+    against the working directory (:mod:`maxup.paths`): what the run opens, and what its
+    ``config.json`` and record store, whichever process it trains in.
+
+    A run resumed here whose stored config spells ``model.weights`` relative (or with ``~``),
+    as runs stored before paths were resolved do, keeps that spelling when it names the same
+    file: the weights path is part of the run's identity, which the checkpoint must match, and
+    this process opens the relative spelling just as well (only in-process runs: Ray Train
+    workers would not).
+    """
+    from maxup.config import from_dict, to_dict
+    from maxup.paths import resolve_path, resolve_paths
+
+    base = os.getcwd()
+    data = resolve_paths(to_dict(cfg), base)
+    weights = data["model"]["weights"]
+    if resume and cfg.train.workers == 1 and weights is not None:
+        stored = _stored_weights(out)
+        if stored != weights and resolve_path(stored, base) == weights:
+            data["model"]["weights"] = stored
+    return from_dict(data)
+
+
+def _stored_weights(out: Path):
+    """``model.weights`` of the run stored in ``out`` (its ``config.json``); None without one."""
+    try:
+        stored = json.loads((out / "config.json").read_text())["model"]["weights"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return stored if isinstance(stored, str) else None
 
 
 class _Log:

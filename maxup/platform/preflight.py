@@ -5,7 +5,9 @@ error after its start-up. :func:`preflight` instead builds each distinct dataset
 trials read (once per data name, root and transform; the registry's own loaders decide what
 "present and readable" means and name the missing path and how to get it) and checks each
 local weights file, and raises the first problem as one line before anything starts.
-:func:`preflight_remote` runs the same check as one small Ray task on the cluster.
+:func:`preflight_remote` runs the same check as one small Ray task on the cluster. Trial
+configs hold their local paths absolute (:mod:`maxup.paths`, on expansion), so a path checked
+here is the one the trials open, whatever their working directory.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ def preflight(trials) -> None:
     import os
 
     for path, group in weights.items():
-        if not os.path.isfile(os.path.expanduser(path)) or not os.access(path, os.R_OK):
+        local = os.path.expanduser(path)
+        if not os.path.isfile(local) or not os.access(local, os.R_OK):
             raise ConfigError("model.weights", path,
                               f"an existing, readable local file{_where(group)}")
 

@@ -21,11 +21,16 @@ A search space names one experiment::
 Expansion is complete and validated before anything starts: every trial's config passes the
 run-config validation; unknown axes, empty axes, duplicate points, duplicate seeds and
 impossible resources raise a one-line :class:`maxup.errors.ConfigError`.
+
+Local paths in trial configs (``data.root``, ``model.weights``) given relative are relative
+to the directory the command runs from, not to this file (unlike ``base_config``): expansion
+makes them absolute (:mod:`maxup.paths`), since trials run in Ray workers elsewhere.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +47,7 @@ from maxup.config import (
     to_dict,
 )
 from maxup.errors import ConfigError, UsageError
+from maxup.paths import resolve_paths
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SPACE_KEYS = ("name", "description", "paper_table", "base_config", "base", "grid", "seeds",
@@ -79,6 +85,9 @@ class SweepSpec:
     retries: int = 2
     order_seed: int = 0
     source: str = ""
+    # Relative data.root and model.weights resolve against this directory (maxup/paths.py);
+    # None: the working directory when the trials are expanded (the command's).
+    base_dir: str | None = None
 
     @property
     def cpus_per_trial(self) -> float:
@@ -95,7 +104,13 @@ class SweepSpec:
 
     def expand(self) -> list[Trial]:
         """All trials (grid × seeds), validated, in a seeded order that is stratified by seed:
-        every arm's first seed comes before any arm's second, so every arm has early results."""
+        every arm's first seed comes before any arm's second, so every arm has early results.
+
+        Each trial's local paths are absolute (:func:`maxup.paths.resolve_paths` against
+        ``base_dir``) before its id is computed: what the preflight checks, the trials open
+        and the records store.
+        """
+        base_dir = self.base_dir if self.base_dir is not None else os.getcwd()
         axes = list(self.grid.items())
         points = list(itertools.product(*[_axis_values(k, v) for k, v in axes])) if axes else [()]
         arms: list[tuple[dict, dict]] = []
@@ -116,7 +131,7 @@ class SweepSpec:
                 config, labels = arms[i]
                 config = _deep_copy(config)
                 config["seed"] = seed
-                resolved = _validated(config, labels)
+                resolved = resolve_paths(_validated(config, labels), base_dir)
                 tid = records.trial_id(resolved)
                 axes_with_seed = {**labels, "seed": seed}
                 if tid in seen:
