@@ -559,7 +559,7 @@ def train(config: dict | RunConfig, out_dir: str | Path, *, reporter: Reporter |
           resume: bool = True, dist: DistContext | None = None,
           record_path: str | Path | None = None, record_extra: dict | None = None,
           checkpoint_in: str | Path | None = None,
-          log: Callable[[str], None] | None = print) -> dict:
+          log: Callable[[str], None] | None = print, stop_after: int | None = None) -> dict:
     """Train one run and return its record.
 
     Args:
@@ -576,6 +576,9 @@ def train(config: dict | RunConfig, out_dir: str | Path, *, reporter: Reporter |
         checkpoint_in: resume from this checkpoint file instead of ``checkpoints/last.pt``
             (a Ray Train worker restores the run's latest committed checkpoint here).
         log: one summary line per epoch goes here (None: silent).
+        stop_after: train only the config's first ``stop_after`` epochs (its schedule
+            unchanged; ``maxup verify`` reruns a prefix of a stored trial); the record then
+            stays ``running``. None: every epoch.
 
     The caller's global Python, NumPy and torch RNG states, and its deterministic-algorithm
     settings (``train.deterministic``, :mod:`maxup.determinism`), are the same on return (or
@@ -588,7 +591,7 @@ def train(config: dict | RunConfig, out_dir: str | Path, *, reporter: Reporter |
         try:
             return _train(cfg, Path(out_dir), device=device, dist=dist, reporter=reporter,
                           resume=resume, record_path=record_path, record_extra=record_extra,
-                          checkpoint_in=checkpoint_in, log=log)
+                          checkpoint_in=checkpoint_in, log=log, stop_after=stop_after)
         except Exception as exc:
             # Any crash but a refusal (out of memory, a bug, a lost file) ends the record
             # failed, its traceback in failure.detail; never a "running" record forever.
@@ -601,7 +604,7 @@ def train(config: dict | RunConfig, out_dir: str | Path, *, reporter: Reporter |
 def _train(cfg: RunConfig, out_dir: Path, *, device: torch.device, dist: DistContext,
            reporter: Reporter | None, resume: bool, record_path: str | Path | None,
            record_extra: dict | None, checkpoint_in: str | Path | None,
-           log: Callable[[str], None] | None) -> dict:
+           log: Callable[[str], None] | None, stop_after: int | None = None) -> dict:
     """The body of :func:`train`, run with the caller's global RNG states set aside."""
     cfg_dict = to_dict(cfg)
     ckpt_path = out_dir / "checkpoints" / "last.pt"
@@ -664,8 +667,9 @@ def _train(cfg: RunConfig, out_dir: Path, *, device: torch.device, dist: DistCon
         task.save_mid_epoch = save
     failure = None
     epoch = start_epoch
+    last = cfg.train.epochs if stop_after is None else min(stop_after, cfg.train.epochs)
     try:
-        for epoch in range(start_epoch, cfg.train.epochs):
+        for epoch in range(start_epoch, last):
             t0 = time.perf_counter()
             metrics = task.train_epoch(model, epoch, dist, cfg.train.progress)
             t1 = time.perf_counter()
@@ -700,8 +704,9 @@ def _train(cfg: RunConfig, out_dir: Path, *, device: torch.device, dist: DistCon
             records.write_record(record_path, make_record(records.Status.FAILED, failure))
         if log:
             log(f"FAILED: {exc}")
-    record = make_record(records.Status.FAILED if failure else records.Status.COMPLETED,
-                         failure)
+    finished = len(history) >= cfg.train.epochs
+    record = make_record(records.Status.FAILED if failure else
+                         records.Status.COMPLETED if finished else records.Status.RUNNING, failure)
     if dist.is_main and failure is None:
         # Also when no epoch ran: a run killed after its last checkpoint but before its
         # record was written resumes straight to here and must still leave a completed record.

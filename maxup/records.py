@@ -288,6 +288,12 @@ def _git_dirty() -> bool | None:
     return None if out is None else bool(out.strip())
 
 
+def code_version() -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the code this process runs: the package's git checkout, or
+    (None, None) outside one. The same facts every record's environment stores."""
+    return _git_commit(), _git_dirty()
+
+
 def environment(device: str = "cpu", workers: int = 1, *, precision: str | None = None,
                 deterministic: bool | None = None) -> dict:
     """Versions, machine facts and the run's provenance, stored in every record.
@@ -310,6 +316,7 @@ def environment(device: str = "cpu", workers: int = 1, *, precision: str | None 
     if "ray" in sys.modules:
         ray_version = getattr(sys.modules["ray"], "__version__", None)
     on_cuda = str(device).startswith("cuda")
+    commit, dirty = code_version()
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
     return {
         "maxup": maxup.__version__,
@@ -318,10 +325,13 @@ def environment(device: str = "cpu", workers: int = 1, *, precision: str | None 
         "cudnn": cudnn,
         "ray": ray_version,
         "python": platform.python_version(),
-        "git_commit": _git_commit(),
-        "git_dirty": _git_dirty(),
+        "git_commit": commit,
+        "git_dirty": dirty,
         "device": device,
         "device_name": _device_name(device) if on_cuda else cpu_name(),
+        # ATen's CPU kernels are compiled per instruction set and picked by this at run time:
+        # two CPUs with another capability may round differently.
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "precision": precision,
         "tf32": _tf32() if on_cuda else None,
         "deterministic": deterministic,

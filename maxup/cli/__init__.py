@@ -36,6 +36,8 @@ COMMANDS = {
                   "time each model's steps on this device (a cost profile)"),
     "status": ("maxup.cli.status", "configure", "run",
                "a sweep's progress and remaining cost, from its storage only"),
+    "verify": ("maxup.cli.verify", "configure", "run",
+               "rerun stored trials and check they reproduce their records"),
 }
 
 
