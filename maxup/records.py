@@ -342,6 +342,38 @@ def environment(device: str = "cpu", workers: int = 1, *, precision: str | None 
     }
 
 
+def provenance(env: dict) -> str:
+    """One line saying what code, software and device a record's ``environment`` ran on,
+    as ``maxup status`` and ``maxup report`` show it; facts a record lacks (older records)
+    are named as not recorded."""
+    def known(key: str):
+        value = env.get(key)
+        return None if value is None or (isinstance(value, float) and value != value) else value
+
+    commit = known("git_commit")
+    parts = [f"commit {str(commit)[:8]}" + (" + uncommitted changes" if known("git_dirty")
+                                            is True else "") if commit else "commit unknown"]
+    device = str(known("device") or "cpu")
+    name = known("device_name") or f"{device} model not recorded"
+    capability = known("cpu_capability")
+    parts.append(f"{name}" + (f" ({capability})" if capability and device == "cpu" else ""))
+    software = f"torch {known('torch') or '?'}"
+    if device.startswith("cuda"):
+        software += f", CUDA {known('cuda') or '?'}, cuDNN {known('cudnn') or '?'}"
+    parts.append(software)
+    precision = known("precision")
+    tf32 = known("tf32")
+    parts.append((precision or "precision not recorded")
+                 + (f" (TF32: {tf32})" if precision == "fp32" and tf32 else ""))
+    det = known("deterministic")
+    parts.append("deterministic" if det is True else "not deterministic" if det is False
+                 else "determinism not recorded")
+    threads = known("threads")
+    if threads is not None:
+        parts.append(f"{int(threads)} thread{'s' if int(threads) != 1 else ''}")
+    return "; ".join(parts)
+
+
 def _device_name(device: str) -> str:
     import torch
 

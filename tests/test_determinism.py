@@ -107,3 +107,34 @@ def test_regression_an_op_without_a_deterministic_implementation_is_one_line():
     assert torch.are_deterministic_algorithms_enabled() is False
     with deterministic_mode(False, torch.device("cpu")):  # off: the op runs
         torch.zeros(3).put_(torch.tensor([0, 0]), torch.tensor([1.0, 2.0]))
+
+
+def test_provenance_line_names_what_a_record_states_and_what_it_lacks(tmp_path):
+    from maxup import records
+
+    cfg = to_dict(load_config(SMOKE, {"train.epochs": 1, "data.subset": 64,
+                                       "train.progress": False}))
+    env = train(cfg, tmp_path / "r", log=None)["environment"]
+    line = records.provenance(env)
+    assert line.startswith(f"commit {env['git_commit'][:8]}")
+    assert f"{env['device_name']} ({env['cpu_capability']})" in line
+    assert f"torch {torch.__version__}" in line and "; fp32; deterministic; " in line
+    assert line.endswith(f"{env['threads']} thread" + ("s" if env["threads"] != 1 else ""))
+    old = records.provenance({"git_commit": "d3d9bb53ea07", "torch": "2.14.1", "device": "cpu"})
+    assert old == ("commit d3d9bb53; cpu model not recorded; torch 2.14.1; precision not "
+                   "recorded; determinism not recorded")
+    gpu = records.provenance({**env, "device": "cuda:0", "device_name": "NVIDIA H200",
+                              "cuda": "13.0", "cudnn": 91002, "tf32": "conv"})
+    assert "NVIDIA H200; torch" in gpu and "CUDA 13.0, cuDNN 91002" in gpu
+    assert "fp32 (TF32: conv)" in gpu
+
+
+def test_status_lists_the_provenance_of_every_stored_trial():
+    from maxup.platform.status import render, sweep_status
+
+    st = sweep_status(str(REPO / "reproduction" / "certify_digits"))
+    lines = render(st)
+    start = lines.index("provenance:")
+    groups = [line for line in lines[start + 1:] if line.startswith("  ") and " trial" in line]
+    counts = [int(line.split()[0]) for line in groups]
+    assert sum(counts) == sum(t.record is not None for t in st.trials) > 0

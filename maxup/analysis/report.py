@@ -27,6 +27,7 @@ from maxup.analysis.load import completed, load_records, unique_trials
 from maxup.analysis.stats import compare
 from maxup.analysis.tables import render, sweep_table, tables_for
 from maxup.io import atomic_write_text
+from maxup.records import provenance
 
 #: Significance level of the verdicts (two-sided Welch test).
 ALPHA = 0.05
@@ -98,6 +99,21 @@ def _machine(done: pd.DataFrame) -> str:
             f"{values('environment.git_commit', 10)}")
 
 
+def _provenance(done: pd.DataFrame) -> str:
+    """Each distinct provenance (records.provenance) of the trials, with how many share it."""
+    prefix = "environment."
+    cols = [c for c in done.columns if c.startswith(prefix)]
+    groups: dict[str, int] = {}
+    for _, row in unique_trials(done)[cols].iterrows():
+        env = {c[len(prefix):]: row[c] for c in cols}
+        line = provenance(env)
+        groups[line] = groups.get(line, 0) + 1
+    if len(groups) == 1:
+        return next(iter(groups))
+    return " / ".join(f"{n} trial{'s' if n != 1 else ''}: {line}"
+                      for line, n in groups.items()) or "?"
+
+
 def _wall_min(done: pd.DataFrame) -> float:
     return float(done["timings.wall_s"].sum()) / 60 if "timings.wall_s" in done else math.nan
 
@@ -132,6 +148,7 @@ def _sweep_section(root: Path, name: str, frame: pd.DataFrame,
         lines.append(f"- Machine: {run['cpu']}; {_machine(done)}.")
     else:
         lines.append(f"- Machine: {_machine(done)}.")
+    lines.append(f"- Provenance: {_provenance(done)}.")
     lines.append("")
     tables = tables_for(df)
     if not any(t.id == "sweep" for t in tables):

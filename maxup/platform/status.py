@@ -224,6 +224,14 @@ def render(st: SweepStatus, now: _dt.datetime | None = None) -> list[str]:
             reason = (t.record.failure or {}).get("reason")
             out.append(f"  {t.trial_id} ({', '.join(f'{k}={v}' for k, v in t.axes.items())}):"
                        f" {reason}")
+    groups: dict[str, int] = {}
+    for t in st.trials:
+        if t.record is not None:
+            line = records.provenance(t.record.environment or {})
+            groups[line] = groups.get(line, 0) + 1
+    if groups:
+        out.append("provenance:")
+        out += [f"  {n} trial{'s' if n != 1 else ''}: {line}" for line, n in groups.items()]
     left = [t for t in st.trials if t.status in ("running", "pending")]
     unknown = sum(t.remaining_s is None for t in left)
     known = sum(t.remaining_s for t in left if t.remaining_s is not None)
