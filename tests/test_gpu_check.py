@@ -1,7 +1,9 @@
-"""benchmarks/gpu_check.py runs (``--tiny``, on the CPU) and the library needs no Ray.
+"""benchmarks/gpu_check.py runs (``--tiny``, on the CPU), fails wrong objectives and broken
+determinism, and the library needs no Ray.
 
 The accelerator machine the GPU check is prepared for has torch and torchvision but no Ray, so
 the library parts that need no Ray must not import it, and the check must run on them alone.
+Each planted fault (``--plant``) runs only the phase that must catch it (``--phases``).
 """
 
 from __future__ import annotations
@@ -57,12 +59,15 @@ def test_engine_trains_one_process_run_without_ray(tmp_path):
     assert found["ray"] is False
 
 
+def _tiny(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--out", str(out), *extra],
+                          cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_check")
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--out", str(out)], cwd=REPO,
-                          capture_output=True, text=True, timeout=600, check=False)
-    return proc, out
+    return _tiny(out), out
 
 
 @pytest.fixture(scope="module")
@@ -80,31 +85,58 @@ def _positive(v) -> bool:
     return isinstance(v, int | float) and math.isfinite(v) and v > 0
 
 
-def test_tiny_run_passes_and_reports_every_measurement(tiny_run):
+def test_tiny_run_passes_and_reports_every_measurement(tiny_run, gpu_check):
     proc, out = tiny_run
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads((out / "gpu_check.json").read_text())
-    assert res["schema"] == "maxup.gpu_check/1" and res["mode"] == "tiny"
+    assert res["schema"] == "maxup.gpu_check/2" and res["mode"] == "tiny"
     assert res["exit_status"] == 0 and "stopped" not in res
-    # Nothing beyond torch/torchvision/numpy was needed.
-    assert not any(res["modules"].values()), res["modules"]
+    # Nothing beyond torch/torchvision/numpy was needed (PyYAML: the engine's config module,
+    # which the determinism phase imports).
+    assert not any(v for k, v in res["modules"].items() if k != "yaml_imported"), res["modules"]
     plan = res["plan"]
 
-    fp = res["correctness"]["fp32_device_vs_cpu"]
-    assert fp["passed"] is True and fp["compared"] == "cpu vs cpu"
-    assert fp["skipped_reason"]  # honest: no device was compared
+    assert plan["phases"] == list(gpu_check.PHASES) and plan["plant"] is None
+    assert set(res["phase_s"]) >= {"fp32", "bf16", "determinism"}
+
+    fp = res["correctness"]["fp32_vs_float64"]
+    assert fp["passed"] is True and fp["failed"] == []
+    assert fp["compared"] == "cpu fp32 vs cpu float64" and fp["device_note"]
     for mode in ("efficient", "naive"):
         r = fp["modes"][mode]
-        assert r["passed"] is True and r["selection_agreement"] == 1.0
-        assert r["loss_rel_err"] <= 1e-4 and r["grad_rel_l2"] <= 1e-3
+        assert r["passed"] is True and r["failed"] == []
+        erm = max(r["erm_grad_rel_l2"])
+        assert len(r["erm_grad_rel_l2"]) == plan["check_m"]
+        # fp32 errs (> 0) but far below 1e-3; the objective sits within 2x of plain ERM's.
+        assert 0 < erm < 1e-3 and 0 < r["grad_rel_l2"] <= r["grad_allowed"]
+        assert r["grad_allowed"] == pytest.approx(2 * erm + 1e-6, rel=1e-6)
+        assert r["grad_headroom"] > 1.2  # comfortably, not by a hair
+        assert r["loss_rel_err"] <= r["loss_allowed"] < 1e-4
+        # This script's own fp32 MaxUp does the same arithmetic as the library's.
+        assert r["fp32_reference_grad_rel_l2"] == pytest.approx(r["grad_rel_l2"], rel=1e-3)
+        assert r["selection_margin_nats"] >= 1e-3 and r["max_copy_loss_err_nats"] < 1e-4
+        assert r["judged_examples"] + r["near_ties_not_judged"] == r["examples"] == 16
+        assert r["judged_examples"] >= 12 and r["judged_mismatches"] == 0
+        assert r["selection_agreement"] == 1.0
 
     bf = res["correctness"]["bf16_selection"]
     assert 0.0 <= bf["agreement_rate"] <= 1.0
     # Random picks would agree ~1/m of the time; a broken bf16 path falls far below this.
-    assert bf["agreement_rate"] >= 0.9
+    assert bf["agreement_rate"] >= 0.9 and bf["agreement_without_near_ties"] >= 0.9
     assert bf["examples"] == plan["agree_examples"] * plan["agree_rounds"]
     assert bf["enforced"] is False and bf["not_enforced_reason"] and bf["passed"] is True
     assert 0.0 <= bf["near_tie_share"] <= 1.0 and bf["mean_regret_nats"] >= 0.0
+    assert bf["non_tied_examples"] == round(bf["examples"] * (1 - bf["near_tie_share"]))
+    assert bf["agreement_min"] == 0.99 and bf["regret_max_nats"] == 1e-3
+
+    det = res["correctness"]["determinism"]
+    assert det["passed"] is True and det["statuses"] == ["completed", "completed"]
+    assert det["weights_identical"] and det["histories_identical"]
+    assert det["model_tensors"] > 0 and det["differing_tensors"] == 0
+    assert det["config"]["train"]["deterministic"] is True
+    for run in det["runs"]:
+        assert (Path(run) / "checkpoints" / "last.pt").is_file()
+        assert Path(run).parent == out / "determinism"
 
     rows = res["speed"]["rows"]
     expected = len(plan["models"]) * len(plan["precisions"]) * len(plan["channels_last"]) * (
@@ -127,42 +159,166 @@ def test_tiny_run_passes_and_reports_every_measurement(tiny_run):
     assert res["skipped"] == []
 
     md = (out / "gpu_check.md").read_text()
-    for heading in ("fp32 correctness", "bf16 selection agreement", "Step time", "Ratios",
-                    "Certification throughput"):
+    for heading in ("fp32 correctness vs float64", "bf16 selection", "Determinism", "Step time",
+                    "Ratios", "Certification throughput"):
         assert heading in md
     assert "**PASSED**" in md
 
 
-def test_exit_status_is_one_when_a_correctness_check_fails(gpu_check):
-    ok = {"correctness": {"fp32_device_vs_cpu": {"passed": True},
-                          "bf16_selection": {"passed": True}}}
+PLANTED = [("mean-copy", "fp32", "fp32_vs_float64", {"loss", "gradient"}),
+           ("random-copy", "fp32", "fp32_vs_float64", {"loss", "gradient", "selection"}),
+           ("nondeterministic", "determinism", "determinism", {"weights"})]
+
+
+@pytest.mark.parametrize(("plant", "phase", "key", "must_fail"), PLANTED,
+                         ids=[p[0] for p in PLANTED])
+def test_a_planted_fault_fails_the_check_and_is_named(tmp_path, plant, phase, key, must_fail):
+    proc = _tiny(tmp_path, "--phases", phase, "--plant", plant)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"FAILED: {key}" in proc.stdout and f"PLANTED: {plant}" in proc.stdout
+    res = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert res["exit_status"] == 1 and res["plan"]["plant"] == plant
+    assert list(res["correctness"]) == [key]  # only the chosen phase ran
+    r = res["correctness"][key]
+    assert r["passed"] is False and "error" not in r
+    if key == "determinism":
+        assert must_fail <= set(r["failed"]) and r["differing_tensors"] > 0
+        assert r["statuses"] == ["completed", "completed"]
+        return
+    for mode in ("efficient", "naive"):
+        m = r["modes"][mode]
+        assert must_fail <= set(m["failed"]), (mode, m["failed"])
+        # Far outside, not by a hair: a wrong objective's gradient is off by tens of percent.
+        assert m["grad_rel_l2"] > 0.1 and m["grad_headroom"] < 0.01
+        assert m["loss_rel_err"] > 100 * m["loss_allowed"]
+        if "selection" in must_fail:
+            assert m["judged_mismatches"] >= 3
+
+
+def test_exit_status_is_one_when_an_enforced_check_fails(gpu_check):
+    ok = {"correctness": {"fp32_vs_float64": {"passed": True},
+                          "bf16_selection": {"passed": True}, "determinism": {"passed": True}}}
     assert gpu_check.exit_status(ok) == 0
-    bad = json.loads(json.dumps(ok))
-    bad["correctness"]["bf16_selection"]["passed"] = False
-    assert gpu_check.exit_status(bad) == 1
+    for key in ok["correctness"]:
+        bad = json.loads(json.dumps(ok))
+        bad["correctness"][key]["passed"] = False
+        assert gpu_check.exit_status(bad) == 1, key
     assert gpu_check.exit_status({"correctness": {}}) == 1  # a check that never ran fails
+    # Only the chosen phases' checks are required.
+    only_fp32 = {"plan": {"phases": ["fp32"]},
+                 "correctness": {"fp32_vs_float64": {"passed": True}}}
+    assert gpu_check.exit_status(only_fp32) == 0
+    only_fp32["plan"]["phases"].append("determinism")
+    assert gpu_check.exit_status(only_fp32) == 1
 
 
-def test_selection_stats_and_fp32_comparison_judge_correctly(gpu_check):
+def test_bf16_selection_is_judged_without_near_ties_and_by_regret(gpu_check):
     l32 = torch.tensor([[1.0, 2.0, 0.5], [0.0, 2.005, 3.0]])  # picks 0, 1 (near-tie), 1
     other = torch.tensor([[1.0, 2.0, 0.5], [0.0, 2.01, 3.0]])  # picks 0, 1, 1
     s = gpu_check.selection_stats(l32, other)
     assert s["agreement_rate"] == 1.0 and s["near_tie_share"] == pytest.approx(1 / 3)
+    assert s["non_tied_examples"] == 2
     flipped = torch.tensor([[1.0, 2.0, 0.5], [0.0, 1.99, 3.0]])  # example 1 flips to copy 0
     s = gpu_check.selection_stats(l32, flipped)
     assert s["agreement_rate"] == pytest.approx(2 / 3)
     assert s["agreement_without_near_ties"] == 1.0
     assert s["max_regret_nats"] == pytest.approx(0.005, abs=1e-6)
+    verdict = gpu_check.judge_bf16(s, enforced=True)  # a near-tie flip costs 0.0017 nats
+    assert verdict["meets_agreement"] and not verdict["meets_regret"]
+    assert verdict["passed"] is False and verdict["failed"] == ["mean_regret"]
+    assert gpu_check.judge_bf16(s, enforced=False)["passed"] is True  # reported, not enforced
+    # Example 2's copies differ by 3e-4 nats: a flip there is a near-tie costing 1e-4 on average.
+    s = gpu_check.selection_stats(torch.tensor([[1.0, 2.0, 3.0], [0.0, 2.005, 3.0003]]),
+                                  torch.tensor([[1.0, 2.0, 3.0005], [0.0, 2.005, 3.0003]]))
+    assert s["agreement_rate"] == pytest.approx(2 / 3) and s["non_tied_examples"] == 1
+    assert s["agreement_without_near_ties"] == 1.0
+    assert s["mean_regret_nats"] == pytest.approx(1e-4, abs=1e-6)
+    assert gpu_check.judge_bf16(s, enforced=True)["passed"] is True
+    wrong = gpu_check.selection_stats(l32, torch.tensor([[1.0, 2.0, 0.5], [5.0, 2.01, 3.0]]))
+    assert wrong["agreement_without_near_ties"] == 0.5  # example 0 (gap 1 nat) flipped
+    assert "agreement_without_near_ties" in gpu_check.judge_bf16(wrong, enforced=True)["failed"]
 
-    grads = [torch.ones(3, dtype=torch.double)]
-    ref = {"loss": 2.0, "worst": torch.tensor([0, 1]), "losses": l32[:, :2], "grads": grads}
-    same = gpu_check.compare_fp32(ref, dict(ref))
+
+def _result(losses, grads, loss=2.0):
+    return {"loss": loss, "worst": losses.argmax(0), "losses": losses.double(),
+            "grads": [g.double() for g in grads]}
+
+
+def test_judge_mode_scales_with_erm_and_judges_selection_beyond_the_margin(gpu_check):
+    losses = torch.tensor([[1.0, 2.0, 0.5], [0.0, 2.0005, 3.0]], dtype=torch.double)
+    g = [torch.ones(3, dtype=torch.double), torch.ones(2, dtype=torch.double)]
+    ref64 = _result(losses, g)
+    erm64 = [{"loss": 2.0, "grads": g}] * 2
+    erm32 = [{"loss": 2.0 + 1e-6, "grads": [g[0] * (1 + 1e-4), g[1]]},
+             {"loss": 2.0, "grads": [g[0] * (1 + 3e-4), g[1]]}]
+    erm_err = 3e-4 * math.sqrt(3) / math.sqrt(5)  # the worse copy's relative L2 error
+    ref32 = _result(losses.float(), g)
+
+    def judge(dev):
+        return gpu_check.judge_mode(ref64, dev, ref32, erm64, erm32)
+
+    same = judge(_result(losses, g))
     assert same["passed"] is True and same["grad_rel_l2"] == 0.0
-    off = gpu_check.compare_fp32(ref, {**ref, "grads": [grads[0] * 1.01]})
-    assert off["passed"] is False and off["grad_rel_l2"] == pytest.approx(0.01)
-    moved = gpu_check.compare_fp32(ref, {**ref, "worst": torch.tensor([0, 0])})
-    assert moved["passed"] is False and moved["selection_agreement"] == 0.5
-    assert moved["smallest_cpu_top2_gap_where_flipped"] == pytest.approx(0.005, abs=1e-6)
+    assert same["grad_allowed"] == pytest.approx(2 * erm_err + 1e-6)
+    assert same["loss_allowed"] == pytest.approx(2 * 1e-6 / 2 + 1e-6)
+    assert same["judged_examples"] == 2 and same["near_ties_not_judged"] == 1  # gap 5e-4
+    # Within 2x of ERM's error: passes; beyond: the gradient fails.
+    within = judge(_result(losses, [g[0] * (1 + 5e-4), g[1]]))
+    assert within["passed"] is True and within["grad_headroom"] > 1
+    beyond = judge(_result(losses, [g[0] * (1 + 8e-4), g[1]]))
+    assert beyond["failed"] == ["gradient"] and beyond["grad_headroom"] < 1
+    assert judge({**_result(losses, g), "loss": 2.01})["failed"] == ["loss"]
+    # A flip at the near-tie (gap 5e-4 < 1e-3 nats) is reported, not judged...
+    tie = judge({**_result(losses, g), "worst": torch.tensor([0, 0, 1])})
+    assert tie["passed"] is True and tie["near_tie_mismatches"] == 1
+    assert tie["smallest_float64_gap_where_flipped"] == pytest.approx(5e-4, abs=1e-9)
+    # ...a flip of a clear winner (gap 2.5 nats) fails the selection.
+    clear = judge({**_result(losses, g), "worst": torch.tensor([0, 1, 0])})
+    assert clear["failed"] == ["selection"] and clear["judged_mismatches"] == 1
+    # The margin grows with the fp32 per-copy loss error: 2 x 1e-3 covers a 1.5e-3 gap.
+    wide = gpu_check.judge_mode(ref64, _result(losses, g), _result(losses + 1e-3, g), erm64,
+                                erm32)
+    assert wide["selection_margin_nats"] == pytest.approx(2e-3)
+    # An exactly-zero ERM error still leaves the floor.
+    exact = gpu_check.judge_mode(ref64, _result(losses, [g[0] * (1 + 5e-7), g[1]]), ref32,
+                                 erm64, erm64)
+    assert exact["grad_allowed"] == pytest.approx(1e-6) and exact["passed"] is True
+
+
+def test_reference_maxup_differentiates_the_worst_copy_only(gpu_check):
+    # Without BatchNorm both modes equal "mean over examples of the worst copy's loss".
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, 3)).double()
+    xs, ts = torch.randn(8, 6, dtype=torch.double), torch.eye(3, dtype=torch.double)[
+        torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])]
+    m, b = 2, 4
+    for mode in ("efficient", "naive"):
+        r = gpu_check.reference_maxup(model, xs, ts, m, mode, chunk=1)
+        per = -(ts * torch.log_softmax(model(xs), -1)).sum(-1).view(m, b)
+        assert torch.equal(r["worst"], per.argmax(0))
+        assert r["loss"] == pytest.approx(float(per.detach().max(0).values.mean()))
+        model.zero_grad()
+        per.max(0).values.mean().backward()
+        expected = [p.grad.clone() for p in model.parameters()]
+        assert gpu_check.rel_l2(r["grads"], expected) < 1e-12
+
+
+def test_compare_runs_finds_a_changed_tensor_and_ignores_timing(gpu_check):
+    a = {"w": torch.ones(3), "b": torch.zeros(2)}
+    hist = [{"epoch": 1, "train_loss": 1.5, "wall_s": 3.0, "images_per_s": 10.0}]
+    timed = [{**hist[0], "wall_s": 4.0, "images_per_s": 9.0}]
+    same = gpu_check.compare_runs(a, {k: v.clone() for k, v in a.items()}, hist, timed)
+    assert same["weights_identical"] and same["histories_identical"]
+    b = {"w": torch.ones(3) + torch.tensor([0.0, 1e-7, 0.0]), "b": torch.zeros(2)}
+    diff = gpu_check.compare_runs(a, b, hist, [{**hist[0], "train_loss": 1.5000001}])
+    assert not diff["weights_identical"] and diff["first_differing_tensors"] == ["w"]
+    assert diff["max_abs_difference"] > 0
+    assert diff["first_history_difference"]["field"] == "train_loss"
+
+
+def test_an_unknown_phase_is_a_usage_error(tmp_path):
+    proc = _tiny(tmp_path, "--phases", "fp32,speedy")
+    assert proc.returncode == 2 and "speedy" in proc.stderr
 
 
 def test_full_plan_fits_the_issue(gpu_check):
@@ -190,9 +346,9 @@ def test_an_error_in_a_phase_is_recorded_and_the_run_goes_on(gpu_check, tmp_path
 
     monkeypatch.setattr(gpu_check, "check_fp32", broken)
     monkeypatch.setattr(gpu_check, "check_bf16", also_broken)
-    plan = gpu_check.replace(gpu_check.TINY_PLAN, models=())  # no speed or certification
+    plan = gpu_check.replace(gpu_check.TINY_PLAN, phases=("fp32", "bf16"))
     result = gpu_check.run(plan, torch.device("cpu"), tmp_path, "tiny")
-    fp = result["correctness"]["fp32_device_vs_cpu"]
+    fp = result["correctness"]["fp32_vs_float64"]
     assert fp["passed"] is False and fp["error"].startswith("RuntimeError: CUDA error")
     bf = result["correctness"]["bf16_selection"]  # the run went on after the first error
     assert bf["passed"] is False and bf["error"].startswith("ValueError: bf16 went wrong")
@@ -200,7 +356,7 @@ def test_an_error_in_a_phase_is_recorded_and_the_run_goes_on(gpu_check, tmp_path
     saved = json.loads((tmp_path / "gpu_check.json").read_text())
     assert saved["exit_status"] == 1
     md = (tmp_path / "gpu_check.md").read_text()
-    assert "fp32_device_vs_cpu: ERROR" in md and "**FAILED**" in md
+    assert "fp32_vs_float64: ERROR" in md and "**FAILED**" in md
 
 
 def test_the_hard_time_limit_stops_the_run_and_keeps_what_it_has(gpu_check, tmp_path,
