@@ -14,7 +14,7 @@ from maxup.cli import COMMANDS, DESCRIPTION, main
 
 REPO = Path(__file__).resolve().parent.parent
 EXPECTED = {"train", "sweep", "tables", "figures", "report", "certify", "job", "calibrate",
-            "status"}
+            "status", "verify"}
 
 
 def _help(capsys, *argv: str) -> str:
