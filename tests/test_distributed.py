@@ -54,15 +54,15 @@ class PreDrawn:
 
 
 def _shard_batches(world: int):
-    """First batch of each rank's shard (the engine's ``_Batches``) of the digits train set."""
+    """First batch of each rank's shard (the engine's ``Batches``) of the digits train set."""
     from maxup.data import build_dataset
-    from maxup.engine import _Batches
+    from maxup.engine import Batches
 
     ds = build_dataset("digits", split="train", train_transform="none", root=None,
                        download=False)
     out = []
     for rank in range(world):
-        batches = _Batches(ds, GLOBAL_BATCH // world, seed=SEED, rank=rank, world=world,
+        batches = Batches(ds, GLOBAL_BATCH // world, seed=SEED, rank=rank, world=world,
                            num_workers=0)
         x, y = next(iter(batches))
         out.append((x.double(), y))
@@ -120,7 +120,7 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
 def test_ddp_gradient_equals_single_process_gradient(tmp_path):
     """Two gloo ranks (engine sharding, MaxUpLoss, DDP) give the single-process gradient.
 
-    Each rank takes its first batch from the engine's ``_Batches`` (its half of the global
+    Each rank takes its first batch from the engine's ``Batches`` (its half of the global
     batch) and draws its m copies from pre-drawn noise rows, so the copies are the ones the
     single-process reference draws for the concatenated batch. DDP averages the two ranks'
     gradients of their mean worst-copy losses; with equal halves that is exactly the gradient
@@ -163,8 +163,8 @@ def test_ddp_gradient_equals_single_process_gradient(tmp_path):
 
 
 def test_shards_partition_the_epoch():
-    """``_Batches`` ranks hold disjoint, equal-sized shards of one shared permutation."""
-    from maxup.engine import _Batches
+    """``Batches`` ranks hold disjoint, equal-sized shards of one shared permutation."""
+    from maxup.engine import Batches
 
     class DS:
         images = torch.arange(101).float()
@@ -173,7 +173,7 @@ def test_shards_partition_the_epoch():
         def __len__(self):
             return 101
 
-    shards = [_Batches(DS(), 10, seed=3, rank=r, world=2, num_workers=0).indices
+    shards = [Batches(DS(), 10, seed=3, rank=r, world=2, num_workers=0).indices
               for r in range(2)]
     assert len(shards[0]) == len(shards[1]) == 50
     assert not set(shards[0].tolist()) & set(shards[1].tolist())

@@ -290,15 +290,15 @@ def test_non_finite_loss_fails_the_run_with_a_reason(tmp_path):
 
 
 def test_regression_nan_evaluation_is_never_recorded_as_completed(tmp_path, monkeypatch):
-    import maxup.engine as engine
+    import maxup.engine.image as image_task
 
-    real = engine.evaluate
+    real = image_task.evaluate
 
     def nan_accuracy(*args, **kwargs):
         out = real(*args, **kwargs)
         return dict(out, test_acc=float("nan"))
 
-    monkeypatch.setattr(engine, "evaluate", nan_accuracy)
+    monkeypatch.setattr(image_task, "evaluate", nan_accuracy)
     record = run(config(), tmp_path / "r")
     assert record["status"] == "failed"
     f = record["failure"]

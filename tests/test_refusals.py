@@ -295,9 +295,9 @@ def test_regression_certify_at_another_sigma_warns(trained_run, capsys):
 def test_regression_crash_during_training_ends_a_failed_record(tmp_path, capsys, monkeypatch):
     """A single-process run that died of anything but a non-finite loss left ``status:
     running`` forever; now the record is failed, with the traceback in failure.detail."""
-    import maxup.engine as engine
+    import maxup.engine.image as image_task
 
-    real = engine.evaluate
+    real = image_task.evaluate
     calls = []
 
     def evaluate_then_oom(*args, **kwargs):
@@ -306,7 +306,7 @@ def test_regression_crash_during_training_ends_a_failed_record(tmp_path, capsys,
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nsee the docs")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "evaluate", evaluate_then_oom)
+    monkeypatch.setattr(image_task, "evaluate", evaluate_then_oom)
     out = tmp_path / "run"
     rc = main(["train", SMOKE, "--out", str(out), "--train.epochs=3",
                "--maxup.warmup_epochs=0", "--train.progress=false"])
@@ -327,12 +327,13 @@ def test_regression_crash_during_training_ends_a_failed_record(tmp_path, capsys,
 def test_regression_crash_in_library_train_ends_a_failed_record(tmp_path, monkeypatch):
     """The engine itself (used by sweeps and notebooks) ends the record failed and re-raises."""
     import maxup.engine as engine
+    import maxup.engine.image as image_task
     from maxup import records
 
     def broken(*args, **kwargs):
         raise MemoryError()
 
-    monkeypatch.setattr(engine, "train_epoch", broken)
+    monkeypatch.setattr(image_task, "train_epoch", broken)
     cfg = load_config(SMOKE, {"train.epochs": 1, "train.progress": False})
     with pytest.raises(MemoryError):
         engine.train(cfg, tmp_path / "run", log=None)

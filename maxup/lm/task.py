@@ -42,9 +42,14 @@ from torch import nn
 
 from maxup.config import RunConfig
 from maxup.data.corpus import Corpus, load_corpus
+from maxup.engine.dist import all_reduce_sum
+from maxup.engine.nonfinite import NonFiniteLoss
+from maxup.engine.progress import Progress
+from maxup.engine.rng import derive_seed, rng_states, seed_everything, set_rng_states
 from maxup.errors import ConfigError
 from maxup.lm.objective import train_step
 from maxup.models.awd_lstm import AWDLSTM, count_parameters, lm_token_losses
+from maxup.schedule import copies_at
 
 
 def batchify(stream: torch.Tensor, columns: int) -> torch.Tensor:
@@ -272,15 +277,6 @@ class LMTask:
             dist: the engine's ``DistContext``.
             progress: show a progress bar (main rank, terminal only).
         """
-        from maxup.engine import (
-            _all_reduce_sum,
-            _Progress,
-            derive_seed,
-            rng_states,
-            seed_everything,
-            set_rng_states,
-        )
-
         cfg, lm = self.cfg, self.lm
         resume, self._resume = self._resume, None
         if resume is not None and resume["epoch"] != epoch:
@@ -293,10 +289,10 @@ class LMTask:
         seed_everything(epoch_seed, self.device)
         gen = torch.Generator(device=self.device).manual_seed(derive_seed(epoch_seed, "lm"))
         len_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, epoch, "bptt"))
-        bar = _Progress(progress and dist.is_main, self.train_data.shape[0], epoch + 1,
+        bar = Progress(progress and dist.is_main, self.train_data.shape[0], epoch + 1,
                         cfg.train.epochs)
-        maxup_active = epoch >= cfg.maxup.warmup_epochs and cfg.maxup.m > 1
-        m = cfg.maxup.m if maxup_active else 1
+        m = copies_at(epoch, m=cfg.maxup.m, warmup_epochs=cfg.maxup.warmup_epochs)
+        maxup_active = m > 1
         lr = cfg.optim.lr
         data = self.train_data
         hidden = model.init_hidden(data.shape[1])
@@ -332,11 +328,9 @@ class LMTask:
             value = step.raw_loss
             # Distributed, all ranks stop at the same step: one stopping alone would leave the
             # others waiting in the gradient all-reduce until the collective timeout.
-            total = (float(_all_reduce_sum(torch.tensor([value], dtype=torch.float64),
+            total = (float(all_reduce_sum(torch.tensor([value], dtype=torch.float64),
                                            self.device)) if distributed else value)
             if not math.isfinite(total):
-                from maxup.engine import NonFiniteLoss
-
                 raise NonFiniteLoss(epoch + 1, steps, value if not math.isfinite(value) else total)
             self.optimizer.zero_grad(set_to_none=True)
             step.loss.backward()
@@ -376,8 +370,8 @@ class LMTask:
         train_s = elapsed + time.perf_counter() - t0
         if distributed:
             sums = torch.tensor([loss_sum, tokens, gap_sum, steps], dtype=torch.float64)
-            loss_sum, tokens, gap_sum, steps = _all_reduce_sum(sums, self.device).tolist()
-            wins = _all_reduce_sum(wins, self.device)  # selections over all columns
+            loss_sum, tokens, gap_sum, steps = all_reduce_sum(sums, self.device).tolist()
+            wins = all_reduce_sum(wins, self.device)  # selections over all columns
         train_loss = loss_sum / max(tokens, 1)
         return {
             "epoch": epoch + 1, "lr": lr, "train_loss": train_loss,

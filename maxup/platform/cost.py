@@ -34,6 +34,7 @@ from pathlib import Path
 
 from maxup.errors import ProfileError
 from maxup.records import cpu_name
+from maxup.schedule import copies_at
 
 PROFILE_SCHEMA = "maxup.profile/1"
 SHIPPED_DIR = Path(__file__).resolve().parent / "profiles"
@@ -285,12 +286,10 @@ def estimate(config: dict, profile: Profile, facts=None) -> Estimate:
         return Estimate(None, note=f"no figures for {model} in the {profile.device!r} profile "
                                    "(run `maxup calibrate` for it)")
     timing, scale = found
-    epochs, warm = config["train"]["epochs"], min(config["maxup"]["warmup_epochs"],
-                                                  config["train"]["epochs"])
-    m = config["maxup"]["m"]
-    warm_s = epoch_seconds(config, timing, scale, train_n, test_n, 1)
-    main_s = epoch_seconds(config, timing, scale, train_n, test_n, m)
-    total = profile.trial_overhead_s + warm * warm_s + (epochs - warm) * main_s
+    copies = _copies_per_epoch(config, range(config["train"]["epochs"]))
+    main_s = epoch_seconds(config, timing, scale, train_n, test_n, config["maxup"]["m"])
+    total = profile.trial_overhead_s + sum(
+        epoch_seconds(config, timing, scale, train_n, test_n, c) for c in copies)
     note = None if scale == 1.0 else f"{model} scaled ×{scale:.3g} from another input size"
     return Estimate(total, main_s, note)
 
@@ -305,9 +304,14 @@ def predicted_epochs(config: dict, profile: Profile, epochs: Iterable[int]) -> f
     if found is None:
         return None
     timing, scale = found
-    warm = config["maxup"]["warmup_epochs"]
-    return sum(epoch_seconds(config, timing, scale, train_n, test_n,
-                             1 if e <= warm else config["maxup"]["m"]) for e in epochs)
+    copies = _copies_per_epoch(config, (e - 1 for e in epochs))
+    return sum(epoch_seconds(config, timing, scale, train_n, test_n, c) for c in copies)
+
+
+def _copies_per_epoch(config: dict, epochs: Iterable[int]) -> list[int]:
+    """MaxUp copies of each listed 0-based epoch (the engine's warm-up rule)."""
+    m, warm = config["maxup"]["m"], config["maxup"]["warmup_epochs"]
+    return [copies_at(e, m=m, warmup_epochs=warm) for e in epochs]
 
 
 def refinement(history_records, profile: Profile, device: str | None = None
