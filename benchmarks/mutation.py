@@ -103,6 +103,33 @@ ENG_RESUME = f"{T_ENG}::test_exact_resume_after_interrupt"
 ENG_WARMUP = f"{T_ENG}::test_warmup_epochs_train_with_one_copy"
 ENG_LR = f"{T_ENG}::test_learning_rate_schedule_in_history"
 LM_NAIVE = f"{T_LM}::test_maxup_step_matches_the_naive_reference"
+T_OPT = "tests/test_optimiser_applied.py"
+OPT_SGD = f"{T_OPT}::test_each_step_is_sgd_at_the_scheduled_lr_with_every_configured_option"
+OPT_CKPT = f"{T_OPT}::test_checkpointed_optimiser_holds_the_epochs_lr_and_the_configs_options"
+OPT_TOPK = f"{T_OPT}::test_loss_top1_and_top5_of_a_fixed_model_counted_by_hand"
+T_RAND = "tests/test_epoch_randomness.py"
+RAND_IMG = (f"{T_RAND}::"
+            "test_image_order_and_augmentation_draws_change_every_epoch_and_repeat_on_rerun")
+RAND_LM = f"{T_RAND}::test_lm_window_lengths_and_dropout_draws_change_every_epoch"
+RAND_MASK = f"{T_RAND}::test_word_masks_are_independent_across_sequences_and_copies"
+T_LOOP = "tests/test_lm_loop.py"
+LOOP_LR = f"{T_LOOP}::test_step_lr_is_base_lr_times_drawn_length_over_bptt_and_restored"
+LOOP_HIDDEN = f"{T_LOOP}::test_hidden_state_is_carried_between_windows_and_reset_at_each_epoch"
+LOOP_ADV_ON = f"{T_LOOP}::test_adv_perturbation_is_trained_when_configured"
+LOOP_ASGD = (f"{T_LOOP}::"
+             "test_asgd_average_is_the_mean_of_the_iterates_and_is_what_evaluation_keeps")
+LOOP_FT = f"{T_LOOP}::test_finetune_stage_restarts_from_the_best_model_and_averages_afresh"
+LOOP_TRIGGER = f"{T_LOOP}::test_nonmono_trigger_on_a_stubbed_validation_sequence"
+LOOP_SWITCH = f"{T_LOOP}::test_switch_starts_averaging_after_the_configured_epoch"
+LOOP_ADV = f"{T_LOOP}::test_maxup_step_with_adv_matches_a_naive_reference_that_scores_with_adv"
+T_PW = "tests/test_predict_welch.py"
+PW_PVALUE = f"{T_PW}::test_predict_pvalue_is_the_exact_two_sided_binomial_test"
+PW_PREDICT = f"{T_PW}::test_predict_tests_the_top_class_against_the_runner_up"
+PW_ONE_CLASS = f"{T_PW}::test_predict_with_one_class_tests_n_against_zero"
+PW_KNOWN = f"{T_PW}::test_welch_known_answers"
+PW_ZERO_VAR = f"{T_PW}::test_welch_with_one_arm_without_variance_is_a_one_sample_t_test"
+PW_NAN = f"{T_PW}::test_welch_is_nan_where_undefined"
+PW_NONFINITE = f"{T_PW}::test_welch_drops_non_finite_values"
 
 
 @dataclass(frozen=True)
@@ -135,6 +162,8 @@ M = Mutant
 OBJ, CERT, IDN, TAB, CKPT, LM = ("objective", "certification", "identity",
                                  "table statistics and cell rule", "checkpointing and resume",
                                  "language-model MaxUp selection")
+OPT, RAND, METRIC, LOOP = ("optimiser and schedule as applied", "randomness between epochs",
+                           "reported metrics", "language-model training loop")
 
 MUTANTS: list[Mutant] = [
     # ----------------------------------------------------------------- the MaxUp objective
@@ -398,6 +427,124 @@ MUTANTS: list[Mutant] = [
       "        stacked_scale = scales[k0:k0 + c].permute(1, 2, 0).reshape(t, c * b)\n",
       (LM_NAIVE,), "copies stacked sequence-major while scored copy-major: masks scored "
       "against the wrong sentences"),
+    M("lm-adv-not-in-score", LM, "maxup/lm/objective.py",
+      "    losses = copy_losses(model, words, targets, hidden, noise, scales,\n"
+      "                         adversarial=adversarial, chunk=chunk)\n",
+      "    losses = copy_losses(model, words, targets, hidden, noise, scales,\n"
+      "                         adversarial=False, chunk=chunk)\n",
+      (LOOP_ADV,), "with ADV on, copies are scored without the perturbation the training loss "
+      "applies: the selected mask is not the worst for the trained objective"),
+    M("lm-adv-not-in-trained-loss", LM, "maxup/lm/objective.py",
+      "    loss, raw = _regularised(model, out, raw_last, targets, alpha=alpha, beta=beta,\n"
+      "                             adversarial=adversarial)\n    t = words.shape[0]\n",
+      "    loss, raw = _regularised(model, out, raw_last, targets, alpha=alpha, beta=beta,\n"
+      "                             adversarial=False)\n    t = words.shape[0]\n",
+      (LOOP_ADV,), "MaxUp with ADV on trains the selected copy without the perturbation"),
+    M("lm-word-mask-shared-by-sequences", LM, "maxup/models/awd_lstm.py",
+      "    table = _bernoulli_scale((m, b, uniq.numel()), p, generator, words.device)\n",
+      "    table = _bernoulli_scale((m, 1, uniq.numel()), p, generator, words.device)"
+      ".expand(m, b, -1)\n",
+      (RAND_MASK,), "one word-dropout mask per copy shared by every sequence of the batch "
+      "(the paper's masks are per sentence)"),
+    M("lm-word-mask-shared-by-copies", LM, "maxup/models/awd_lstm.py",
+      "    table = _bernoulli_scale((m, b, uniq.numel()), p, generator, words.device)\n",
+      "    table = _bernoulli_scale((1, b, uniq.numel()), p, generator, words.device)"
+      ".expand(m, b, -1)\n",
+      (RAND_MASK,), "the m copies of a sentence share one mask: the max is over identical "
+      "copies"),
+    # ----------------------------------------------------------------- LM training loop
+    M("lm-lr-not-scaled", LOOP, "maxup/lm/task.py",
+      "                group[\"lr\"] = lr * seq_len / lm.bptt\n",
+      "                group[\"lr\"] = lr\n",
+      (LOOP_LR,), "every window steps at the base lr whatever its drawn length"),
+    M("lm-lr-scaled-inverse", LOOP, "maxup/lm/task.py",
+      "                group[\"lr\"] = lr * seq_len / lm.bptt\n",
+      "                group[\"lr\"] = lr * lm.bptt / seq_len\n",
+      (LOOP_LR,), "the lr scaling inverted: short windows take the largest steps"),
+    M("lm-weight-decay-dropped", LOOP, "maxup/lm/task.py",
+      "                                         weight_decay=cfg.optim.weight_decay)\n",
+      "                                         )\n",
+      (LOOP_LR,), "optim.weight_decay silently not passed to the LM's SGD"),
+    M("lm-hidden-reset-each-window", LOOP, "maxup/lm/task.py",
+      "            hidden = step.hidden\n",
+      "            hidden = model.init_hidden(data.shape[1])\n",
+      (LOOP_HIDDEN,), "the hidden state is not carried: every window starts from zeros"),
+    M("lm-adv-off-in-training", LOOP, "maxup/lm/task.py",
+      "beta=lm.beta, adversarial=lm.adv_eps > 0, chunk=cfg.maxup.chunk)",
+      "beta=lm.beta, adversarial=False, chunk=cfg.maxup.chunk)",
+      (LOOP_ADV_ON,), "lm.adv_eps configured but ADV's perturbation never trained"),
+    M("lm-asgd-mean-off-by-one", LOOP, "maxup/lm/task.py",
+      "            a.add_(p - a, alpha=1.0 / n)\n",
+      "            a.add_(p - a, alpha=1.0 / (n + 1))\n",
+      (LOOP_ASGD, LOOP_FT), "the running average weighs iterates unequally (not the mean)"),
+    M("lm-eval-raw-weights", LOOP, "maxup/lm/task.py",
+      "                            p.copy_(a)\n", "                            pass\n",
+      (LOOP_ASGD,), "validation, test and the kept best model use the raw iterate, not the "
+      "average"),
+    M("lm-train-from-average", LOOP, "maxup/lm/task.py",
+      "                            p.copy_(s)\n", "                            pass\n",
+      (LOOP_ASGD,), "after evaluation training continues from the averaged weights"),
+    M("lm-finetune-not-from-best", LOOP, "maxup/lm/task.py",
+      "            model.load_state_dict(self.state[\"best_model\"])\n"
+      "        self.state.update(stage=",
+      "            pass\n        self.state.update(stage=",
+      (LOOP_FT,), "a fine-tuning stage continues from the last weights, not the best model"),
+    M("lm-finetune-no-averaging", LOOP, "maxup/lm/task.py",
+      "self.state.update(stage=stage, averaging=True, avg=None, avg_count=0, val_history=[])",
+      "self.state.update(stage=stage, averaging=False, avg=None, avg_count=0, val_history=[])",
+      (LOOP_FT,), "a fine-tuning stage trains without averaging (finetune.py uses ASGD from "
+      "its first step)"),
+    M("lm-finetune-keeps-average", LOOP, "maxup/lm/task.py",
+      "self.state.update(stage=stage, averaging=True, avg=None, avg_count=0, val_history=[])",
+      "self.state.update(stage=stage, averaging=True, val_history=[])",
+      (LOOP_FT,), "a fine-tuning stage extends the main stage's average instead of restarting "
+      "it"),
+    M("lm-trigger-monotone", LOOP, "maxup/lm/task.py",
+      "                       and val_loss > min(hist[: -lm.nonmono]))\n",
+      "                       and val_loss > hist[-1])\n",
+      (LOOP_TRIGGER,), "NT-ASGD's trigger compares with the last epoch only (monotone)"),
+    M("lm-trigger-recent-window", LOOP, "maxup/lm/task.py",
+      "                       and val_loss > min(hist[: -lm.nonmono]))\n",
+      "                       and val_loss > min(hist[-lm.nonmono:]))\n",
+      (LOOP_TRIGGER,), "the trigger's minimum over the last n epochs instead of all but them"),
+    M("lm-trigger-ties", LOOP, "maxup/lm/task.py",
+      "                       and val_loss > min(hist[: -lm.nonmono]))\n",
+      "                       and val_loss >= min(hist[: -lm.nonmono]))\n",
+      (LOOP_TRIGGER,), "a validation loss equal to the old best counts as worse"),
+    M("lm-switch-off-by-one", LOOP, "maxup/lm/task.py",
+      "and epoch + 1 >= lm.switch:", "and epoch >= lm.switch:",
+      (LOOP_SWITCH,), "asgd: switch starts averaging one epoch late"),
+    M("lm-lengths-same-every-epoch", RAND, "maxup/lm/task.py",
+      "derive_seed(cfg.seed, epoch, \"bptt\")", "derive_seed(cfg.seed, 0, \"bptt\")",
+      (RAND_LM,), "every epoch cuts the stream into the same variable-length windows"),
+    M("lm-dropout-same-every-epoch", RAND, "maxup/lm/task.py",
+      "        epoch_seed = derive_seed(cfg.seed, epoch, dist.rank)\n",
+      "        epoch_seed = derive_seed(cfg.seed, 0, dist.rank)\n",
+      (RAND_LM,), "every epoch draws the same dropout and word masks"),
+    # ----------------------------------------------------------------- PREDICT and Welch
+    M("predict-runner-up-is-rest", CERT, "maxup/certify.py",
+      "    n_b = int(counts[order[1]]) if num_classes > 1 else 0\n",
+      "    n_b = int(n) - n_a if num_classes > 1 else 0\n",
+      (PW_PREDICT,), "PREDICT tests the top class against all others, not the runner-up "
+      "(abstains far more often than Cohen et al.)"),
+    M("predict-runner-up-least", CERT, "maxup/certify.py",
+      "    n_b = int(counts[order[1]]) if num_classes > 1 else 0\n",
+      "    n_b = int(counts[order[-1]]) if num_classes > 1 else 0\n",
+      (PW_PREDICT,), "PREDICT tests the top class against the least voted class"),
+    M("predict-pvalue-one-sided", CERT, "maxup/certify.py",
+      "    return float(binomtest(n_a, n_a + n_b, 0.5).pvalue)\n",
+      "    return float(binomtest(n_a, n_a + n_b, 0.5, alternative=\"greater\").pvalue)\n",
+      (PW_PVALUE, PW_ONE_CLASS), "a one-sided binomial test: PREDICT answers at twice its "
+      "error level"),
+    M("welch-nan-if-one-arm-constant", TAB, "maxup/analysis/stats.py",
+      "    if a.var(ddof=1) == 0 and b.var(ddof=1) == 0:\n",
+      "    if a.var(ddof=1) == 0 or b.var(ddof=1) == 0:\n",
+      (PW_ZERO_VAR,), "no p-value whenever one arm has no spread (e.g. a baseline whose "
+      "seeds agree)"),
+    M("welch-keeps-non-finite", TAB, "maxup/analysis/stats.py",
+      "    a, b = a[np.isfinite(a)], b[np.isfinite(b)]\n",
+      "    a, b = a, b\n",
+      (PW_NONFINITE,), "a diverged (NaN) seed turns the arm's p-value into NaN"),
 ]
 
 

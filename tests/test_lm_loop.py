@@ -95,6 +95,8 @@ class Spy:
 
         def opt_step(*a, **kw):
             self.steps[-1]["lrs"] = [g["lr"] for g in opt.param_groups]
+            self.steps[-1]["before"] = [p.detach().clone() for p in task.model.parameters()]
+            self.steps[-1]["grads"] = [p.grad.detach().clone() for p in task.model.parameters()]
             result = real_opt_step(*a, **kw)
             self.steps[-1]["weights"] = [p.detach().clone() for p in task.model.parameters()]
             return result
@@ -155,7 +157,11 @@ def _window_starts(data: torch.Tensor, steps: list[dict]) -> list[int]:
 # --------------------------------------------------------------------------- lr, hidden state
 
 def test_step_lr_is_base_lr_times_drawn_length_over_bptt_and_restored(tmp_path, monkeypatch):
-    task = build_task(from_dict(config(corpus(tmp_path / "c"))), CPU, DIST)
+    """Each window's lr is 3.0 x its drawn length / bptt 10 (awd-lstm-lm: the length drawn,
+    read off the row where the next window starts), and the step is SGD at that lr with the
+    configured weight decay (1e-3 here, to be seen)."""
+    task = build_task(from_dict(config(corpus(tmp_path / "c"),
+                                       optim={"weight_decay": 1e-3})), CPU, DIST)
     spy = Spy(task, monkeypatch)
     steps = spy.epoch(0)
     assert len(steps) >= 5
@@ -165,6 +171,12 @@ def test_step_lr_is_base_lr_times_drawn_length_over_bptt_and_restored(tmp_path, 
     assert len(set(drawn)) > 1  # variable BPTT: the lengths differ
     for s, length in zip(steps, drawn):
         assert s["lrs"] == pytest.approx([3.0 * length / 10] * len(s["lrs"]), rel=1e-12)
+    # and the optimiser took exactly that step: plain SGD (no momentum) with the configured
+    # weight decay, on the clipped gradient, w <- w - lr (g + wd w)
+    for s in steps:
+        lr = s["lrs"][0]
+        for w, g, after in zip(s["before"], s["grads"], s["weights"], strict=True):
+            torch.testing.assert_close(after, w - lr * (g + 1e-3 * w), atol=1e-6, rtol=1e-6)
     # the last window may be clipped at the end of the stream: its lr is still that of a
     # drawn length, a whole number of rows no shorter than the window
     last = steps[-1]["lrs"][0] * 10 / 3.0
@@ -185,6 +197,22 @@ def test_hidden_state_is_carried_between_windows_and_reset_at_each_epoch(tmp_pat
             for (h, c), (ph, pc) in zip(cur["hidden"], prev["returned"], strict=True):
                 assert float(h.abs().max()) > 0 and float(c.abs().max()) > 0  # not zero
                 assert torch.equal(h, ph) and torch.equal(c, pc)  # the previous step's
+
+
+@pytest.mark.parametrize(("adv_eps", "expected"), [(0.5, True), (0.0, False)])
+def test_adv_perturbation_is_trained_when_configured(tmp_path, monkeypatch, adv_eps, expected):
+    task = build_task(from_dict(config(corpus(tmp_path / "c", n_train=40),
+                                       lm={"adv_eps": adv_eps})), CPU, DIST)
+    flags = []
+    real = lm_task.train_step
+
+    def spy(*a, adversarial, **kw):
+        flags.append(adversarial)
+        return real(*a, adversarial=adversarial, **kw)
+
+    monkeypatch.setattr(lm_task, "train_step", spy)
+    task.train_epoch(task.model, 0, DIST, False)
+    assert flags and set(flags) == {expected}
 
 
 # --------------------------------------------------------------------------- ASGD
