@@ -62,16 +62,19 @@ class MaxUpOutput:
         logits: (B, K) logits of the selected copies (detached).
         targets: (B, K) soft targets of the selected copies.
         worst: (B,) int64 index k < m of each example's selected copy.
-        gap: mean over examples of (worst-copy loss − mean copy loss), nats; 0 when m = 1.
-        wins: (m,) int64, how often each copy index was the worst.
-        selection_s: seconds spent in the no-grad selection pass.
+        gap: 0-dim tensor (the loss's dtype, on the batch's device): mean over examples of
+            (worst-copy loss − mean copy loss), nats; 0 when m = 1. A tensor, not a float, so
+            that a step needs no host synchronisation (``float(out.gap)`` waits for the device).
+        wins: (m,) int64 on the batch's device, how often each copy index was the worst.
+        selection_s: host seconds spent in the no-grad selection pass (on a GPU, with no
+            synchronisation inside the step, the time to issue it, not to run it).
     """
 
     loss: torch.Tensor
     logits: torch.Tensor
     targets: torch.Tensor
     worst: torch.Tensor
-    gap: float
+    gap: torch.Tensor
     wins: torch.Tensor
     selection_s: float
 
@@ -168,8 +171,9 @@ class MaxUpLoss:
                 logits = model(xa)
             loss = soft_cross_entropy(logits, ta)
             zeros = torch.zeros(b, dtype=torch.long, device=x.device)
-            return MaxUpOutput(loss.mean(), logits.detach(), ta, zeros, 0.0,
-                               torch.tensor([b]), 0.0)
+            return MaxUpOutput(loss.mean(), logits.detach(), ta, zeros,
+                               loss.detach().new_zeros(()),
+                               torch.full((1,), b, dtype=torch.long, device=x.device), 0.0)
         xs, ts = self.draw_copies(x, y, generator, m)
         if self.mode == "naive":
             with self.autocast():
@@ -178,13 +182,13 @@ class MaxUpLoss:
             worst_loss, worst = losses.max(dim=0)
             rows = worst * b + torch.arange(b, device=x.device)
             return MaxUpOutput(worst_loss.mean(), logits_all.detach()[rows], ts[rows], worst,
-                               float((worst_loss - losses.mean(0)).mean().detach()),
-                               torch.bincount(worst.cpu(), minlength=m), 0.0)
+                               (worst_loss - losses.mean(0)).mean().detach(),
+                               torch.bincount(worst, minlength=m), 0.0)
 
         t0 = time.perf_counter()
         losses = self.selection_losses(model, xs, ts, m).view(m, b)
         worst = losses.argmax(dim=0)
-        gap = float((losses.max(dim=0).values - losses.mean(0)).mean())
+        gap = (losses.max(dim=0).values - losses.mean(0)).mean()
         selection_s = time.perf_counter() - t0
         rows = worst * b + torch.arange(b, device=x.device)
         x_sel, t_sel = xs[rows], ts[rows]
@@ -192,7 +196,7 @@ class MaxUpLoss:
             logits = model(x_sel)
         loss = soft_cross_entropy(logits, t_sel)
         return MaxUpOutput(loss.mean(), logits.detach(), t_sel, worst, gap,
-                           torch.bincount(worst.cpu(), minlength=m), selection_s)
+                           torch.bincount(worst, minlength=m), selection_s)
 
     @torch.no_grad()
     def selection_losses(self, model: nn.Module, xs: torch.Tensor, ts: torch.Tensor,

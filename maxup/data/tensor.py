@@ -38,3 +38,11 @@ class TensorImageDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.images[i], int(self.labels[i])
+
+    def to(self, device: torch.device | str) -> TensorImageDataset:
+        """The same dataset with its tensors on ``device`` (a new object; this one unchanged)."""
+        out = TensorImageDataset.__new__(TensorImageDataset)
+        out.images, out.labels = self.images.to(device), self.labels.to(device)
+        out.classes = self.classes
+        out.indices = self.indices
+        return out

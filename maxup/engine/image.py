@@ -17,13 +17,17 @@ import torch.nn.functional as F
 
 from maxup.augment import build_augmentation
 from maxup.config import RunConfig
-from maxup.engine.batches import Batches, eval_batches
+from maxup.engine.batches import Batches, device_resident, eval_batches
 from maxup.engine.dist import DistContext, all_reduce_sum
 from maxup.engine.nonfinite import NonFiniteLoss
 from maxup.engine.progress import Progress
 from maxup.engine.rng import derive_seed, seed_everything
 from maxup.objective import MaxUpLoss
 from maxup.schedule import copies_at, learning_rate
+
+#: Steps between two checks of the loss for NaN/inf (each check is the epoch's only wait for
+#: the device besides its end); a non-finite loss still fails the run at its exact step.
+FINITE_CHECK_EVERY = 64
 
 #: The columns of an image run's ``metrics.csv``.
 CSV_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "test_top5",
@@ -61,6 +65,8 @@ def build_run(cfg: RunConfig, device: torch.device) -> Run:
                               train_transform=cfg.data.train_transform,
                               subset=cfg.data.subset, seed=cfg.seed, **common)
     test_set = build_dataset(cfg.data.name, split="test", **common)
+    # On a GPU, data that fits is moved there once: batches are then gathered on the device.
+    train_set, test_set = device_resident(train_set, device), device_resident(test_set, device)
     seed_everything(derive_seed(cfg.seed, "init"), device)
     model = build_model(cfg.model.name, num_classes=num_classes, in_channels=info.in_channels,
                         mean=info.mean, std=info.std, dropout=cfg.model.dropout,
@@ -90,8 +96,9 @@ def evaluate(model: nn.Module, dataset, *, device: torch.device, batch_size: int
     With ``dist.world_size > 1`` each rank evaluates its shard and the sums are all-reduced.
     """
     model.eval()
-    sums = torch.zeros(4, dtype=torch.float64)  # loss, top1, top5, count
+    per_batch = []  # (loss sum, top-1 hits, top-5 hits, count) per batch, on the device
     ctx = autocast or contextlib.nullcontext
+    k = min(5, num_classes)
     with torch.inference_mode():
         for x, y in eval_batches(dataset, batch_size, dist.rank, dist.world_size):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -100,13 +107,16 @@ def evaluate(model: nn.Module, dataset, *, device: torch.device, batch_size: int
             with ctx():
                 logits = model(x)
             logits = logits.float()
-            sums[0] += F.cross_entropy(logits, y, reduction="sum").item()
-            k = min(5, num_classes)
-            topk = logits.topk(k, dim=1).indices
-            hit = topk == y[:, None]
-            sums[1] += hit[:, 0].sum().item()
-            sums[2] += hit.any(dim=1).sum().item()
-            sums[3] += len(y)
+            hit = logits.topk(k, dim=1).indices == y[:, None]
+            per_batch.append(torch.stack([
+                F.cross_entropy(logits, y, reduction="sum").double(),
+                hit[:, 0].sum().double(), hit.any(dim=1).sum().double(),
+                torch.tensor(float(len(y)), dtype=torch.float64, device=y.device)]))
+    # One transfer at the end; summed on the host batch by batch (the order, and so the
+    # float64 result, of a per-batch .item()).
+    sums = torch.zeros(4, dtype=torch.float64)
+    for row in (torch.stack(per_batch).tolist() if per_batch else []):
+        sums += torch.tensor(row, dtype=torch.float64)
     if dist.world_size > 1 and torch.distributed.is_initialized():
         sums = all_reduce_sum(sums, device)
     loss, top1, top5, count = sums.tolist()
@@ -137,44 +147,71 @@ def train_epoch(run: Run, model: nn.Module, epoch: int, dist: DistContext, progr
                        rank=dist.rank, world=dist.world_size, num_workers=cfg.data.num_workers)
     bar = Progress(progress and dist.is_main, len(batches), epoch + 1, cfg.train.epochs)
     model.train()
-    loss_sum = correct = seen = 0.0
-    gap_sum, wins = 0.0, torch.zeros(m, dtype=torch.long)
-    selection_s = 0.0
+    device = run.device
     distributed = dist.world_size > 1 and torch.distributed.is_initialized()
+    # Per-step values stay on the device and come back FINITE_CHECK_EVERY steps at a time:
+    # no host synchronisation inside the step. The sums are then taken on the host in step
+    # order, so the metrics are the same numbers a per-step float() would give.
+    pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (loss, gap) per step, on device
+    values: list[float] = []  # per-step losses on the host, in step order
+    gaps: list[float] = []
+    sizes: list[int] = []
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    wins = torch.zeros(m, dtype=torch.long, device=device)
+    selection_s = 0.0
+
+    def drain() -> None:
+        """Bring the pending steps' values to the host; raise on a non-finite loss there."""
+        if not pending:
+            return
+        first = len(values)
+        loss_gap = torch.stack([torch.stack(pair) for pair in pending]).double()
+        pending.clear()
+        mine = loss_gap[:, 0].tolist()
+        # All ranks stop at the same step: one stopping alone would leave the others
+        # waiting in DDP's gradient all-reduce until the collective timeout.
+        totals = (all_reduce_sum(loss_gap[:, 0].cpu(), device).tolist() if distributed
+                  else mine)
+        for i, (value, total) in enumerate(zip(mine, totals, strict=True)):
+            if not math.isfinite(total):
+                raise NonFiniteLoss(epoch + 1, first + i,
+                                    value if not math.isfinite(value) else total)
+        values.extend(mine)
+        gaps.extend(loss_gap[:, 1].tolist())
+
     t0 = time.perf_counter()
     for step, (x, y) in enumerate(batches):
-        x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if cfg.train.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         out = run.objective(model, x, y, gen, m=m)
-        value = float(out.loss.detach())
-        if distributed:
-            # All ranks stop at the same step: one stopping alone would leave the others
-            # waiting in DDP's gradient all-reduce until the collective timeout.
-            total = float(all_reduce_sum(torch.tensor([value], dtype=torch.float64),
-                                          run.device))
-            if not math.isfinite(total):
-                raise NonFiniteLoss(epoch + 1, step, value if not math.isfinite(value) else total)
-        elif not math.isfinite(value):
-            raise NonFiniteLoss(epoch + 1, step, value)
         run.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         run.optimizer.step()
-        b = x.shape[0]
-        loss_sum += value * b
-        correct += float((out.logits.argmax(1) == out.targets.argmax(1)).sum())
-        seen += b
-        gap_sum += out.gap * b
+        pending.append((out.loss.detach().float(), out.gap.float()))
+        sizes.append(x.shape[0])
+        correct += (out.logits.argmax(1) == out.targets.argmax(1)).sum()
         wins += out.wins
         selection_s += out.selection_s
-        bar.update(step + 1, loss_sum / seen)
+        if len(pending) == FINITE_CHECK_EVERY:
+            drain()
+        if bar.enabled:
+            drain()  # a terminal is watching: show the running loss every step
+            bar.update(step + 1, sum(v * b for v, b in zip(values, sizes, strict=False))
+                       / max(sum(sizes[:len(values)]), 1))
+    drain()
     bar.close()
     train_s = time.perf_counter() - t0
+    loss_sum = gap_sum = 0.0
+    for value, gap, b in zip(values, gaps, sizes, strict=True):
+        loss_sum += value * b
+        gap_sum += gap * b
+    seen, correct, wins = float(sum(sizes)), float(correct), wins.cpu()
     if distributed:
         # Training metrics over the whole global batch, not rank 0's shard.
         sums = torch.tensor([loss_sum, correct, seen, gap_sum], dtype=torch.float64)
-        loss_sum, correct, seen, gap_sum = all_reduce_sum(sums, run.device).tolist()
-        wins = all_reduce_sum(wins, run.device)
+        loss_sum, correct, seen, gap_sum = all_reduce_sum(sums, device).tolist()
+        wins = all_reduce_sum(wins, device)
     return {
         "epoch": epoch + 1,
         "lr": lr,
