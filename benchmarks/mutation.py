@@ -2,8 +2,10 @@
 
 Each mutant below is a hand-written single-line change to a module where a silent bug would
 change a published number (the MaxUp objective, certification, experiment identity, table
-statistics and the cell rule, checkpointing/resume, the language-model MaxUp selection),
-paired with the fast tests that should notice it. For each mutant the tool:
+statistics and the cell rule, checkpointing/resume, the language-model MaxUp selection, the
+optimiser and schedule as applied, randomness between epochs, reported metrics, the
+language-model training loop), paired with the fast tests that should notice it. For each
+mutant the tool:
 
 1. takes a scratch copy of the repository (``git archive HEAD`` by default, so a tree others
    are editing is never read half-written, and never mutated: the copy lives in a temporary
@@ -521,6 +523,47 @@ MUTANTS: list[Mutant] = [
       "        epoch_seed = derive_seed(cfg.seed, epoch, dist.rank)\n",
       "        epoch_seed = derive_seed(cfg.seed, 0, dist.rank)\n",
       (RAND_LM,), "every epoch draws the same dropout and word masks"),
+    # ----------------------------------------------------------------- optimiser, schedule
+    M("opt-schedule-not-applied", OPT, "maxup/engine/image.py",
+      "        group[\"lr\"] = lr\n", "        pass\n",
+      (OPT_SGD, OPT_CKPT), "the schedule's lr is computed and written to the history but never "
+      "reaches the optimiser"),
+    M("opt-nesterov-dropped", OPT, "maxup/engine/image.py",
+      "nesterov=cfg.optim.nesterov,", "nesterov=False,",
+      (OPT_SGD, OPT_CKPT), "optim.nesterov silently not passed to SGD"),
+    M("opt-momentum-default", OPT, "maxup/engine/image.py",
+      "momentum=cfg.optim.momentum,", "momentum=0.9,",
+      (OPT_SGD, OPT_CKPT), "optim.momentum ignored: SGD always at the usual 0.9"),
+    M("opt-weight-decay-default", OPT, "maxup/engine/image.py",
+      "weight_decay=cfg.optim.weight_decay)", "weight_decay=5e-4)",
+      (OPT_SGD, OPT_CKPT), "optim.weight_decay ignored: SGD always at the default 5e-4"),
+    M("lr-cosine-one-epoch-ahead", OPT, "maxup/schedule.py",
+      "math.cos(math.pi * epoch / cfg.train.epochs)",
+      "math.cos(math.pi * (epoch + 1) / cfg.train.epochs)",
+      (OPT_CKPT,), "the cosine schedule one epoch ahead (the first epoch never at the base "
+      "lr, the last at 0)"),
+    # ----------------------------------------------------------------- randomness per epoch
+    M("rand-order-same-every-epoch", RAND, "maxup/engine/image.py",
+      "seed=derive_seed(cfg.seed, epoch, \"order\")", "seed=derive_seed(cfg.seed, 0, \"order\")",
+      (RAND_IMG,), "every epoch visits the training images in the same order"),
+    M("rand-order-unshuffled", RAND, "maxup/engine/batches.py",
+      "        perm = torch.randperm(n, generator=g)\n", "        perm = torch.arange(n)\n",
+      (RAND_IMG,), "the training images are never shuffled"),
+    M("rand-augment-same-every-epoch", RAND, "maxup/engine/image.py",
+      "manual_seed(derive_seed(epoch_seed, \"augment\"))",
+      "manual_seed(derive_seed(cfg.seed, \"augment\"))",
+      (RAND_IMG,), "every epoch replays the same augmentation draws"),
+    # ----------------------------------------------------------------- reported metrics
+    M("top5-is-top3", METRIC, "maxup/engine/image.py",
+      "    k = min(5, num_classes)\n", "    k = min(3, num_classes)\n",
+      (OPT_TOPK,), "the reported top-5 accuracy counts the top 3 classes"),
+    M("topk-smallest-logits", METRIC, "maxup/engine/image.py",
+      "logits.topk(k, dim=1)", "logits.topk(k, dim=1, largest=False)",
+      (OPT_TOPK,), "top-k taken over the smallest logits"),
+    M("eval-loss-batch-means-summed", METRIC, "maxup/engine/image.py",
+      "F.cross_entropy(logits, y, reduction=\"sum\")",
+      "F.cross_entropy(logits, y, reduction=\"mean\")",
+      (OPT_TOPK,), "the test loss sums per-batch means and divides by the image count"),
     # ----------------------------------------------------------------- PREDICT and Welch
     M("predict-runner-up-is-rest", CERT, "maxup/certify.py",
       "    n_b = int(counts[order[1]]) if num_classes > 1 else 0\n",
@@ -663,8 +706,8 @@ def write_doc(results: list[Result], *, source: str, commit: str, seconds: float
         "Each mutant is a hand-written single-line change to a module where a silent bug",
         "would change a published number; it is run in a scratch copy of the repository",
         "against the fast tests listed for it (`pytest -x`), and is *killed* when one fails.",
-        "Rerun it when the objective, certification, identity, table, checkpoint or LM",
-        "selection code changes; it is not part of CI's pass/fail.",
+        "Rerun it when the objective, certification, identity, table, checkpoint, optimiser,",
+        "schedule, data-order, evaluation or LM code changes; it is not part of CI's pass/fail.",
         "",
         f"- source: {'`HEAD` ' + commit if source == 'head' else 'working tree at ' + commit}",
         f"- date: {datetime.date.today().isoformat()}; wall time {seconds / 60:.1f} min on "
