@@ -168,6 +168,9 @@ class TrainConfig:
     # bit-reproducible arithmetic (maxup/determinism.py); not part of the trial id
     deterministic: bool = True
     channels_last: bool = False
+    # torch.compile the image model (maxup/engine/loop.py); an execution choice like the
+    # device, not part of the trial id; the record says whether it was on
+    compile: bool = False
     checkpoint_every: int = _num(1, 1, 100_000)  # epochs between checkpoints
     # data-parallel workers; > 1 runs inside a Ray Train TorchTrainer
     workers: int = _num(1, 1, 4096)
@@ -295,6 +298,8 @@ class RunConfig:
                    "constant for a corpus (averaging is lm.asgd's)")
             # The language model has one selection (maxup.lm.objective); the naive one, every
             # copy forwarded with gradients, is its test reference, not a training mode.
+            _check(not self.train.compile, "train.compile", self.train.compile,
+                   "false for a corpus (compiling applies to image models)")
             _check(self.maxup.mode == "efficient", "maxup.mode", self.maxup.mode,
                    "efficient for a corpus")
             _check(sum(self.lm.finetune_epochs) < self.train.epochs, "lm.finetune_epochs",

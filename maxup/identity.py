@@ -5,8 +5,8 @@ The rule
 A run is identified by its resolved config (:func:`maxup.config.to_dict`) with the
 *non-identity* settings removed: those that say where, how fast or how verbosely a run happens
 (:data:`NON_IDENTITY_KEYS`: data root, data-loading workers, download flag, device,
-deterministic arithmetic, progress display, evaluation batch size, checkpoint frequencies,
-start time-out) and the whole post-hoc certification section (:data:`CERTIFY_SECTION`):
+deterministic arithmetic, compilation, progress display, evaluation batch size, checkpoint
+frequencies, start time-out) and the whole post-hoc certification section (:data:`CERTIFY_SECTION`):
 certifying the same model with another ``n`` is not another training run. Everything else
 changes what training computes and is part of the identity — the seed, the model, the data
 subset, every augmentation, MaxUp, optimiser and training-loop setting (workers included: each
@@ -43,6 +43,7 @@ NON_IDENTITY_KEYS: tuple[str, ...] = (
     "data.download",
     "train.device",
     "train.deterministic",
+    "train.compile",
     "train.progress",
     "train.eval_batch_size",
     "train.checkpoint_every",

@@ -29,7 +29,8 @@ def by_hand(cfg: dict, *, seed: bool = True) -> str:
     """The documented rule, written out independently of the module."""
     ident = copy.deepcopy(cfg)
     for section, key in [("data", "root"), ("data", "num_workers"), ("data", "download"),
-                         ("train", "device"), ("train", "deterministic"), ("train", "progress"),
+                         ("train", "device"), ("train", "deterministic"), ("train", "compile"),
+                         ("train", "progress"),
                          ("train", "eval_batch_size"), ("train", "checkpoint_every"),
                          ("train", "start_timeout_s")]:
         del ident[section][key]

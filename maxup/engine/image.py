@@ -232,6 +232,7 @@ class ImageTask:
     :func:`evaluate` on a :class:`Run`; checkpoints hold model and optimiser only."""
 
     ddp = True
+    compilable = True  # train.compile applies (maxup.engine.compiling)
     finite_keys = ("test_loss", "test_acc", "test_top5")
 
     def __init__(self, run: Run):

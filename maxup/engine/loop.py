@@ -14,6 +14,7 @@ from maxup import identity, records
 from maxup.checkpoint import load_checkpoint, save_checkpoint
 from maxup.config import RunConfig, from_dict, to_dict
 from maxup.determinism import deterministic_mode
+from maxup.engine.compiling import compile_model, compile_seconds
 from maxup.engine.dist import DistContext, resolve_device
 from maxup.engine.image import CSV_COLUMNS
 from maxup.engine.nonfinite import NonFiniteLoss, NonFiniteMetric, check_finite
@@ -113,6 +114,9 @@ def _train(cfg: RunConfig, out_dir: Path, *, device: torch.device, dist: DistCon
         if log:
             note = getattr(task, "resume_note", None)  # e.g. the window a partial epoch is at
             log(f"resumed from {source} after epoch {start_epoch}" + (f"; {note}" if note else ""))
+    compiled = cfg.train.compile and getattr(task, "compilable", False)
+    if compiled:
+        model = compile_model(model)  # shares the parameters; checkpoints take task.model
     if dist.world_size > 1 and torch.distributed.is_initialized() and task.ddp:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -137,7 +141,7 @@ def _train(cfg: RunConfig, out_dir: Path, *, device: torch.device, dist: DistCon
     def save(finished: int) -> None:
         """Write ``checkpoints/last.pt`` (main rank only) after ``finished`` epochs."""
         if dist.is_main:
-            save_checkpoint(ckpt_path, config=cfg_dict, model=model, optimizer=task.optimizer,
+            save_checkpoint(ckpt_path, config=cfg_dict, model=task.model, optimizer=task.optimizer,
                             epoch=finished, history=history, task=task.checkpoint_state())
 
     if hasattr(task, "save_mid_epoch"):
@@ -149,7 +153,7 @@ def _train(cfg: RunConfig, out_dir: Path, *, device: torch.device, dist: DistCon
     last = cfg.train.epochs if stop_after is None else min(stop_after, cfg.train.epochs)
     try:
         for epoch in range(start_epoch, last):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), compile_seconds() if compiled else 0.0
             metrics = task.train_epoch(model, epoch, dist, cfg.train.progress)
             t1 = time.perf_counter()
             # Unwrapped: ranks may hold one eval batch more or less, and DDP's forward
@@ -159,6 +163,8 @@ def _train(cfg: RunConfig, out_dir: Path, *, device: torch.device, dist: DistCon
             # A task resumed inside an epoch says how long the epoch ran before (its train_s
             # already counts it), so the epoch's wall time is the whole epoch's too.
             metrics["wall_s"] = time.perf_counter() - t0 + metrics.pop("resumed_s", 0.0)
+            if compiled:
+                metrics["compile_s"] = compile_seconds() - c0  # included in the times above
             history.append(metrics)
             check_finite(metrics, epoch + 1, task.finite_keys)
             done = epoch + 1
@@ -206,6 +212,8 @@ def _totals(history: list[dict]) -> dict:
         "selection_s": sel,
         "selection_share": sel / train_s if train_s > 0 else 0.0,
         "images_per_s": images / train_s if train_s > 0 else 0.0,
+        **({"compile_s": sum(h.get("compile_s", 0.0) for h in history)}
+           if any("compile_s" in h for h in history) else {}),
         **({"tokens_per_s": tokens / train_s if train_s > 0 else 0.0} if tokens else {}),
     }
 

@@ -36,7 +36,7 @@ from maxup.errors import UsageError
 
 #: History keys that measure the run rather than what it computed.
 TIMING_KEYS = frozenset({"wall_s", "train_s", "eval_s", "selection_s", "images_per_s",
-                         "tokens_per_s", "resumed_s"})
+                         "tokens_per_s", "resumed_s", "compile_s"})
 
 
 @dataclass
