@@ -330,3 +330,140 @@ def test_dry_run_says_when_nothing_can_be_priced(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert rc == 0 and "cost: 1 trial(s) to train, none priced" in out
     assert "no figures for small_cnn" in out and not (tmp_path / "s").exists()
+
+
+# --------------------------------------------------------------------------- packing (issue 25)
+
+PACK_SOURCE = "hand-made packing figure for a test"
+
+
+def _gpu_profile(packing: dict | None = None, overhead: float = 3.0) -> cost.Profile:
+    doc = _profile_doc({"small_cnn@1x8x8": {"batch": 100, "fwd_s": 0.1, "step_s": 0.3}},
+                       kind="gpu", overhead=overhead)
+    if packing is not None:
+        doc["packing"] = packing
+    return cost.parse_profile(doc, "t")
+
+
+def _epochs_by_hand(m: int) -> float:
+    """Three epochs of the digits space (13 steps of 100, 540 test images), warm-up 1."""
+    fwd, step = 0.1 / 100, 0.3 / 100
+    e1 = 13 * 100 * step + 540 * fwd
+    em = 13 * 100 * (step + (m if m > 1 else 0) * fwd) + 540 * fwd
+    return e1 + 2 * em
+
+
+def test_trials_sharing_a_gpu_from_the_fraction_and_the_concurrency():
+    assert cost.trials_sharing(0.25) == 4
+    assert cost.trials_sharing(0.3) == 3  # 3 × 0.3 fit in one GPU, a 4th does not
+    assert cost.trials_sharing(1 / 3) == 3 and cost.trials_sharing(0.5) == 2
+    assert cost.trials_sharing(1) == cost.trials_sharing(2) == cost.trials_sharing(0) == 1
+    # only 2 trials run at once: 2 share the GPU, not 4
+    assert cost.trials_sharing(0.25, slots=2) == 2
+    assert cost.trials_sharing(0.25, slots=8) == 4
+
+
+def test_quarter_gpu_trials_are_priced_with_the_measured_packing_factor(tmp_path):
+    # the H200's figure: 4 trials together give 1.33× the throughput of one alone, so each
+    # of the 4 takes 4 / 1.33 = 3.0075… times its time alone (overhead not scaled)
+    prof = _gpu_profile({"4": {"factor": 1.33, "source": PACK_SOURCE}})
+    spec = load_space(_space(tmp_path, "grid:\n  maxup.m: [4]\n"))
+    config = spec.expand()[0].config
+    alone = cost.estimate(config, prof)
+    assert alone.seconds == pytest.approx(3.0 + _epochs_by_hand(4)) and alone.note is None
+    packed = cost.estimate(config, prof, share=4)
+    assert packed.seconds == pytest.approx(3.0 + _epochs_by_hand(4) * 4 / 1.33)
+    assert packed.seconds == pytest.approx(3.0 + 3.00752 * _epochs_by_hand(4), rel=1e-5)
+    assert "1.33" in packed.note and PACK_SOURCE in packed.note
+    # per-epoch figure (m = 4 epochs) scaled the same way
+    e4 = 13 * 100 * (0.3 / 100 + 4 * 0.1 / 100) + 540 * 0.1 / 100
+    assert packed.epoch_s == pytest.approx(e4 * 4 / 1.33)
+
+
+def test_without_a_measured_factor_the_estimate_states_its_assumption(tmp_path):
+    config = load_space(_space(tmp_path, "grid:\n  maxup.m: [1]\n")).expand()[0].config
+    by_hand = _epochs_by_hand(1)
+    none = cost.estimate(config, _gpu_profile(), share=4)
+    assert none.seconds == pytest.approx(3.0 + 4 * by_hand)  # no gain, not 4× throughput
+    assert "no packing factor measured" in none.note and "assumed no throughput gain" in none.note
+    # measured at 2 only: 4 sharing are assumed to gain nothing beyond those 2
+    two = _gpu_profile({"2": {"factor": 1.5, "source": PACK_SOURCE}})
+    est = cost.estimate(config, two, share=4)
+    assert est.seconds == pytest.approx(3.0 + by_hand * 4 / 1.5)
+    assert "not measured" in est.note and "1.5" in est.note
+    # measured at 4 only: 3 sharing can't borrow it (more trials may gain more) → no gain
+    four = _gpu_profile({"4": {"factor": 1.33, "source": PACK_SOURCE}})
+    assert cost.estimate(config, four, share=3).seconds == pytest.approx(3.0 + 3 * by_hand)
+    # a model's own factor wins over the device's
+    per_model = _gpu_profile({"4": {"factor": 1.2, "source": PACK_SOURCE,
+                                    "models": {"small_cnn@1x8x8": 2.0}}})
+    assert cost.estimate(config, per_model, share=4).seconds == pytest.approx(3.0 + 2 * by_hand)
+
+
+def test_plan_prices_packed_trials_and_respects_the_concurrency(tmp_path):
+    prof_dir = tmp_path / "profiles"
+    doc = {**_profile_doc({"small_cnn@1x8x8": {"batch": 100, "fwd_s": 0.1, "step_s": 0.3}},
+                          kind="gpu", overhead=3.0), "device": "Packed GPU",
+           "packing": {"4": {"factor": 1.33, "source": PACK_SOURCE}}}
+    _write_profile(prof_dir, doc)
+    spec = load_space(_space(tmp_path, "grid:\n  maxup.m: [1]\nseeds: 4\nresources: "
+                             "{gpus_per_trial: 0.25}\nconcurrency: 4\n"))
+    trials = spec.expand()
+    four = plan.Target("one GPU", ["Packed GPU"] * 4, {"Packed GPU": "gpu"})
+    priced = plan.price(spec, trials, four, {}, dirs=[prof_dir])
+    each = 3.0 + _epochs_by_hand(1) * 4 / 1.33
+    assert priced.seconds == pytest.approx([each] * 4)
+    assert priced.wall_s == pytest.approx(each)  # all four at once on the one GPU
+    assert any("1.33" in n for n in priced.notes)
+    # concurrency 2: two trials share the GPU; no factor at 2 is measured → no gain assumed
+    two = plan.Target("one GPU", ["Packed GPU"] * 2, {"Packed GPU": "gpu"})
+    priced = plan.price(spec, trials, two, {}, dirs=[prof_dir])
+    each2 = 3.0 + _epochs_by_hand(1) * 2
+    assert priced.seconds == pytest.approx([each2] * 4)
+    assert priced.wall_s == pytest.approx(2 * each2)
+    assert any("no packing factor measured" in n for n in priced.notes)
+
+
+def test_refinement_of_a_packed_plan_does_not_count_the_sharing_twice(tmp_path):
+    from maxup import records
+
+    prof = _gpu_profile({"4": {"factor": 1.33, "source": PACK_SOURCE}})
+    config = load_space(_space(tmp_path, "grid:\n  maxup.m: [1]\n")).expand()[0].config
+    epoch = 13 * 100 * 0.3 / 100 + 540 * 0.1 / 100
+    # the record ran packed, exactly as the packed model predicts
+    hist = [{"epoch": e, "wall_s": epoch * 4 / 1.33} for e in (1, 2)]
+    rec = records.parse_record(records.build_record(
+        config=config, history=hist, status="running", timings={},
+        env={"device_name": DEVICE}))
+    assert cost.refinement([rec], prof, share=4)["*"] == pytest.approx(1.0)
+    assert cost.refinement([rec], prof)["*"] == pytest.approx(4 / 1.33)
+
+
+@pytest.mark.parametrize("packing, field", [
+    ({"1": {"factor": 1.0, "source": "s"}}, "packing.1"),
+    ({"four": {"factor": 1.0, "source": "s"}}, "packing.four"),
+    ({"4": {"factor": 0, "source": "s"}}, "packing.4.factor"),
+    ({"4": {"factor": "1.33", "source": "s"}}, "packing.4.factor"),
+    ({"4": {"factor": 1.33, "source": ""}}, "packing.4.source"),
+    ({"4": {"factor": 1.33, "source": "s", "models": {"m@1x2x2": -1}}},
+     "packing.4.models.m@1x2x2"),
+    ([1.33], "packing"),
+])
+def test_bad_packing_entry_is_one_line_naming_the_field(tmp_path, packing, field):
+    doc = _profile_doc({}, kind="gpu")
+    doc["packing"] = packing
+    with pytest.raises(ProfileError) as exc:
+        cost.load_profile(_write_profile(tmp_path, doc))
+    assert f"{field}: got" in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_packing_and_entry_basis_survive_a_write_and_read():
+    doc = _profile_doc({"small_cnn@1x8x8": {"batch": 4, "fwd_s": 0.1, "step_s": 0.2,
+                                            "basis": "derived for a test"}}, kind="gpu")
+    doc["packing"] = {"4": {"factor": 1.33, "source": PACK_SOURCE,
+                            "models": {"small_cnn@1x8x8": 1.5}}}
+    prof = cost.parse_profile(doc, "t")
+    again = cost.parse_profile(json.loads(json.dumps(prof.to_dict())), "t")
+    assert again.packing == prof.packing and again.packing[4].models == {"small_cnn@1x8x8": 1.5}
+    assert again.models["small_cnn@1x8x8"].basis == "derived for a test"
+    assert "packing" not in cost.parse_profile(_profile_doc({}), "t").to_dict()

@@ -10,6 +10,17 @@ about m no-grad forwards plus one training step: the bound BENCHMARKS.md measure
 epochs at m = 1, and per-image times from a **device profile** scaled linearly in the number
 of pixels when the profile was measured at another input size.
 
+**Trials sharing a GPU** (fractional ``resources.gpus_per_trial``, issue 25): ``n =
+floor(1 / gpus_per_trial)`` trials share one GPU, at most the number of slots that run at once
+(:func:`trials_sharing`). Processes on one GPU are time-sliced, so n together are not n times
+as fast as one: a profile's ``packing`` holds the measured **packing factor** f(n) =
+throughput of n trials together ÷ one alone (``maxup calibrate --pack N``), and each trial's
+compute (its epochs; the fixed per-trial overhead is not scaled) takes ``alone × n ÷ f(n)``.
+Without f(n) for the device, the factor measured at the largest n' < n is used (no further
+gain assumed), else 1 — no gain from sharing, never perfect scaling — and the estimate's note
+says which (:func:`packing_factor`). Each trial is priced at the full n, also the last ones of
+a sweep that may run with fewer neighbours (an upper bound there).
+
 A device profile (schema ``maxup.profile/1``) is a small JSON file keyed by device name that
 ``maxup calibrate`` writes: per model and input shape, the measured no-grad forward and
 training step of one batch. Shipped profiles (``maxup/platform/profiles/``) state where their
@@ -50,6 +61,7 @@ class Timing:
     batch: int
     fwd_s: float
     step_s: float
+    basis: str | None = None  # how a figure not measured on this device was derived
 
     @property
     def fwd_img(self) -> float:
@@ -58,6 +70,23 @@ class Timing:
     @property
     def step_img(self) -> float:
         return self.step_s / self.batch
+
+
+@dataclass
+class Packing:
+    """n trials on one device: throughput together ÷ one alone, and where it was measured.
+
+    ``models`` holds the factor per ``"<model>@CxHxW"`` when ``maxup calibrate --pack``
+    measured it per model; ``factor`` is the device's figure for other models (the smallest
+    of those measured, or a measurement whose model was not recorded).
+    """
+
+    factor: float
+    source: str
+    models: dict[str, float] = field(default_factory=dict)
+
+    def for_model(self, key: str | None) -> float:
+        return self.models.get(key, self.factor) if key else self.factor
 
 
 @dataclass
@@ -73,15 +102,23 @@ class Profile:
     default_for: str | None = None  # "cpu"/"gpu": the shipped fallback of that kind
     created: str | None = None
     path: str | None = None
+    packing: dict[int, Packing] = field(default_factory=dict)  # trials per device → factor
 
     def to_dict(self) -> dict:
-        return {
+        doc = {
             "schema": PROFILE_SCHEMA, "device": self.device, "kind": self.kind,
             "source": self.source, "estimate": self.estimate, "default_for": self.default_for,
             "created": self.created, "trial_overhead_s": self.trial_overhead_s,
-            "models": {k: {"batch": t.batch, "fwd_s": t.fwd_s, "step_s": t.step_s}
+            "models": {k: {"batch": t.batch, "fwd_s": t.fwd_s, "step_s": t.step_s,
+                           **({"basis": t.basis} if t.basis else {})}
                        for k, t in sorted(self.models.items())},
         }
+        if self.packing:
+            doc["packing"] = {str(n): {"factor": p.factor, "source": p.source,
+                                       **({"models": dict(sorted(p.models.items()))}
+                                          if p.models else {})}
+                              for n, p in sorted(self.packing.items())}
+        return doc
 
     def timing(self, model: str, shape: tuple[int, int, int]) -> tuple[Timing, float] | None:
         """(timing, pixel scale) for ``model`` at ``shape``; None when the model is absent.
@@ -160,11 +197,42 @@ def parse_profile(data: dict, where: str) -> Profile:
         for name, v in (("fwd_s", fwd), ("step_s", step)):
             if not _number(v) or not v > 0:
                 raise bad(f"models.{key}.{name}", v, "a number > 0 (seconds per batch)")
-        out[key] = Timing(batch, float(fwd), float(step))
+        basis = entry.get("basis")
+        if basis is not None and (not isinstance(basis, str) or not basis):
+            raise bad(f"models.{key}.basis", basis, "a non-empty statement, or absent")
+        out[key] = Timing(batch, float(fwd), float(step), basis)
     return Profile(device=device, kind=kind, source=source,
                    estimate=bool(data.get("estimate", False)), models=out,
                    trial_overhead_s=float(overhead), default_for=default_for,
-                   created=data.get("created"), path=where)
+                   created=data.get("created"), path=where,
+                   packing=_parse_packing(data.get("packing", {}), bad))
+
+
+def _parse_packing(packing, bad) -> dict[int, Packing]:
+    """The optional ``packing`` object: ``{"<n>": {"factor", "source", "models"?}}``."""
+    if not isinstance(packing, dict):
+        raise bad("packing", packing, "an object of '<trials per device>' -> {factor, source}")
+    out: dict[int, Packing] = {}
+    for n_text, entry in packing.items():
+        where = f"packing.{n_text}"
+        if not re.fullmatch(r"[0-9]+", str(n_text)) or int(n_text) < 2:
+            raise bad(where, n_text, "a key that is an int >= 2 (trials sharing the device)")
+        if not isinstance(entry, dict):
+            raise bad(where, entry, "{factor, source}")
+        factor, source, models = entry.get("factor"), entry.get("source"), entry.get("models", {})
+        if not _number(factor) or not factor > 0:
+            raise bad(f"{where}.factor", factor, "a number > 0 (throughput of the trials "
+                      "together ÷ one alone)")
+        if not isinstance(source, str) or not source:
+            raise bad(f"{where}.source", source, "a non-empty statement of the measurement")
+        if not isinstance(models, dict):
+            raise bad(f"{where}.models", models, "an object of '<model>@CxHxW' -> factor")
+        for key, f in models.items():
+            if not _number(f) or not f > 0:
+                raise bad(f"{where}.models.{key}", f, "a number > 0")
+        out[int(n_text)] = Packing(float(factor), source, {k: float(f) for k, f in
+                                                          models.items()})
+    return out
 
 
 def _number(v) -> bool:
@@ -268,13 +336,56 @@ def epoch_seconds(config: dict, timing: Timing, scale: float, train_n: int, test
     return scale * (steps * batch * per_img + math.ceil(test_n / workers) * timing.fwd_img)
 
 
-def estimate(config: dict, profile: Profile, facts=None) -> Estimate:
+def trials_sharing(gpus_per_trial: float, slots: int | None = None) -> int:
+    """How many trials share one GPU: ``floor(1 / gpus_per_trial)``, at most ``slots``.
+
+    1 for whole GPUs (``gpus_per_trial`` >= 1) and CPU trials (0). ``slots`` is how many
+    trials run at once (a space's ``concurrency``, the planned target's slots): 0.25 GPU per
+    trial with only 2 at a time puts 2, not 4, on the GPU.
+    """
+    g = float(gpus_per_trial)
+    if not g > 0 or g >= 1:
+        return 1
+    n = int(math.floor(1.0 / g + 1e-9))
+    return max(1, min(n, int(slots))) if slots is not None else max(1, n)
+
+
+def packing_factor(profile: Profile, n: int, model_key: str | None = None
+                   ) -> tuple[float, str | None]:
+    """(f(n), note): throughput of ``n`` trials sharing ``profile``'s device ÷ one alone.
+
+    The profile's factor at ``n`` (the model's own when measured per model); else the one
+    measured at the largest n' < n (no further gain assumed); else 1 (no gain from sharing).
+    The note (None for n = 1) says which, and where the factor comes from.
+    """
+    if n <= 1:
+        return 1.0, None
+    if n in profile.packing:
+        p = profile.packing[n]
+        f = p.for_model(model_key)
+        return f, (f"{n} trials share each GPU: each takes ×{n} ÷ packing factor {f:.3g} "
+                   f"= ×{n / f:.3g} ({p.source})")
+    below = [k for k in profile.packing if k < n]
+    if below:
+        k = max(below)
+        f = profile.packing[k].for_model(model_key)
+        return f, (f"{n} trials share each GPU: packing factor at {n} not measured on "
+                   f"{profile.device!r}; assumed no gain beyond the {f:.3g} measured with {k} "
+                   f"(each trial ×{n / f:.3g}; `maxup calibrate --pack {n}` measures it)")
+    return 1.0, (f"{n} trials share each GPU: no packing factor measured on "
+                 f"{profile.device!r}; assumed no throughput gain from sharing (each trial "
+                 f"×{n}, not perfect scaling; `maxup calibrate --pack {n}` measures it)")
+
+
+def estimate(config: dict, profile: Profile, facts=None, *, share: int = 1) -> Estimate:
     """The estimated cost of one trial on ``profile``'s device.
 
     Args:
         config: resolved run config.
         profile: the device profile.
         facts: :func:`data_facts` of the config when the caller has them.
+        share: trials sharing the device (:func:`trials_sharing`); their compute is priced
+            with the profile's packing factor (:func:`packing_factor`).
     """
     facts = data_facts(config) if facts is None else facts
     if facts is None:
@@ -286,26 +397,34 @@ def estimate(config: dict, profile: Profile, facts=None) -> Estimate:
         return Estimate(None, note=f"no figures for {model} in the {profile.device!r} profile "
                                    "(run `maxup calibrate` for it)")
     timing, scale = found
+    factor, pack_note = packing_factor(profile, share, shape_key(model, shape))
+    slow = share / factor
     copies = _copies_per_epoch(config, range(config["train"]["epochs"]))
-    main_s = epoch_seconds(config, timing, scale, train_n, test_n, config["maxup"]["m"])
-    total = profile.trial_overhead_s + sum(
+    main_s = slow * epoch_seconds(config, timing, scale, train_n, test_n, config["maxup"]["m"])
+    total = profile.trial_overhead_s + slow * sum(
         epoch_seconds(config, timing, scale, train_n, test_n, c) for c in copies)
-    note = None if scale == 1.0 else f"{model} scaled ×{scale:.3g} from another input size"
-    return Estimate(total, main_s, note)
+    notes = [] if scale == 1.0 else [f"{model} scaled ×{scale:.3g} from another input size"]
+    notes += [pack_note] if pack_note else []
+    return Estimate(total, main_s, "; ".join(notes) or None)
 
 
-def predicted_epochs(config: dict, profile: Profile, epochs: Iterable[int]) -> float | None:
-    """Predicted seconds of the listed (1-based) epochs of a config, overhead excluded."""
+def predicted_epochs(config: dict, profile: Profile, epochs: Iterable[int], share: int = 1
+                     ) -> float | None:
+    """Predicted seconds of the listed (1-based) epochs of a config, overhead excluded, with
+    ``share`` trials on the device (:func:`estimate`)."""
     facts = data_facts(config)
     if facts is None:
         return None
     train_n, test_n, shape = facts
-    found = profile.timing(config["model"]["name"], shape)
+    model = config["model"]["name"]
+    found = profile.timing(model, shape)
     if found is None:
         return None
     timing, scale = found
+    factor, _ = packing_factor(profile, share, shape_key(model, shape))
     copies = _copies_per_epoch(config, (e - 1 for e in epochs))
-    return sum(epoch_seconds(config, timing, scale, train_n, test_n, c) for c in copies)
+    return share / factor * sum(epoch_seconds(config, timing, scale, train_n, test_n, c)
+                                for c in copies)
 
 
 def _copies_per_epoch(config: dict, epochs: Iterable[int]) -> list[int]:
@@ -314,8 +433,8 @@ def _copies_per_epoch(config: dict, epochs: Iterable[int]) -> list[int]:
     return [copies_at(e, m=m, warmup_epochs=warm) for e in epochs]
 
 
-def refinement(history_records, profile: Profile, device: str | None = None
-               ) -> dict[str, float]:
+def refinement(history_records, profile: Profile, device: str | None = None,
+               share: int = 1) -> dict[str, float]:
     """Correction factors from finished work: model name → Σ measured ÷ Σ predicted.
 
     Only records trained on the target device count (``environment.device_name``); each
@@ -327,6 +446,8 @@ def refinement(history_records, profile: Profile, device: str | None = None
         history_records: :class:`maxup.records.TrialRecord` objects (any status).
         profile: the profile the estimates come from.
         device: the device planned for (default: the profile's).
+        share: trials sharing a device in the plan; the records are predicted as run that
+            way too, so a packed sweep's records do not count the sharing twice.
     """
     device = device or profile.device
     measured: dict[str, float] = {}
@@ -335,7 +456,7 @@ def refinement(history_records, profile: Profile, device: str | None = None
         if (rec.environment or {}).get("device_name") != device or not rec.history:
             continue
         rows = [h for h in rec.history if _number(h.get("wall_s"))]
-        pred = predicted_epochs(rec.config, profile, [h["epoch"] for h in rows])
+        pred = predicted_epochs(rec.config, profile, [h["epoch"] for h in rows], share)
         if not pred:
             continue
         model = rec.config["model"]["name"]

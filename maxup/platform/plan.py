@@ -25,7 +25,8 @@ from maxup.platform import cost
 INSTANCE_GPUS = {
     "g4dn": "Tesla T4", "g5": "NVIDIA A10G", "g6": "NVIDIA L4", "g6e": "NVIDIA L40S",
     "p3": "Tesla V100-SXM2-16GB", "p4d": "NVIDIA A100-SXM4-40GB",
-    "p4de": "NVIDIA A100-SXM4-80GB", "p5": "NVIDIA H100 80GB HBM3",
+    "p4de": "NVIDIA A100-SXM4-80GB", "p5": "NVIDIA H100 80GB HBM3", "p5e": "NVIDIA H200",
+    "p5en": "NVIDIA H200",
 }
 
 
@@ -208,15 +209,20 @@ def price(spec, trials, target: Target, statuses: dict, records_seen=(),
             notes.append(note)
         elif prof.estimate:
             notes.append(f"{dev}: {prof.source}")
-        factors = cost.refinement(records_seen, prof, dev)
+        # fractional GPUs: trials sharing one GPU, priced with its packing factor
+        share = cost.trials_sharing(spec.gpus_per_trial, target.slots.count(dev))
+        factors = cost.refinement(records_seen, prof, dev, share)
         ests = []
         for t in trials:
             key = (t.config["data"]["name"], t.config["data"].get("subset"))
             if key not in facts_cache:
                 facts_cache[key] = cost.data_facts(t.config)
-            est = cost.estimate(t.config, prof, facts_cache[key])
+            est = cost.estimate(t.config, prof, facts_cache[key], share=share)
             ests.append(cost.refined(est, t.config, factors, prof.trial_overhead_s))
         per_device[dev] = ests
+        _f, pack_note = cost.packing_factor(prof, share)
+        if pack_note:
+            notes.append(f"{dev}: {pack_note}")
         for e in ests:
             if e.note and e.seconds is None and e.note not in notes:
                 notes.append(e.note)
@@ -280,12 +286,12 @@ def arm_lines(spec, priced: Priced) -> list[str]:
     return out
 
 
-def run_estimates(spec, trials, layout, *, remote: bool) -> dict[str, float | None]:
+def run_estimates(spec, trials, finished, *, remote: bool) -> dict[str, float | None]:
     """Estimated seconds per trial for ordering and the ETA of a sweep about to run.
 
     Priced on this machine's device (a local run) or on the fallback profile of the trials'
-    device kind (a cluster: its nodes' device is not known here), refined by the records of
-    these trials already in the (local copy of the) storage.
+    device kind (a cluster: its nodes' device is not known here), refined by ``finished``:
+    the records of these trials the sweep already read from its storage.
     """
     gpu = spec.gpus_per_trial > 0
     if remote:
@@ -293,15 +299,14 @@ def run_estimates(spec, trials, layout, *, remote: bool) -> dict[str, float | No
     else:
         name, kind = cost.local_device(want_gpu=gpu)
     prof, _note = cost.find_profile(name, kind)
-    from maxup.platform.sweep import stored_records
-
-    factors = cost.refinement(list(stored_records(trials, layout).values()), prof, name)
+    share = cost.trials_sharing(spec.gpus_per_trial, spec.concurrency)
+    factors = cost.refinement(list(finished), prof, name, share)
     out: dict[str, float | None] = {}
     facts: dict[tuple, object] = {}
     for t in trials:
         key = (t.config["data"]["name"], t.config["data"].get("subset"))
         if key not in facts:
             facts[key] = cost.data_facts(t.config)
-        est = cost.estimate(t.config, prof, facts[key])
+        est = cost.estimate(t.config, prof, facts[key], share=share)
         out[t.trial_id] = cost.refined(est, t.config, factors, prof.trial_overhead_s).seconds
     return out
