@@ -27,8 +27,6 @@ from maxup import identity
 from maxup.io import atomic_write_json
 
 SCHEMA = "maxup.trial/1"
-#: The schema of a sweep manifest, ``STORAGE/<sweep>/sweep.json`` (docs/records.md).
-MANIFEST_SCHEMA = "maxup.sweep/1"
 
 
 class Status(enum.StrEnum):

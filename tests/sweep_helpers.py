@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from maxup.store import Storage
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -17,17 +19,17 @@ def run_sweep_cli(space, storage, *extra: str, env=None, timeout: float = 600
 
 
 def trial_dir(storage, trial_id: str) -> Path:
-    """A trial's folder in the content-addressed store (docs/records.md)."""
-    return Path(storage) / "trials" / trial_id
+    """A trial's folder in the content-addressed store (maxup.store)."""
+    return Storage(storage).trial_dir(trial_id).path
 
 
 def sweep_record_files(storage, name: str) -> dict[str, Path]:
     """Record files of the trials sweep NAME's manifest lists (those written so far), by id."""
-    manifest = Path(storage) / name / "sweep.json"
-    if not manifest.exists():
+    st = Storage(storage)
+    manifest = st.read_manifest(name)
+    if manifest is None:
         return {}
-    ids = [t["trial_id"] for t in json.loads(manifest.read_text())["trials"]]
-    files = {tid: trial_dir(storage, tid) / "record.json" for tid in ids}
+    files = {e.trial_id: st.trial_dir(e.trial_id).record for e in manifest.trials}
     return {tid: f for tid, f in files.items() if f.exists()}
 
 

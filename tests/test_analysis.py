@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
-import hashlib
 import io
 import json
 import math
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from maxup import identity
 from maxup.analysis import (
     aggregate,
     build_table,
@@ -73,7 +73,7 @@ def make_record(acc, *, seed=0, m=1, model="resnet110", dataset="cifar10", sweep
     cfg["train"]["epochs"] = epochs
     if certified is not None:
         cfg["certify"]["enabled"] = True
-    trial_id = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
+    trial_id = identity.trial_id(cfg)  # the id its config hashes to (maxup.identity)
     history = []
     for e in range(1, epochs + 1):
         a = None if acc is None else acc - (epochs - e) * 2.0 + seed * 0.1
@@ -251,8 +251,7 @@ def test_aggregate_ignores_run_local_columns(tmp_path):
     a = make_record(None, seed=0, test_acc=90.0)
     b = make_record(None, seed=1, test_acc=91.0)
     b["config"]["train"]["device"] = "cuda"
-    b["config"]["data"]["root"] = "/elsewhere"
-    b["trial_id"] = "b" * 12
+    b["config"]["data"]["root"] = "/elsewhere"  # run-local: neither key is in the trial id
     agg = aggregate(load_records(write_all(tmp_path, [a, b])))
     assert len(agg) == 1 and agg["n"].iloc[0] == 2
 
@@ -621,10 +620,10 @@ def test_cli_tables_out_formats_and_vs_paper(tmp_path, capsys):
                            out=tmp_path / "out")
         assert run_tables(args) == 0
         if fmt == "latex":
-            tex = (tmp_path / "out" / "table3.tex").read_text()
+            tex = (tmp_path / "out" / "table3_cifar10.tex").read_text()
             assert tex in capsys.readouterr().out
     rows = {(r["row"], r["column"]): r for r in csv.DictReader(io.StringIO(
-        (tmp_path / "out" / "table3.csv").read_text()))}
+        (tmp_path / "out" / "table3_cifar10.csv").read_text()))}
     header, body = _latex_body(tex)
     columns = ["+ Cutout", "+ MaxUp+Cutout"]
     assert header == ["Model"] + [f"{c} {part}" for c in columns
@@ -709,7 +708,8 @@ def test_cli_table_sweep_and_csv_out(tmp_path, capsys):
     write_all(tmp_path / "res", recs)
     args = tables_args(tmp_path / "res", table="sweep", format="csv", out=tmp_path / "out")
     assert run_tables(args) == 0
-    rows = list(csv.DictReader(io.StringIO((tmp_path / "out" / "sweep_fashion.csv").read_text())))
+    out = tmp_path / "out" / "sweep_fashion_fashion_mnist.csv"  # the dataset in its name
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
     cell = next(r for r in rows if r["row"] == "m=4" and r["column"].startswith("final"))
     assert float(cell["mean"]) == pytest.approx(85.4 + 0.025)
     assert "Sweep fashion" not in capsys.readouterr().err

@@ -13,14 +13,15 @@ import pytest
 import yaml
 from sweep_helpers import run_sweep_cli, sweep_records, trial_dir
 
-from maxup.platform.storage import Mirror, is_remote, scratch_root
+from maxup.platform.storage import scratch_root
+from maxup.store import Storage, is_remote
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_mirror_round_trip_and_missing(tmp_path):
     remote = tmp_path / "bucket"
-    mirror = Mirror(f"file://{remote}/sweep")
+    mirror = Storage(f"file://{remote}/sweep")
     src = tmp_path / "a.json"
     src.write_text('{"x": 1}')
     mirror.put(src, "records/a.json")

@@ -9,8 +9,11 @@ its seeds. :func:`arm_stats` summarises one arm's records of any status, each tr
   finite value of the metric (never silently dropped from ``n``);
 - ``n_failed``: seeds that failed for any other reason;
 - ``n_running``: interim records (a sweep still running or interrupted);
-- ``n_planned``: every seed known for the arm: the trials sweep manifests planned for it and
-  those with records.
+- ``n_corrupt``: seeds whose record cannot be used (:mod:`maxup.store`: it does not parse or
+  is not the trial it claims to be);
+- ``n_pending``: seeds a sweep planned that have no record yet;
+- ``n_planned``: every seed of the arm among the rows (each trial once): the sum of all the
+  above, so a cell reads the same whichever folder level the storage was loaded from.
 
 :func:`baseline_of` finds an arm's baseline: the arm equal to it in every key except the
 ablated one (:func:`maxup.identity.counterpart_arm_id`); nothing is pooled.
@@ -24,8 +27,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from maxup import identity
-from maxup.analysis.load import planned_trials, unique_trials
+from maxup import identity, store
+from maxup.analysis.load import unique_trials
 from maxup.analysis.stats import describe, welch
 from maxup.config import get_dotted
 from maxup.records import Status
@@ -44,7 +47,7 @@ class ArmStats:
         arm_id: the arm id.
         config: the resolved config of one of its trials (seed aside, all are equal).
         values: the finite metric values of its finished seeds (scaled), one per trial.
-        n_failed, n_diverged, n_running, n_planned: the seed counts.
+        n_failed, n_diverged, n_running, n_corrupt, n_pending, n_planned: the seed counts.
     """
 
     arm_id: str
@@ -54,6 +57,8 @@ class ArmStats:
     n_diverged: int = 0
     n_running: int = 0
     n_planned: int = 0
+    n_corrupt: int = 0
+    n_pending: int = 0
     stats: dict = field(init=False)
 
     def __post_init__(self) -> None:
@@ -75,14 +80,16 @@ def _is_diverged_failure(rows: pd.DataFrame) -> pd.Series:
 
 
 def arm_stats(rows: pd.DataFrame, metric: str, scale: float = 1.0,
-              frame: pd.DataFrame | None = None) -> ArmStats:
-    """Statistics of one arm's records (all of one ``arm_id``; any status).
+              same_seeds_as: str | None = None) -> ArmStats:
+    """Statistics of one arm's rows (all of one ``arm_id``; any status).
 
     Args:
         rows: the arm's rows of a frame from :func:`maxup.analysis.load_records`.
         metric: the column summarised (``"final.test_acc"``).
         scale: factor applied to each value.
-        frame: the whole loaded frame (for the manifests' planned trials); default ``rows``.
+        same_seeds_as: another column (``"final.test_acc"`` for ``"best.test_acc"``): only
+            seeds with a finite value of it enter, so two columns of one arm share their n
+            (a seed whose final value is NaN is diverged in both).
     """
     rows = unique_trials(rows)
     arm = str(rows["arm_id"].iloc[0])
@@ -90,16 +97,21 @@ def arm_stats(rows: pd.DataFrame, metric: str, scale: float = 1.0,
     done = rows[status == Status.COMPLETED]
     vals = pd.to_numeric(done[metric], errors="coerce") if metric in done else pd.Series(
         np.nan, index=done.index)
+    if same_seeds_as is not None:
+        gate = (pd.to_numeric(done[same_seeds_as], errors="coerce") if same_seeds_as in done
+                else pd.Series(np.nan, index=done.index))
+        vals = vals.where(np.isfinite(gate.to_numpy(dtype=float)))
     finite = vals.to_numpy(dtype=float)
     finite = finite[np.isfinite(finite)] * scale
     failed = rows[status == Status.FAILED]
     diverged_fail = int(_is_diverged_failure(failed).sum())
-    known = set(rows["trial_id"].astype(str)) | planned_trials(
-        rows if frame is None else frame, arm)
-    return ArmStats(arm_id=arm, config=_config_of(rows.iloc[0]), values=finite,
-                    n_failed=len(failed) - diverged_fail,
+    recorded = rows[~status.isin((store.PENDING, store.CORRUPT))]
+    return ArmStats(arm_id=arm, config=_config_of((recorded if len(recorded) else rows).iloc[0]),
+                    values=finite, n_failed=len(failed) - diverged_fail,
                     n_diverged=diverged_fail + int(len(done) - finite.size),
-                    n_running=int((status == Status.RUNNING).sum()), n_planned=len(known))
+                    n_running=int((status == Status.RUNNING).sum()), n_planned=len(rows),
+                    n_corrupt=int((status == store.CORRUPT).sum()),
+                    n_pending=int((status == store.PENDING).sum()))
 
 
 def _config_of(row: pd.Series) -> dict:
@@ -108,18 +120,18 @@ def _config_of(row: pd.Series) -> dict:
 
 
 def arms_of(rows: pd.DataFrame, metric: str, scale: float = 1.0,
-            frame: pd.DataFrame | None = None) -> list[ArmStats]:
+            same_seeds_as: str | None = None) -> list[ArmStats]:
     """:func:`arm_stats` of every arm among ``rows``, in order of first appearance.
 
     Args:
         rows: rows of a loaded frame (any statuses).
         metric: the column summarised.
         scale: factor applied to each value.
-        frame: the whole loaded frame (planned trials); default ``rows``.
+        same_seeds_as: as in :func:`arm_stats`.
     """
     if not len(rows) or "arm_id" not in rows:
         return []
-    return [arm_stats(group, metric, scale, frame)
+    return [arm_stats(group, metric, scale, same_seeds_as)
             for _, group in rows.groupby("arm_id", sort=False)]
 
 

@@ -12,28 +12,26 @@ from __future__ import annotations
 
 import json
 import os
-import posixpath
 import warnings
 from collections import Counter
 from typing import Any
 
 import pandas as pd
 
-from maxup import identity, records
-from maxup.errors import UsageError
-from maxup.records import RecordError, Status, TrialRecord
+from maxup import identity, records, store
+from maxup.records import Status, TrialRecord
+from maxup.store import INVALID_REASON, read_view
 
 SCHEMA = records.SCHEMA
-MANIFEST_SCHEMA = records.MANIFEST_SCHEMA
+MANIFEST_SCHEMA = store.MANIFEST_SCHEMA
 #: Scalar top-level record fields that become columns as they are.
 TOP_FIELDS = ("trial_id", "sweep", "status", "seed", "paper_table", "created", "updated")
 #: Nested objects flattened into dotted columns.
 FLAT_SECTIONS = ("config", "final", "best", "timings", "environment", "failure")
 #: Attribute of ``DataFrame.attrs`` holding the load summary (see :func:`summary`).
 ATTR = "maxup_load"
-#: ``failure.reason`` of a completed record whose metrics failed validation
-#: (:func:`maxup.records.metric_problem`): counted as a failed seed, never in a mean.
-INVALID_REASON = "invalid record"
+__all__ = ["INVALID_REASON", "RecordSkipped", "completed", "frame_of", "load_records",
+           "parse_record", "record_row", "summary", "summary_line", "unique_trials"]
 
 
 class RecordSkipped(UserWarning):
@@ -112,91 +110,20 @@ def parse_record(text: str | bytes, source: str = "<record>") -> dict:
     return record_row(records.parse_record(text), source)
 
 
-class _Tree:
-    """The files under a results root: a local directory or a pyarrow-readable URI."""
-
-    def __init__(self, root: str):
-        self.root = root
-        self.fs = None
-        if "://" in root:
-            from pyarrow import fs as pafs  # lazy: only for URIs
-
-            try:
-                self.fs, self.base = pafs.FileSystem.from_uri(root)
-            except (ValueError, OSError) as exc:  # pyarrow.ArrowInvalid is a ValueError
-                raise UsageError(f"RESULTS: cannot open {root!r} ({exc}); allowed: a local "
-                                 "directory or a URI pyarrow can read (file://, s3://, gs://, "
-                                 "hdfs://)") from None
-            if self.fs.get_file_info(self.base).type == pafs.FileType.NotFound:
-                raise UsageError(f"RESULTS: {root!r} does not exist; allowed: an existing "
-                                 "results root")
-        else:
-            if not os.path.isdir(root):
-                raise UsageError(f"RESULTS: {root!r} is not a directory; allowed: an existing "
-                                 "results root (local directory or URI)")
-            self.base = root
-
-    def files(self) -> list[str]:
-        """Every file path under the root, sorted; hidden files (atomic-write temps) left out."""
-        if self.fs is None:
-            out = []
-            for dirpath, dirnames, filenames in os.walk(self.base):
-                dirnames.sort()
-                out += [os.path.normpath(os.path.join(dirpath, n)) for n in sorted(filenames)
-                        if not n.startswith(".")]
-            return out
-        from pyarrow import fs as pafs
-
-        infos = self.fs.get_file_info(pafs.FileSelector(self.base, recursive=True))
-        return sorted(i.path for i in infos
-                      if i.type == pafs.FileType.File and not i.base_name.startswith("."))
-
-    def read(self, path: str) -> bytes:
-        if self.fs is None:
-            with open(path, "rb") as fh:
-                return fh.read()
-        with self.fs.open_input_stream(path) as fh:
-            return fh.read()
-
-    @staticmethod
-    def join(directory: str, *parts: str) -> str:
-        return posixpath.normpath(posixpath.join(directory, *parts))
-
-
-def _is_record_path(path: str) -> bool:
-    parts = path.replace("\\", "/").rsplit("/", 2)
-    name = parts[-1]
-    if name == "record.json":
-        return True
-    return name.endswith(".json") and len(parts) >= 2 and parts[-2] == "records"
-
-
-def _manifest(data: bytes) -> dict | None:
-    """A sweep manifest (``<sweep>/sweep.json``, schema ``maxup.sweep/1``), else None."""
-    try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(doc, dict) or doc.get("schema") != MANIFEST_SCHEMA:
-        return None
-    if not isinstance(doc.get("trials"), list) or not isinstance(doc.get("name"), str):
-        return None
-    return doc
-
-
 def load_records(root: str | os.PathLike) -> pd.DataFrame:
-    """Load every trial record under ``root`` into a DataFrame, one row per trial per sweep.
+    """Load a storage (or one sweep's folder, or a folder of runs) into a DataFrame, one row
+    per planned trial per sweep.
 
-    A sweep's trials are the ones its manifest (``<sweep>/sweep.json``) lists, read from the
-    content-addressed store beside it (``trials/<trial_id>/record.json``, docs/records.md),
-    so ``root`` may be a whole storage root or one sweep's folder; a trial shared by two
-    sweeps is a row of each, labelled with that sweep's name, axes and certification. Record
-    files no manifest claims (``maxup train`` runs' ``record.json``, ``records/*.json``) are
-    rows of their own. Corrupt, truncated, non-JSON or foreign files are skipped with a
-    :class:`RecordSkipped` warning naming the file. The same trial (by its identity,
-    :mod:`maxup.identity`) seen twice in one sweep — a copied results tree — is kept once, the
-    most recently updated copy. Failed and running trials are kept; the counts are in
-    :func:`summary`.
+    The storage is read once by :func:`maxup.store.read_view`, the reader every command uses:
+    a sweep's trials are the ones its manifest lists, read from ``trials/<trial_id>/``, so
+    ``root`` may be a whole storage root or one sweep's folder and a sweep's rows are the
+    same either way; a trial shared by two sweeps is a row of each, labelled with that sweep's
+    name, axes and certification. A planned trial with no usable record is a row too, with
+    status ``pending`` (no record yet) or ``corrupt`` (its record does not parse or is not the
+    trial it claims to be), so its arm keeps its row and its cell counts it. Everything not
+    used — corrupt records, strays (record files outside ``trials/<id>/``), duplicate copies
+    of a run, invalid metrics — is named in a :class:`RecordSkipped` warning and in
+    :func:`summary`. In a folder of ``maxup train`` runs every record file is a run.
 
     Args:
         root: a local directory, or any URI ``pyarrow.fs.FileSystem.from_uri`` reads.
@@ -206,136 +133,142 @@ def load_records(root: str | os.PathLike) -> pd.DataFrame:
         ``config.*``, ``final.*``, ``best.*``, ``timings.*``, ``environment.*``,
         ``failure.*``, and the object columns ``history``, ``certification``, ``axes``,
         ``run_config`` (the resolved config as the sweep planned it) and ``file``.
-        ``df.attrs["maxup_load"]["planned"]`` maps each arm id to the trial ids sweep
-        manifests planned for it (the cells' ``n_planned``).
+        ``status`` is a record's status, or ``pending`` / ``corrupt``.
     """
-    tree = _Tree(os.fspath(root))
-    paths = tree.files()
-    parsed: dict[str, TrialRecord | None] = {}
-    skipped: list[str] = []
-    invalid: list[str] = []
+    view = read_view(root)
+    return frame_of(view)
 
-    def parse(path: str, warn: bool = True) -> TrialRecord | None:
-        if path not in parsed:
-            try:
-                parsed[path] = records.parse_record(tree.read(path))
-            except (RecordError, OSError) as exc:
-                parsed[path] = None
-                if warn:
-                    skipped.append(path)
-                    warnings.warn(f"skipping {path}: {exc}", RecordSkipped, stacklevel=3)
-            else:
-                problem = records.metric_problem(parsed[path])
-                if problem is not None:
-                    # Kept out of every mean, but its cell shows it: a failed seed whose
-                    # reason says the record is invalid.
-                    invalid.append(path)
-                    warnings.warn(f"skipping the metrics of {path}: {problem}", RecordSkipped,
-                                  stacklevel=3)
-                    rec = parsed[path]
-                    rec.status = Status.FAILED
-                    rec.failure = {"reason": INVALID_REASON, "detail": problem}
-        return parsed[path]
 
+def frame_of(view: store.StorageView, warn: bool = True) -> pd.DataFrame:
+    """The DataFrame of a view read by :func:`maxup.store.read_view` (see
+    :func:`load_records`), with the view in ``df.attrs``."""
+    if warn:
+        for p in view.problems:
+            prefix = "skipping the metrics of" if p.kind == "invalid" else "skipping"
+            warnings.warn(f"{prefix} {p.path}: {p.message}", RecordSkipped, stacklevel=3)
     rows: list[dict] = []
-    claimed: set[str] = set()
-    planned: dict[str, set[str]] = {}
-    missing = 0
-    for path in paths:
-        if posixpath.basename(path) != "sweep.json":
-            continue
-        try:
-            manifest = _manifest(tree.read(path))
-        except OSError:
-            manifest = None
-        if manifest is None:
-            continue
-        trials_root = tree.join(posixpath.dirname(path), manifest.get("trials_root") or
-                                "../trials")
-        for entry in manifest["trials"]:
-            if isinstance(entry.get("arm_id"), str):
-                planned.setdefault(entry["arm_id"], set()).add(str(entry.get("trial_id")))
-            rec_path = tree.join(trials_root, str(entry.get("trial_id")), "record.json")
-            claimed.add(rec_path)
-            rec = parse(rec_path, warn=rec_path in paths)
-            if rec is None:
-                missing += 1
-                continue
-            rows.append(record_row(rec, rec_path, {
-                "sweep": manifest["name"], "paper_table": manifest.get("paper_table"),
-                "axes": entry.get("axes"), "certify": entry.get("certify")}))
-    for path in paths:
-        if _is_record_path(path) and path not in claimed:
-            rec = parse(path)
-            if rec is not None:
-                rows.append(record_row(rec, path))
-    rows, duplicates = _dedupe(rows)
+    for name, sv in view.sweeps.items():
+        m = sv.manifest
+        for entry, st in sv.trials:
+            context = {"sweep": name, "paper_table": m.paper_table, "axes": entry.axes,
+                       "certify": entry.certify}
+            if st.record is not None:
+                rows.append(record_row(st.record, st.path, context))
+            else:
+                rows.append(_placeholder(entry, st, context))
+    for st in view.unplanned:
+        if st.record is not None:
+            rows.append(record_row(st.record, st.path))
+    _fill_configs(rows)
     df = pd.DataFrame.from_records(rows) if rows else pd.DataFrame(
         columns=[*TOP_FIELDS, "arm_id", "history", "certification", "axes", "run_config",
                  "file"])
-    df.attrs[ATTR] = {"root": tree.root, "skipped_files": skipped, "duplicates": duplicates,
-                      "invalid_files": invalid,
-                      "planned_missing": missing,
-                      "planned": {k: sorted(v) for k, v in planned.items()}}
+    df.attrs[ATTR] = {"root": view.root, "view": _Shared(view)}
     return df
 
 
-def _dedupe(rows: list[dict]) -> tuple[list[dict], list[str]]:
-    seen: dict[tuple, int] = {}
-    out: list[dict] = []
-    duplicates: list[str] = []
+class _Shared:
+    """Holds the view in ``DataFrame.attrs``: pandas deep-copies attrs on every operation,
+    and the view (every record) is read-only once loaded, so every copy shares it."""
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+def _placeholder(entry: store.ManifestEntry, st: store.StoredTrial, context: dict) -> dict:
+    """The row of a planned trial without a usable record (pending or corrupt)."""
+    row: dict[str, Any] = dict.fromkeys(TOP_FIELDS)
+    row.update(trial_id=entry.trial_id, arm_id=entry.arm_id, status=st.state,
+               sweep=context["sweep"], paper_table=context["paper_table"],
+               seed=entry.axes.get("seed"), axes=entry.axes, history=[],
+               certification=None, file=st.path, run_config=entry.config)
+    if st.problem is not None:
+        row["failure.reason"] = st.problem.message
+    return row
+
+
+def _fill_configs(rows: list[dict]) -> None:
+    """Give each placeholder row its arm's config (its manifest entry's, else a sibling
+    trial's with this seed), so it lands in its arm's cell and keeps the arm's labels."""
+    by_arm = {}
     for row in rows:
-        key = (row["sweep"], row["trial_id"])
-        if key not in seen:
-            seen[key] = len(out)
-            out.append(row)
+        if isinstance(row.get("run_config"), dict) and row.get("arm_id") is not None:
+            by_arm.setdefault(row["arm_id"], row["run_config"])
+    for row in rows:
+        if row["status"] not in (store.PENDING, store.CORRUPT):
             continue
-        duplicates.append(row["file"])
-        kept = out[seen[key]]
-        warnings.warn(f"trial {row['trial_id']} appears twice ({kept['file']}, {row['file']}); "
-                      "keeping the most recently updated", RecordSkipped, stacklevel=3)
-        if str(row.get("updated") or "") > str(kept.get("updated") or ""):
-            out[seen[key]] = row
-    return out, duplicates
+        config = row.get("run_config")
+        if not isinstance(config, dict) and row.get("arm_id") in by_arm:
+            config = json.loads(json.dumps(by_arm[row["arm_id"]]))
+            if row.get("seed") is not None:
+                config["seed"] = row["seed"]
+        if not isinstance(config, dict):
+            # Nothing known but the sweep's axis values: enough to label the arm.
+            row.update({f"config.{k}": v for k, v in (row.get("axes") or {}).items()
+                        if "." in k})
+            continue
+        row["run_config"] = config
+        _flatten(config, "config.", row)
+
+
+def view_of(df: pd.DataFrame) -> store.StorageView | None:
+    """The storage view a frame was loaded from (None for a frame built otherwise)."""
+    held = df.attrs.get(ATTR, {}).get("view")
+    return None if held is None else held.obj
 
 
 def summary(df: pd.DataFrame) -> dict:
-    """Counts of a loaded results root.
+    """Counts of a loaded storage: trials, each once (a trial two sweeps plan counts once).
 
     Args:
-        df: a frame from :func:`load_records`.
+        df: a frame from :func:`load_records` (or a selection of its rows).
 
     Returns:
-        ``{"completed", "failed", "running", "skipped", "duplicates", "not_run": int,
-        "failure_reasons": {reason: count}, "skipped_files": [paths], "invalid_files":
-        [paths]}``; ``not_run`` counts trials a sweep manifest planned that have no record
-        yet; ``invalid_files`` are completed records whose metrics failed validation
-        (:func:`maxup.records.metric_problem`), counted as failed with reason
-        ``"invalid record"``.
+        ``{"trials", "completed", "failed", "running", "pending", "corrupt", "skipped",
+        "strays", "duplicates", "not_run": int, "failure_reasons": {reason: count},
+        "skipped_files": [paths], "invalid_files": [paths]}``. ``pending`` (also
+        ``not_run``): planned trials with no record yet; ``corrupt``: trials whose record
+        cannot be used; ``skipped_files``: every file not used (corrupt records, strays,
+        duplicate copies, unreadable manifests); ``invalid_files``: completed records whose
+        metrics failed validation, counted as failed with reason ``"invalid record"``.
     """
-    status = df["status"] if "status" in df else pd.Series([], dtype=object)
+    trials = unique_trials(df)
+    status = trials["status"] if "status" in trials else pd.Series([], dtype=object)
     counts = status.value_counts()
     reasons: Counter = Counter()
-    if "failure.reason" in df:
-        reasons.update(df.loc[status == Status.FAILED, "failure.reason"].fillna("unknown")
-                       .astype(str))
+    failed = trials[status == Status.FAILED] if len(trials) else trials
+    if "failure.reason" in failed:
+        reasons.update(failed["failure.reason"].fillna("unknown").astype(str))
     else:
-        reasons.update(["unknown"] * int(counts.get(Status.FAILED, 0)))
-    meta = df.attrs.get(ATTR, {})
-    skipped = list(meta.get("skipped_files", []))
+        reasons.update(["unknown"] * len(failed))
+    view = view_of(df)
+    problems = view.problems if view is not None else []
+    ids = set(trials["trial_id"].astype(str)) if "trial_id" in trials else set()
+    # Corrupt files no manifest claims (a folder of runs) have no row: counted from the view.
+    loose = [p for p in problems if p.kind == store.CORRUPT and p.trial_id not in ids]
+    skipped = [p.path for p in problems if p.kind in (store.CORRUPT, "stray", "duplicate",
+                                                      "manifest")]
+    corrupt = int(counts.get(store.CORRUPT, 0)) + len(loose)
+    pending = int(counts.get(store.PENDING, 0))
     return {
+        "trials": len(trials) + len(loose),
         **{s.value: int(counts.get(s.value, 0)) for s in Status},
+        "pending": pending, "not_run": pending, "corrupt": corrupt,
         "skipped": len(skipped),
-        "duplicates": len(meta.get("duplicates", [])),
-        "not_run": int(meta.get("planned_missing", 0)),
+        "strays": sum(p.kind == "stray" for p in problems),
+        "duplicates": sum(p.kind == "duplicate" for p in problems),
         "failure_reasons": dict(reasons.most_common()),
         "skipped_files": skipped,
-        "invalid_files": list(meta.get("invalid_files", [])),
+        "invalid_files": [p.path for p in problems if p.kind == "invalid"],
     }
 
 
 def summary_line(df: pd.DataFrame) -> str:
-    """One line of counts: completed / failed (reasons) / running / skipped files.
+    """One line of counts, each trial once: completed / failed (reasons) / running / pending /
+    corrupt, and the files not used.
 
     Args:
         df: a frame from :func:`load_records`.
@@ -344,16 +277,21 @@ def summary_line(df: pd.DataFrame) -> str:
     failed = f"{s['failed']} failed"
     if s["failure_reasons"]:
         failed += " (" + ", ".join(f"{r}: {c}" for r, c in s["failure_reasons"].items()) + ")"
-    line = (f"records: {s['completed']} completed, {failed}, {s['running']} running (interim, "
-            f"excluded), {s['skipped']} files skipped")
+    line = (f"trials: {s['completed']} completed, {failed}, {s['running']} running (interim, "
+            f"excluded)")
+    if s["pending"]:
+        line += f", {s['pending']} pending (planned, no record yet)"
+    if s["corrupt"]:
+        line += f", {s['corrupt']} corrupt (record not usable, named above)"
+    line += f"; {s['skipped']} files skipped"
+    if s["strays"]:
+        line += f" ({s['strays']} stray record files outside trials/, never used)"
     if s["invalid_files"]:
         line += (f", {len(s['invalid_files'])} with invalid metrics (counted as failed: "
                  + ", ".join(s["invalid_files"][:3])
                  + (", ..." if len(s["invalid_files"]) > 3 else "") + ")")
     if s["duplicates"]:
         line += f", {s['duplicates']} duplicate copies ignored"
-    if s["not_run"]:
-        line += f", {s['not_run']} planned trials not run yet"
     return line
 
 
@@ -366,16 +304,6 @@ def unique_trials(df: pd.DataFrame) -> pd.DataFrame:
     if not len(df) or "trial_id" not in df:
         return df
     return df[~df["trial_id"].duplicated(keep="first")]
-
-
-def planned_trials(df: pd.DataFrame, arm: str) -> set[str]:
-    """Trial ids a sweep manifest under the loaded root planned for arm id ``arm``.
-
-    Args:
-        df: a frame from :func:`load_records`.
-        arm: an arm id.
-    """
-    return set(df.attrs.get(ATTR, {}).get("planned", {}).get(arm, ()))
 
 
 def completed(df: pd.DataFrame) -> pd.DataFrame:

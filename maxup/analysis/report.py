@@ -1,7 +1,7 @@
 """A reproduction report: one Markdown document regenerated from stored sweeps.
 
-``build_report(root)`` reads every sweep under a storage root (``ROOT/<sweep>/sweep.json``
-and the content-addressed ``ROOT/trials/``) and returns the document: per sweep its
+``build_report(root)`` reads every sweep under a storage root (its manifests and the
+content-addressed trials, :mod:`maxup.store`, read once) and returns the document: per sweep its
 description, the exact command that produced it and how to rerun it, its measured compute
 (the sum of its trials' own wall times, each trial once) and the machine the records name,
 then its tables (mean ± std, n, 95 % CI, Δ and Welch p against the matching baseline), a
@@ -23,22 +23,23 @@ from pathlib import Path
 
 import pandas as pd
 
-from maxup.analysis.load import completed, load_records, unique_trials
+from maxup import store
+from maxup.analysis.arms import arms_of
+from maxup.analysis.load import completed, frame_of, unique_trials
 from maxup.analysis.stats import compare
-from maxup.analysis.tables import render, sweep_table, tables_for
+from maxup.analysis.tables import Cell, render, sweep_table, tables_for
 from maxup.io import atomic_write_text
 from maxup.records import provenance
 
 #: Significance level of the verdicts (two-sided Welch test).
 ALPHA = 0.05
-#: Per-sweep file with how it was run: ``command``, ``wall_s`` (the driver's wall clock).
-RUN_FILE = "run.json"
+#: Per-sweep file with how it was run (:data:`maxup.store.SWEEP_RUN`).
+RUN_FILE = store.SWEEP_RUN
 
 
 def sweep_names(root: str | os.PathLike) -> list[str]:
-    """The sweeps stored under ``root`` (folders holding a ``sweep.json``), sorted."""
-    root = Path(root)
-    return sorted(p.parent.name for p in root.glob("*/sweep.json"))
+    """The sweeps stored under ``root`` (folders holding a manifest), sorted."""
+    return store.Storage(root).sweep_names()
 
 
 def _fmt(x: float, digits: int = 2) -> str:
@@ -63,7 +64,9 @@ def verdicts(df: pd.DataFrame, metric: str, lower_is_better: bool) -> list[str]:
     """One sentence per arm compared with its m = 1 counterpart, in plain words.
 
     An arm "beats" its baseline only when the difference has the right sign and Welch's
-    two-sided p is below :data:`ALPHA`; otherwise the sentence says it does not.
+    two-sided p is below :data:`ALPHA`; with fewer than two finished seeds on either side no
+    test is possible and the sentence says so; seeds of either arm outside the means
+    (diverged, failed, running, corrupt, not run) are named.
 
     Args:
         df: one sweep's records.
@@ -72,20 +75,36 @@ def verdicts(df: pd.DataFrame, metric: str, lower_is_better: bool) -> list[str]:
     """
     cmp = compare(df, metric)
     keys = [c for c in cmp.columns if c.startswith("config.")]
+    cells = {a.arm_id: Cell.of_arm(a) for a in arms_of(df, metric)}
     out = []
     for _, r in cmp.iterrows():
         better = r["diff"] < 0 if lower_is_better else r["diff"] > 0
+        testable = int(r["n"]) >= 2 and int(r["base_n"]) >= 2
         significant = math.isfinite(r["p_value"]) and r["p_value"] < ALPHA
-        if better and significant:
+        if not testable:
+            word = "cannot be compared with its m = 1 baseline (no test possible)"
+        elif better and significant:
             word = "beats its m = 1 baseline"
         elif significant:
             word = "is worse than its m = 1 baseline"
         else:
             word = "does not beat its m = 1 baseline (no significant difference)"
+        p_text = (f"Welch p = {_p(r['p_value'])}" if testable
+                  else "no Welch test with fewer than 2 seeds a side")
+        seeds = "; ".join(part for part in (_others("this arm", cells.get(r["arm_id"])),
+                                            _others("the baseline",
+                                                    cells.get(r["base_arm_id"]))) if part)
         out.append(f"- {_arm_words(r, keys)} {word}: {_fmt(r['mean'])} vs "
-                   f"{_fmt(r['base_mean'])} (Δ = {r['diff']:+.2f}, Welch p = "
-                   f"{_p(r['p_value'])}, n = {int(r['n'])} vs {int(r['base_n'])}).")
+                   f"{_fmt(r['base_mean'])} (Δ = {r['diff']:+.2f}, {p_text}, n = "
+                   f"{int(r['n'])} vs {int(r['base_n'])}{'; ' + seeds if seeds else ''}).")
     return out
+
+
+def _others(who: str, cell: Cell | None) -> str:
+    """``"this arm: 1 diverged"``: the seeds of an arm outside its mean, or ``""``."""
+    if cell is None or not cell.others:
+        return ""
+    return f"{who}: {cell.counts_text().split('; ', 1)[1]}"
 
 
 def _machine(done: pd.DataFrame) -> str:
@@ -130,15 +149,15 @@ def _compute(sweep: pd.DataFrame, frame: pd.DataFrame, name: str) -> str:
     return text
 
 
-def _sweep_section(root: Path, name: str, frame: pd.DataFrame,
+def _sweep_section(root: Path, manifest: store.SweepManifest, frame: pd.DataFrame,
                    figures: dict[str, list[str]]) -> list[str]:
-    manifest = json.loads((root / name / "sweep.json").read_text())
+    name = manifest.name
     run_file = root / name / RUN_FILE
     run = json.loads(run_file.read_text()) if run_file.exists() else {}
     df = frame[frame["sweep"] == name]
     done = completed(df)
-    lines = [f"## {name}", "", manifest.get("description") or "", ""]
-    command = run.get("command") or f"maxup sweep {manifest.get('source')} --storage {root.name}"
+    lines = [f"## {name}", "", manifest.description or "", ""]
+    command = run.get("command") or f"maxup sweep {manifest.source} --storage {root.name}"
     lines += ["```bash", command, "```", ""]
     lines.append(f"- Compute: {_compute(df, frame, name)}.")
     if run.get("wall_s") is not None:
@@ -171,7 +190,7 @@ def build_report(root: str | os.PathLike, figures_dir: str | os.PathLike | None 
     """The reproduction document of every sweep under ``root``.
 
     Args:
-        root: a storage root holding ``<sweep>/sweep.json`` manifests and ``trials/``.
+        root: a storage root (sweep manifests and trials, :mod:`maxup.store`).
         figures_dir: where each sweep's PNG figures are drawn (``<figures_dir>/<sweep>/``);
             None: no figures, no links.
         link_prefix: prefix of the figure links (the figures folder relative to the
@@ -181,8 +200,9 @@ def build_report(root: str | os.PathLike, figures_dir: str | os.PathLike | None 
         The Markdown text (ends with a newline).
     """
     root = Path(root)
-    frame = load_records(root)
-    names = sweep_names(root)
+    view = store.read_view(root)  # read once: the tables, counts and manifests below
+    frame = frame_of(view)
+    names = list(view.sweeps)
     figures: dict[str, list[str]] = {}
     if figures_dir is not None:
         from maxup.analysis.figures import write_figures
@@ -207,7 +227,7 @@ def build_report(root: str | os.PathLike, figures_dir: str | os.PathLike | None 
              "over seeds (n finished seeds); 95 % CI: Student t; Δ and Welch p: an arm against "
              "its m = 1 counterpart, equal to it in every other setting.", ""]
     for name in names:
-        lines += _sweep_section(root, name, frame, figures)
+        lines += _sweep_section(root, view.sweeps[name].manifest, frame, figures)
     return "\n".join(lines).rstrip("\n") + "\n"
 
 

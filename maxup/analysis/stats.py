@@ -176,7 +176,7 @@ def compare(df: pd.DataFrame, metric: str = "final.test_acc",
         one row per non-baseline arm whose baseline arm exists: the ``by`` columns, ``n,
         mean, std, base_n, base_mean, base_std, diff`` (arm mean - baseline mean) and
         ``p_value`` (Welch's unequal-variance t-test, NaN when either arm has n < 2 or both
-        arms have zero variance).
+        arms have zero variance), ``arm_id`` and ``base_arm_id``.
     """
     from maxup.analysis.arms import arms_of, baseline_of, first_of_arm
 
@@ -196,8 +196,9 @@ def compare(df: pd.DataFrame, metric: str = "final.test_acc",
         a, b = arm.stats, cmp.base.stats
         row.update({"n": a["n"], "mean": a["mean"], "std": a["std"], "base_n": b["n"],
                     "base_mean": b["mean"], "base_std": b["std"], "diff": cmp.diff,
-                    "p_value": cmp.p_value})
+                    "p_value": cmp.p_value, "arm_id": arm.arm_id,
+                    "base_arm_id": cmp.base.arm_id})
         rows.append(row)
     rows.sort(key=lambda r: _sort_key(tuple(r[k] for k in keys)))
     return pd.DataFrame(rows, columns=[*keys, "n", "mean", "std", "base_n", "base_mean",
-                                       "base_std", "diff", "p_value"])
+                                       "base_std", "diff", "p_value", "arm_id", "base_arm_id"])

@@ -52,8 +52,8 @@ class Cell:
         ci_high: upper bound.
         published: the paper's value for this cell, when ours is comparable with it.
         note: why the cell is what it is.
-        n_failed, n_diverged, n_running, n_planned: the arm's other seeds
-            (:mod:`maxup.analysis.arms`); never part of the mean, always shown.
+        n_failed, n_diverged, n_running, n_corrupt, n_pending, n_planned: the arm's other
+            seeds (:mod:`maxup.analysis.arms`); never part of the mean, always shown.
         arms: when several arms fall into the cell, each of them (shown side by side, none
             chosen); empty otherwise.
         comparison: the arm against its baseline (None for a baseline arm or no ablation).
@@ -72,6 +72,8 @@ class Cell:
     n_diverged: int = 0
     n_running: int = 0
     n_planned: int = 0
+    n_corrupt: int = 0
+    n_pending: int = 0
     arms: list[ArmStats] = field(default_factory=list)
     comparison: Comparison | None = None
     text: str = ""
@@ -83,7 +85,7 @@ class Cell:
         d = arm.stats
         return cls(d["mean"], d["std"], d["n"], d["ci_low"], d["ci_high"],
                    n_failed=arm.n_failed, n_diverged=arm.n_diverged, n_running=arm.n_running,
-                   n_planned=arm.n_planned)
+                   n_planned=arm.n_planned, n_corrupt=arm.n_corrupt, n_pending=arm.n_pending)
 
     @property
     def missing(self) -> bool:
@@ -104,11 +106,20 @@ class Cell:
             return None
         return bool(self.ci_low <= self.published.value <= self.ci_high)
 
+    @property
+    def others(self) -> int:
+        """Seeds of the cell outside its mean: diverged, failed, running, corrupt, not run."""
+        return (self.n_diverged + self.n_failed + self.n_running + self.n_corrupt
+                + self.n_pending)
+
     def counts_text(self) -> str:
-        """``"n = 4; 1 diverged, 1 failed"``: the finished seeds and every other one."""
+        """``"n = 4; 1 diverged, 1 failed, 1 corrupt"``: the finished seeds and every other
+        one (``not run``: planned, no record yet)."""
         parts = [f"{k} {w}" for k, w in ((self.n_diverged, "diverged"),
                                          (self.n_failed, "failed"),
-                                         (self.n_running, "running")) if k]
+                                         (self.n_running, "running"),
+                                         (self.n_corrupt, "corrupt"),
+                                         (self.n_pending, "not run")) if k]
         return f"n = {self.n}" + ("; " + ", ".join(parts) if parts else "")
 
 
@@ -149,6 +160,7 @@ class Table:
     n_records: int = 0
     sweep: str = ""
     paper: bool = False
+    dataset: str = ""  # the dataset(s) of its records ("+"-joined when a sweep has several)
 
     def cell(self, row: int, col: int) -> Cell:
         """The cell at (row index, column index); an empty (missing) cell when absent."""
@@ -283,11 +295,11 @@ def _comparison_note(where: str, cmp: Comparison, ablation, digits: int) -> str:
             f"(n = {cmp.base.n}), Welch p = {p}")
 
 
-def _mean_cell(csub: pd.DataFrame, metric: str, spec: TableSpec, frame: pd.DataFrame,
-               pool: _Pool, where: str, notes: list[str]) -> Cell:
+def _mean_cell(csub: pd.DataFrame, metric: str, spec: TableSpec, pool: _Pool, where: str,
+               notes: list[str]) -> Cell:
     """The cell of the arm(s) in ``csub``: one arm -> its statistics and its comparison with
     its baseline; several -> each shown, none chosen."""
-    arms = arms_of(csub, metric, spec.scale, frame)
+    arms = arms_of(csub, metric, spec.scale)
     if not arms:
         return Cell()
     if len(arms) > 1:
@@ -335,10 +347,11 @@ def build_table(df: pd.DataFrame, spec: TableSpec | str, vs_paper: bool = False,
     """Regenerate one paper table from records.
 
     Every arm of a cell counts each of its trials once, whichever sweeps planned it; failed,
-    diverged and running seeds are counted against their arm, never in its mean. An envelope
-    table (Table 8) reads one dataset's records only: ``dataset``, by default the paper's
-    when present, else the first present; another dataset's table is labelled and has no
-    published values.
+    diverged, running, corrupt and not-run seeds are counted against their arm, never in its
+    mean. A table reads one dataset's records only: ``dataset``, by default the paper's when
+    present, else the first present; another dataset's table (records that name the paper
+    table but trained on another dataset) is labelled as such and has no published values,
+    so a paper cell never mixes datasets.
 
     Args:
         df: a frame from :func:`maxup.analysis.load_records` (any statuses).
@@ -355,15 +368,14 @@ def build_table(df: pd.DataFrame, spec: TableSpec | str, vs_paper: bool = False,
     sub = df[spec.filter(df).fillna(False).astype(bool)] if len(df) else df
     title = f"Table {spec.id}: {spec.title}"
     foreign = False
-    if spec.kind == "envelope":
-        present = _datasets(completed(sub))
-        if dataset is None:
-            dataset = spec.dataset if spec.dataset in present else (present or [None])[0]
-        if dataset is not None and "config.data.name" in sub:
-            sub = sub[sub["config.data.name"] == dataset]
-        foreign = dataset is not None and dataset != spec.dataset
-        if foreign:
-            title += (f" — {dataset}, not the paper's {spec.dataset}: no published values")
+    present = _datasets(completed(sub) if spec.kind == "envelope" else sub)
+    if dataset is None:
+        dataset = spec.dataset if spec.dataset in present else (present or [None])[0]
+    if dataset is not None and "config.data.name" in sub:
+        sub = sub[sub["config.data.name"] == dataset]
+    foreign = dataset is not None and spec.dataset is not None and dataset != spec.dataset
+    if foreign:
+        title += (f" — {dataset}, not the paper's {spec.dataset}: no published values")
     rkeys = _key_series(sub, spec.rows.key, spec).map(_norm)
     if spec.cols.key in (METRIC, RADIUS):
         ckeys = None
@@ -377,7 +389,7 @@ def build_table(df: pd.DataFrame, spec: TableSpec | str, vs_paper: bool = False,
                       lower_is_better=spec.lower_is_better) for key, label in cols_axis]
     table = Table(spec.id, title, spec.rows.title or "", rows, columns, {}, digits=spec.digits,
                   expected_n=spec.expected_n, n_records=len(unique_trials(completed(sub))),
-                  paper=not foreign)
+                  paper=not foreign, dataset=dataset or "")
     notes: list[str] = []
     withheld: list[str] = []
     pool = _Pool(frame, spec.scale)
@@ -393,8 +405,7 @@ def build_table(df: pd.DataFrame, spec: TableSpec | str, vs_paper: bool = False,
                 cell = _envelope_cell(certs, float(cv), spec.scale)
             else:
                 metric = cv if spec.cols.key == METRIC else spec.metric
-                cell = _mean_cell(csub, metric, spec, frame, pool, f"{rlabel} / {clabel}",
-                                  notes)
+                cell = _mean_cell(csub, metric, spec, pool, f"{rlabel} / {clabel}", notes)
             published = None if foreign else lookup_published(spec.id, rv, cv)
             if published is not None and not cell.missing:
                 reason = _mismatch(completed(csub), spec.protocol_for(rv))
@@ -410,12 +421,37 @@ def build_table(df: pd.DataFrame, spec: TableSpec | str, vs_paper: bool = False,
     if spec.kind == "envelope":
         notes.append("each cell: best certified accuracy over the trained models of the method "
                      "(upper envelope, Salman et al. 2019); n: certified models")
+        notes += _uncertified_notes(frame, spec, dataset, rows)
     elif any(0 < table.cell(i, j).n < MIN_SEEDS for i in range(len(rows))
              for j in range(len(columns))):
         notes.append(f"{FEW} fewer than {MIN_SEEDS} finished seeds")
     table.notes = notes
     return table
 
+
+
+def _uncertified_notes(frame: pd.DataFrame, spec: TableSpec, dataset: str | None,
+                       rows: list[tuple[object, str]]) -> list[str]:
+    """Per method row: the trained models a sweep asked to certify that hold no certification
+    yet (not in the row's n), so a missing model never just lowers n."""
+    col = "config.certify.enabled"
+    if col not in frame or not len(frame):
+        return []
+    asked = frame[col].map(lambda v: v is True or v == 1).astype(bool)
+    want = frame[asked & (frame["status"] == records.Status.COMPLETED)]
+    if dataset is not None and "config.data.name" in want:
+        want = want[want["config.data.name"] == dataset]
+    want = unique_trials(want[~spec.filter(want).fillna(False).astype(bool)])
+    if not len(want):
+        return []
+    keys = _key_series(want, spec.rows.key, spec).map(_norm)
+    out = []
+    for value, label in rows:
+        k = int((keys == value).sum())
+        if k:
+            out.append(f"{label}: {k} trained model{'s' if k != 1 else ''} not certified yet "
+                       "(not in n)")
+    return out
 
 
 def _short(col: str) -> str:
@@ -454,8 +490,8 @@ def sweep_table(df: pd.DataFrame, sweep: str | None = None, expected_n: int = 5,
     if sweep is not None and "sweep" in df:
         df = df[df["sweep"] == sweep]
     metric, best_metric, lower = _sweep_metric(df)
-    arms = arms_of(df, metric, frame=frame)
-    cols = arm_columns(unique_trials(df))
+    arms = arms_of(df, metric)
+    cols = arm_columns(_labelled(unique_trials(df)))
     first = first_of_arm(df)
     arms.sort(key=lambda a: _sort_key(tuple(_norm(first.loc[a.arm_id, c]) for c in cols)))
     ms = {a.arm_id: config_value(a.config, "maxup.m") for a in arms}
@@ -463,8 +499,14 @@ def sweep_table(df: pd.DataFrame, sweep: str | None = None, expected_n: int = 5,
     pool = _Pool(frame)(metric) if has_m else {}
     name = metric.split(".", 1)[1]
     unit = "%" if metric.endswith("acc") else "ppl"
+    # "best": the epoch a record's best holds. A language model's is chosen on validation
+    # (its test value at the lowest validation perplexity); an image task has no validation
+    # split, so its best epoch is chosen on the test set itself: optimistic, labelled so and
+    # never bolded. Either way over the same seeds as "final".
+    best_label = (f"{name} at best-val epoch ({unit})" if lower
+                  else f"best {name}, optimistic ({unit})")
     columns = [Column(f"final {name} ({unit})", metric, lower_is_better=lower),
-               Column(f"best {name} ({unit})", best_metric, lower_is_better=lower),
+               Column(best_label, best_metric, rank=False, lower_is_better=lower),
                Column("n", "n", kind="n", rank=False),
                Column("95% CI (final)", "ci", kind="ci", rank=False)]
     if has_m:
@@ -476,7 +518,7 @@ def sweep_table(df: pd.DataFrame, sweep: str | None = None, expected_n: int = 5,
         rows.append((tuple(_norm(row[c]) for c in cols), _arm_label(row, cols) or "all"))
         cells[(i, 0)] = cells[(i, 2)] = cells[(i, 3)] = Cell.of_arm(arm)
         arm_rows = df[df["arm_id"] == arm.arm_id]
-        cells[(i, 1)] = Cell.of_arm(arm_stats(arm_rows, best_metric, frame=frame))
+        cells[(i, 1)] = Cell.of_arm(arm_stats(arm_rows, best_metric, same_seeds_as=metric))
         if has_m:
             cmp = baseline_of(arm, "maxup.m", 1, pool)
             if cmp is None:
@@ -496,9 +538,21 @@ def sweep_table(df: pd.DataFrame, sweep: str | None = None, expected_n: int = 5,
                      "(none pooled); p: Welch's t-test")
     if any(0 < a.n < expected_n for a in arms):
         notes.append(f"{FEW} fewer than {expected_n} finished seeds")
+    if any(a.n == 0 for a in arms):
+        notes.append("an arm without a finished seed keeps its row: its counts say why")
     return Table("sweep", f"Sweep {label}: {name} per arm", "Arm", rows, columns, cells,
                  digits=2, expected_n=expected_n, notes=notes,
-                 n_records=len(unique_trials(completed(df))), sweep=str(label))
+                 n_records=len(unique_trials(completed(df))), sweep=str(label),
+                 dataset="+".join(_datasets(df)))
+
+
+def _labelled(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows whose config is known (records, or planned trials given their arm's config):
+    what decides which config columns vary between arms."""
+    if "run_config" not in df:
+        return df
+    known = df["run_config"].map(lambda c: isinstance(c, dict))
+    return df[known] if known.any() else df
 
 
 def _only_sweep(df: pd.DataFrame) -> str:
@@ -525,15 +579,18 @@ def tables_for(df: pd.DataFrame, vs_paper: bool = False) -> list[Table]:
     consumed = pd.Series(False, index=df.index)
     for spec in SPECS.values():
         mask = spec.filter(df).fillna(False).astype(bool)
-        if spec.kind == "envelope":
-            present = _datasets(completed(df[mask]))
-            for ds in sorted(present, key=lambda d: (d != spec.dataset, d)):
-                out.append(build_table(df, spec, vs_paper=vs_paper, dataset=ds))
-        elif mask.any():
-            out.append(build_table(df, spec, vs_paper=vs_paper))
+        if not mask.any():
+            continue
+        rows = df[mask]
+        present = _datasets(completed(rows) if spec.kind == "envelope" else rows)
+        for ds in sorted(present, key=lambda d: (d != spec.dataset, d)) or (
+                [None] if spec.kind != "envelope" else []):
+            out.append(build_table(df, spec, vs_paper=vs_paper, dataset=ds))
+        if spec.kind != "envelope":
             consumed |= mask
+    # A certification sweep (paper table 8) also gets its accuracy / Δ table.
     pt = df["paper_table"] if "paper_table" in df else pd.Series(None, index=df.index)
-    consumed |= pt.isin(list(SPECS))
+    consumed |= pt.isin([i for i, sp in SPECS.items() if sp.kind != "envelope"])
     rest = df[~consumed]
     sweeps = rest["sweep"] if "sweep" in rest else pd.Series(None, index=rest.index)
     for name in sorted({s for s in sweeps.dropna().unique()}, key=str):
@@ -541,6 +598,25 @@ def tables_for(df: pd.DataFrame, vs_paper: bool = False) -> list[Table]:
     if sweeps.isna().any():
         out.append(sweep_table(rest[sweeps.isna()], None, frame=df))
     return out
+
+
+def tables_with_id(df: pd.DataFrame, table_id: str, vs_paper: bool = False) -> list[Table]:
+    """Every table of one id the records fill: a paper table once per dataset (the paper's
+    first), ``"sweep"``: each sweep's table.
+
+    Args:
+        df: a frame from :func:`maxup.analysis.load_records`.
+        table_id: a paper table number or ``"sweep"``.
+    """
+    if table_id == "sweep":
+        return [t for t in tables_for(df, vs_paper) if t.id == "sweep"] or [sweep_table(df)]
+    spec = SPECS[table_id]
+    mask = spec.filter(df).fillna(False).astype(bool) if len(df) else pd.Series(dtype=bool)
+    present = _datasets(completed(df[mask]) if spec.kind == "envelope" else df[mask]) \
+        if len(df) else []
+    ordered = sorted(present, key=lambda d: (d != spec.dataset, d))
+    return [build_table(df, spec, vs_paper=vs_paper, dataset=ds) for ds in ordered] or \
+        [build_table(df, spec, vs_paper=vs_paper)]
 
 
 # -------------------------------------------------------------------------------- rendering
@@ -690,8 +766,12 @@ def render_latex(table: Table, vs_paper: bool = False) -> str:
              rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
              " & ".join(tex(h) for h in header) + r" \\", r"\midrule"]
     lines += [" & ".join(tex(t) for t in row) + r" \\" for row in body]
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    lines += [f"% {latex_escape(n)}" for n in table.notes]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if table.notes:  # in the table itself, so they reach the PDF (no extra package needed)
+        lines.append(r"\par\smallskip{\footnotesize")
+        lines += [latex_escape(n) + r"\par" for n in table.notes]
+        lines.append("}")
+    lines.append(r"\end{table}")
     return "\n".join(lines) + "\n"
 
 
@@ -702,48 +782,68 @@ def _csv_num(x) -> str:
     return repr(x) if math.isfinite(x) else ""
 
 
-def render_csv(table: Table, vs_paper: bool = False) -> str:
+#: Leading columns of the tidy CSV: which table, which cell, which statistic.
+CSV_KEYS = ["table", "sweep", "dataset", "row", "column", "statistic", "arm", "arm_id"]
+
+
+def csv_header(vs_paper: bool = False) -> list[str]:
+    """The columns of :func:`render_csv` (the same for every table, so many concatenate)."""
+    head = [*CSV_KEYS, "text", "mean", "std", "n", "n_failed", "n_diverged", "n_running",
+            "n_corrupt", "n_not_run", "n_planned", "ci_low", "ci_high", "best", "base_n",
+            "base_diff", "base_p"]
+    if vs_paper:
+        head += ["published", "published_std", "delta", "inside_ci", "not_comparable"]
+    return [*head, "notes"]
+
+
+def render_csv(table: Table, vs_paper: bool = False, header: bool = True) -> str:
     """Tidy CSV, one line per cell with full-precision numbers (empty when missing).
 
-    Columns: ``table, row, column, text, mean, std, n, n_failed, n_diverged, n_running,
-    n_planned, ci_low, ci_high, best, base_n, base_diff, base_p`` (the comparison with the
-    cell's baseline arm; empty when it has none) and with ``vs_paper`` ``published,
-    published_std, delta, inside_ci, not_comparable``. A cell holding several arms has one
-    line per arm (``row`` and ``column`` repeated, ``arm`` numbering them from 1).
+    Columns (:func:`csv_header`): ``table, sweep, dataset, row, column, statistic`` (the
+    column's kind: ``stat``, ``value``, ``n``, ``ci``, ``delta``, ``p``), ``arm, arm_id``,
+    ``text, mean, std, n, n_failed, n_diverged, n_running, n_corrupt, n_not_run, n_planned,
+    ci_low, ci_high, best, base_n, base_diff, base_p`` (the comparison with the cell's
+    baseline arm; empty when it has none), with ``vs_paper`` ``published, published_std,
+    delta, inside_ci, not_comparable``, and ``notes`` (the table's notes, `` | ``-joined). A
+    cell holding several arms has one line per arm (``arm`` numbering them from 1). Every
+    table has the same columns, so the CSV of several tables is one frame
+    (``pandas.read_csv`` reads it in one call).
 
     Args:
         table: the table.
         vs_paper: add the published-value columns.
+        header: start with the header line.
     """
-    vs_paper = vs_paper and _has_published(table)
+    show = vs_paper and _has_published(table)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    head = ["table", "row", "column", "arm", "text", "mean", "std", "n", "n_failed",
-            "n_diverged", "n_running", "n_planned", "ci_low", "ci_high", "best", "base_n",
-            "base_diff", "base_p"]
-    if vs_paper:
-        head += ["published", "published_std", "delta", "inside_ci", "not_comparable"]
-    w.writerow(head)
+    if header:
+        w.writerow(csv_header(vs_paper))
     best = [table.best(j) for j in range(len(table.columns))]
+    notes = " | ".join(table.notes)
     for i, (_, rlabel) in enumerate(table.rows):
         for j, col in enumerate(table.columns):
             cell = table.cell(i, j)
-            parts = [(k + 1, Cell.of_arm(a)) for k, a in enumerate(cell.arms)] or [("", cell)]
-            for arm_no, c in parts:
+            parts = [(k + 1, Cell.of_arm(a), a.arm_id) for k, a in enumerate(cell.arms)] or \
+                [("", cell, "")]
+            for arm_no, c, arm_id in parts:
                 cmp = c.comparison if c.comparison is not None and c.comparison.found else None
-                line = [table.id, rlabel, col.label, arm_no, _cell_text(table, col, c, "±", ""),
+                line = [table.id, table.sweep, table.dataset, rlabel, col.label, col.kind,
+                        arm_no, arm_id, _cell_text(table, col, c, "±", ""),
                         _csv_num(c.mean) if not c.missing else "", _csv_num(c.std), c.n,
-                        c.n_failed, c.n_diverged, c.n_running, c.n_planned,
-                        _csv_num(c.ci_low), _csv_num(c.ci_high), int(i in best[j]),
-                        cmp.base.n if cmp else "", _csv_num(cmp.diff) if cmp else "",
-                        _csv_num(cmp.p_value) if cmp else ""]
-                if vs_paper:
+                        c.n_failed, c.n_diverged, c.n_running, c.n_corrupt, c.n_pending,
+                        c.n_planned, _csv_num(c.ci_low), _csv_num(c.ci_high),
+                        int(i in best[j]), cmp.base.n if cmp else "",
+                        _csv_num(cmp.diff) if cmp else "", _csv_num(cmp.p_value) if cmp else ""]
+                if show:
                     p = cell.published
                     inside = c.inside_ci if not cell.arms else None
                     line += [_csv_num(p.value) if p else "", _csv_num(p.std) if p else "",
                              _csv_num(c.delta) if not cell.arms else "",
                              "" if inside is None else int(inside), cell.not_comparable]
-                w.writerow(line)
+                elif vs_paper:  # the same columns for every table: one frame
+                    line += ["", "", "", "", cell.not_comparable]
+                w.writerow([*line, notes])
     return buf.getvalue()
 
 

@@ -95,10 +95,15 @@ def run(args: argparse.Namespace) -> int:
     from maxup.platform.views import check_mlflow
 
     check_mlflow(args.mlflow)
+    from maxup.platform.sweep import read_stored, run_sweep, sweep_layout
+
+    stored = None
     if not args.address:
         from maxup.platform.preflight import preflight
 
-        preflight(_to_train(spec, trials, storage, args.rerun_failed))
+        # The one reading of the stored records: the preflight and the sweep both use it.
+        stored = read_stored(trials, sweep_layout(storage, spec.name))
+        preflight(_to_train(spec, trials, storage, args.rerun_failed, stored))
     else:  # a bounded wait and one line, before the manifest is written or Ray joined
         from maxup.platform.distributed import probe_cluster
 
@@ -106,14 +111,10 @@ def run(args: argparse.Namespace) -> int:
             probe_cluster(args.address)
         except UsageError as exc:
             raise UsageError(f"--{exc}") from None
-    from maxup.platform.sweep import run_sweep
-
     summary = run_sweep(spec, trials, storage, address=args.address,
                         rerun_failed=args.rerun_failed, verbose=args.verbose,
                         order="longest_first" if args.order == "longest-first" else "given",
-                        mlflow=args.mlflow)
-    from maxup.platform.sweep import sweep_layout
-
+                        mlflow=args.mlflow, stored=stored)
     results = sweep_layout(storage, spec.name).results
     if not args.no_table and summary.completed + summary.skipped:
         _print_table(results)
@@ -121,13 +122,12 @@ def run(args: argparse.Namespace) -> int:
     return 0 if summary.ok else 1
 
 
-def _to_train(spec, trials, storage: str, rerun_failed: bool) -> list:
-    """The trials a run would train (what the preflight checks), reading storage only."""
-    from maxup.platform.sweep import plan, record_statuses, sweep_layout
+def _to_train(spec, trials, storage: str, rerun_failed: bool, stored: dict) -> list:
+    """The trials a run would train (what the preflight checks), from the records read."""
+    from maxup.platform.sweep import plan, statuses_of, sweep_layout
 
     layout = sweep_layout(storage, spec.name)
-    statuses = record_statuses(trials, layout, remote=layout.remote is not None)
-    return plan(spec, trials, layout, rerun_failed, statuses)[0]
+    return plan(spec, trials, layout, rerun_failed, statuses_of(stored))[0]
 
 
 def local_gpus() -> float:
@@ -141,16 +141,19 @@ def print_plan(spec, trials, storage: str, cpus: float | None, gpus: float | Non
                needs_cluster: str | None = None, plan_for: str | None = None,
                address: str | None = None) -> None:
     from maxup.platform.space import max_concurrent, trial_cpus
-    from maxup.platform.sweep import record_statuses, sweep_layout
+    from maxup.platform.sweep import finished_records, read_stored, statuses_of, sweep_layout
     from maxup.records import Status
 
     axes = spec.varying_axes()
     widths = {a: max(len(a), *(len(str(t.axes[a])) for t in trials)) for a in axes}
     layout = sweep_layout(storage, spec.name)
-    # Read only: a dry run writes nothing, not even a local scratch copy of remote records.
-    stored = record_statuses(trials, layout, remote=layout.remote is not None)
+    # Read once, and only: a dry run writes nothing, not even a local scratch copy of remote
+    # records.
+    read = read_stored(trials, layout, remote=True)
+    stored = statuses_of(read)
     # Everything that can refuse (cluster file, profiles, local data) runs before any output.
-    priced = _price(spec, trials, layout, stored, cpus, gpus, needs_cluster, plan_for, address)
+    priced = _price(spec, trials, stored, finished_records(read), cpus, gpus, needs_cluster,
+                    plan_for, address)
     problem = _preflight(trials, stored, local=priced is not None and priced[1])
     print(f"sweep {spec.name}: {len(trials)} trials ({len(trials) // len(spec.seeds)} arms × "
           f"{len(spec.seeds)} seeds), storage {str(storage).rstrip('/')}/{spec.name}")
@@ -190,11 +193,10 @@ def print_plan(spec, trials, storage: str, cpus: float | None, gpus: float | Non
                  " here (the cluster checks its own before launch)"))
 
 
-def _price(spec, trials, layout, stored, cpus, gpus, needs_cluster, plan_for, address):
+def _price(spec, trials, stored, finished, cpus, gpus, needs_cluster, plan_for, address):
     """(priced plan, planned for this machine) or None when no cluster file is at hand."""
     from maxup.platform import plan
     from maxup.platform.space import REPO_ROOT
-    from maxup.platform.sweep import stored_records
 
     if plan_for is None and (address or needs_cluster):
         default = Path("cluster.yaml") if Path("cluster.yaml").is_file() \
@@ -206,7 +208,6 @@ def _price(spec, trials, layout, stored, cpus, gpus, needs_cluster, plan_for, ad
         target = plan.cluster_target(plan_for, spec, trials)
     else:
         target = plan.local_target(spec, trials, cpus, gpus or 0.0)
-    finished = list(stored_records(trials, layout, remote=layout.remote is not None).values())
     return plan.price(spec, trials, target, stored, finished), plan_for is None
 
 

@@ -12,18 +12,19 @@ import sys
 import warnings
 
 from maxup.analysis.load import load_records, summary, summary_line
-from maxup.analysis.specs import SPECS, TABLE_IDS
+from maxup.analysis.specs import TABLE_IDS
 from maxup.analysis.tables import (
     EXTENSIONS,
     FORMATS,
     Table,
-    build_table,
     render,
-    sweep_table,
+    render_csv,
     tables_for,
+    tables_with_id,
 )
 from maxup.errors import UsageError
 from maxup.io import atomic_write_text
+from maxup.store import MANIFEST, RECORD, TRIALS
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +43,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vs-paper", action="store_true",
                         help="per cell: published, reproduced, delta, inside the 95%% CI")
     parser.add_argument("--out", default=None, metavar="DIR",
-                        help="also write each table to DIR/table<N>.<ext>")
+                        help="also write each table to DIR/table<N>_<dataset>.<ext> (a sweep's: "
+                             "DIR/sweep_<name>_<dataset>.<ext>)")
 
 
 def load_results(results: str, out=None):
@@ -65,21 +67,38 @@ def load_results(results: str, out=None):
     if len(df) == 0:
         extra = f" ({s['skipped']} unreadable files skipped)" if s["skipped"] else ""
         raise UsageError(f"RESULTS: no trial records found under {results!r}{extra}; allowed: "
-                         "a storage root, a sweep folder (<sweep>/sweep.json) or a folder holding "
-                         "**/record.json")
+                         f"a storage root ({TRIALS}/), a sweep folder (<sweep>/{MANIFEST}) or a "
+                         f"folder holding **/{RECORD}")
     return df
 
 
-def _file_name(table: Table, index: int) -> str:
-    if table.id == "sweep":
-        name = table.sweep
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
-        return f"sweep_{safe or index}"
-    return f"table{table.id}"
+def _safe(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
+
+
+def file_names(tables: list[Table]) -> list[str]:
+    """One file name (no extension) per table, each carrying the table's dataset (and sweep),
+    never the same twice: two tables never overwrite each other's file."""
+    names: list[str] = []
+    for i, table in enumerate(tables):
+        if table.id == "sweep":
+            base = f"sweep_{_safe(table.sweep) or i}"
+        else:
+            base = f"table{table.id}"
+        if table.dataset:
+            base += f"_{_safe(table.dataset)}"
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}_{k}", k + 1
+        names.append(name)
+    return names
 
 
 def run(args: argparse.Namespace) -> int:
     """Print (and with ``--out`` write) the tables regenerated from ``args.results``.
+
+    ``--format csv`` prints one tidy frame on stdout (one header, a row per cell, the
+    summary line on stderr), which ``pandas.read_csv`` reads in one call.
 
     Args:
         args: ``results``, ``table`` (id or None), ``format``, ``vs_paper``, ``out``.
@@ -98,28 +117,28 @@ def run(args: argparse.Namespace) -> int:
     if fmt not in FORMATS:
         raise UsageError(f"--format: got {fmt!r}; allowed: {', '.join(FORMATS)}")
     df = load_results(args.results)
-    print(summary_line(df))
-    if table_id is None:
-        tables = tables_for(df)
-    elif table_id == "sweep":
-        tables = [t for t in tables_for(df) if t.id == "sweep"] or [sweep_table(df)]
-    else:
-        tables = [build_table(df, SPECS[table_id])]
+    csv_out = fmt == "csv"
+    info = sys.stderr if csv_out else sys.stdout
+    print(summary_line(df), file=info)
+    tables = tables_for(df) if table_id is None else tables_with_id(df, table_id)
     if vs_paper and not any(t.id != "sweep" for t in tables):
-        print("note: --vs-paper applies to paper tables; these records fill none")
+        print("note: --vs-paper applies to paper tables; these records fill none", file=info)
     written = []
-    for i, table in enumerate(tables):
+    for i, (table, name) in enumerate(zip(tables, file_names(tables), strict=True)):
         text = render(table, fmt, vs_paper=vs_paper)
-        print()
-        print(text, end="")
+        if csv_out:
+            print(render_csv(table, vs_paper, header=i == 0), end="")
+        else:
+            print()
+            print(text, end="")
         missing = table.missing()
         if missing:
             cells = "; ".join(f"{r} / {c}" for r, c in missing)
-            print(f"missing cells ({len(missing)}): {cells}")
+            print(f"missing cells ({len(missing)}): {cells}", file=info)
         if out_dir:
-            path = os.path.join(out_dir, f"{_file_name(table, i)}.{EXTENSIONS[fmt]}")
+            path = os.path.join(out_dir, f"{name}.{EXTENSIONS[fmt]}")
             atomic_write_text(path, text)
             written.append(path)
     for path in written:
-        print(f"wrote {path}")
+        print(f"wrote {path}", file=info)
     return 0

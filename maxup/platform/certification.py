@@ -8,8 +8,8 @@ After the training phase, every completed trial whose sweep config asks for cert
 the model was trained under: a trial trained by another sweep, or certified there with
 another ``n``, trains nothing again and gets a certification of its own. Image i's noise is
 seeded from (seed, i), so the shards give exactly the rows of one whole run. Each finished
-shard is written atomically to ``trials/<id>/certify/<certification id>/shard-<k>-of-<S>.json``;
-when all are there the rows are merged into the trial's record (``certifications``,
+shard is written atomically to its trial's folder (:meth:`maxup.store.TrialDir.shard`); when
+all are there the rows are merged into the trial's record (``certifications``,
 docs/records.md). An interrupted phase resumes with the missing shards only.
 """
 
@@ -58,9 +58,9 @@ def certify_shard(checkpoint: str, start: int, stop: int, certify: dict, threads
     import torch
 
     if remote is not None and not Path(checkpoint).exists():
-        from maxup.platform.storage import Mirror
+        from maxup.store import Storage
 
-        Mirror(remote[0]).get(remote[1], Path(checkpoint))
+        Storage(remote[0]).get(remote[1], Path(checkpoint))
 
     from maxup.certify import certify_dataset, load_model_from_checkpoint, num_classes_of
     from maxup.data import build_dataset
@@ -79,19 +79,20 @@ def certify_shard(checkpoint: str, start: int, stop: int, certify: dict, threads
                            device=device)
 
 
-def needing_certification(layout, trials) -> list[tuple[dict, records.TrialRecord]]:
+def needing_certification(stored: dict, trials) -> list[tuple[dict, records.TrialRecord]]:
     """(config, record) of the trials that are trained, want certification with their
     config's settings and have no certification with those settings yet.
 
     Args:
-        layout: the sweep's :class:`~maxup.platform.sweep.SweepLayout`.
+        stored: trial id -> :class:`maxup.store.StoredTrial`, as the sweep read them.
         trials: the sweep's :class:`~maxup.platform.space.Trial` list.
     """
     todo = []
     for t in trials:
         if not t.config["certify"]["enabled"]:
             continue
-        rec = records.load_record(layout.record(t.trial_id))
+        st = stored.get(t.trial_id)
+        rec = None if st is None else st.record
         if rec is not None and rec.completed and rec.certification_for(t.config) is None:
             todo.append((t.config, rec))
     return todo
@@ -128,9 +129,9 @@ def run_certification(layout, todo: list[tuple[dict, records.TrialRecord]], *, s
             test_size = len(build_dataset(config["data"]["name"], split="test",
                                           root=config["data"]["root"]))
         bounds = shard_bounds(certified_image_count(test_size, c), c["skip"], shards)
-        folder = layout.trial_dir(tid) / "certify" / identity.certification_id(config)
-        plans[tid] = [folder / f"shard-{k}-of-{len(bounds)}.json" for k in range(len(bounds))]
-        ckpt = layout.trial_dir(tid) / "checkpoints" / "last.pt"
+        files, cid = layout.trial(tid), identity.certification_id(config)
+        plans[tid] = [files.shard(cid, k, len(bounds)) for k in range(len(bounds))]
+        ckpt = files.checkpoint
         source = layout.remote_source(ckpt)
         for path, (start, stop) in zip(plans[tid], bounds, strict=True):
             if not path.exists() and not layout.pull(path):
@@ -152,7 +153,7 @@ def run_certification(layout, todo: list[tuple[dict, records.TrialRecord]], *, s
         cert = certification_summary(rows, sigma=sigma, n0=c["n0"], n=c["n"], alpha=c["alpha"],
                                      skip=c["skip"], batch=c["batch"])
         # Cohen et al.'s per-image file beside the shards, for their analyze.py.
-        tsv = plans[tid][0].parent / "certify.tsv"
+        tsv = layout.trial(tid).certify_tsv(identity.certification_id(config))
         atomic_write_text(tsv, cohen_tsv(rows))
         layout.push(tsv)
         # Re-read under the same name: another sweep may have added its own certification.

@@ -1,49 +1,26 @@
 """Where a sweep stands, read from its storage only: no Ray, no cluster.
 
-:func:`sweep_status` reads a sweep's manifest (``STORAGE/<sweep>/sweep.json``) or expands
-its search-space file, then each planned trial's record from ``STORAGE/trials/`` — a local
-directory or a URI pyarrow reads (``s3://``, ``gs://``, ``file://``) — and returns per arm the
-finished, running, failed and pending seeds, each running trial's last heartbeat (its
-record's ``updated``: rewritten after every epoch), the failures with their reasons, and the
-remaining trial time: a running trial's remaining epochs at its own mean epoch time; a
-pending one at its arm's finished trials' mean time, else the cost model's estimate.
+:func:`sweep_status` reads a sweep through :func:`maxup.store.read_view` — the one reader
+``maxup tables`` and ``maxup report`` use too, so every count agrees — from a local directory
+or a URI pyarrow reads (``s3://``, ``gs://``, ``file://``), or expands its search-space file
+and reads those trials the same way, and returns per arm the finished, running, failed,
+corrupt (a record that cannot be used, named with its reason) and pending seeds, each
+running trial's last heartbeat (its record's ``updated``: rewritten after every epoch), the
+failures with their reasons, and the remaining trial time: a running trial's remaining epochs
+at its own mean epoch time; a pending one at its arm's finished trials' mean time, else the
+cost model's estimate.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from maxup import records
+from maxup import records, store
 from maxup.errors import UsageError
 
-
-class _Store:
-    """Reads files by path relative to a storage root (local directory or URI)."""
-
-    def __init__(self, root: str):
-        from maxup.platform.storage import is_remote
-
-        self.root = root.rstrip("/")
-        self.mirror = None
-        if is_remote(self.root):
-            from maxup.platform.storage import Mirror
-
-            try:
-                self.mirror = Mirror(self.root)
-            except (ValueError, OSError) as exc:
-                raise UsageError(f"storage {root!r} cannot be opened ({exc}); allowed: a "
-                                 "directory or a URI pyarrow reads") from None
-
-    def read(self, rel: str) -> bytes | None:
-        if self.mirror is not None:
-            return self.mirror.read(rel)
-        try:
-            return (Path(self.root) / rel).read_bytes()
-        except OSError:
-            return None
+#: States a sweep run would still train (a corrupt record is trained again).
+UNFINISHED = ("running", "pending", store.CORRUPT)
 
 
 @dataclass
@@ -51,9 +28,10 @@ class TrialState:
     trial_id: str
     arm_id: str
     axes: dict
-    status: str  # completed / running / failed / pending
+    status: str  # completed / running / failed / pending / corrupt (maxup.store.STATES)
     record: records.TrialRecord | None = None
     remaining_s: float | None = None
+    problem: store.Problem | None = None
 
 
 @dataclass
@@ -62,23 +40,15 @@ class SweepStatus:
     trials: list[TrialState]
     axes: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    problems: list[store.Problem] = field(default_factory=list)
 
     def count(self, status: str) -> int:
         return sum(t.status == status for t in self.trials)
 
     @property
     def remaining_s(self) -> float | None:
-        left = [t.remaining_s for t in self.trials if t.status in ("running", "pending")]
+        left = [t.remaining_s for t in self.trials if t.status in UNFINISHED]
         return None if any(v is None for v in left) else sum(left)
-
-
-def _split(target: str) -> tuple[str, str]:
-    """(storage root, sweep name) of ``STORAGE/SWEEP``."""
-    t = target.rstrip("/")
-    if "/" not in t:
-        return ".", t
-    root, name = t.rsplit("/", 1)
-    return root or "/", name
 
 
 def sweep_status(target: str, space: str | None = None) -> SweepStatus:
@@ -88,44 +58,38 @@ def sweep_status(target: str, space: str | None = None) -> SweepStatus:
     Raises:
         UsageError: no manifest there (and no space file), or an unreadable storage.
     """
-    planned: list[tuple[str, str, dict, dict | None]] = []  # tid, arm, axes, config
+    configs: dict[str, dict] = {}
     if space is not None:
         from maxup import identity
         from maxup.platform.space import load_space
 
         spec = load_space(space)
-        root, name = target.rstrip("/"), spec.name
-        axes = spec.varying_axes()
-        for t in spec.expand():
-            planned.append((t.trial_id, identity.arm_id(t.config), t.axes, t.config))
+        name, axes = spec.name, spec.varying_axes()
+        trials = spec.expand()
+        storage = store.Storage(target)
+        stored = storage.read_trials(t.trial_id for t in trials)
+        planned = [(t.trial_id, identity.arm_id(t.config), t.axes, stored[t.trial_id])
+                   for t in trials]
+        configs = {t.trial_id: t.config for t in trials}
+        problems = [st.problem for st in stored.values() if st.problem is not None]
     else:
-        root, name = _split(target)
-    store = _Store(root)
-    if space is None:
-        raw = store.read(f"{name}/sweep.json")
-        if raw is None:
-            raise UsageError(f"{target!r}: no sweep manifest (sweep.json) there; allowed: "
+        storage = store.Storage(target)
+        if not storage.is_file(store.MANIFEST):
+            raise UsageError(f"{target!r}: no sweep manifest ({store.MANIFEST}) there; allowed: "
                              "STORAGE/SWEEP of a launched sweep, or a search-space file with "
                              "--storage")
-        try:
-            manifest = json.loads(raw)
-            axes = list(manifest.get("axes") or [])
-            for e in manifest["trials"]:
-                planned.append((e["trial_id"], e.get("arm_id", e["trial_id"]),
-                                e.get("axes") or {}, None))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise UsageError(f"{target}/sweep.json: not a sweep manifest ({exc})") from None
-    states = []
-    for tid, arm, t_axes, _config in planned:
-        data = store.read(f"trials/{tid}/record.json")
-        try:
-            rec = None if data is None else records.parse_record(data)
-        except records.RecordError:
-            rec = None
-        status = "pending" if rec is None else str(rec.status)
-        states.append(TrialState(tid, arm, t_axes, status, rec))
-    st = SweepStatus(name, states, axes)
-    _remaining(st, {tid: cfg for tid, _, _, cfg in planned if cfg is not None})
+        view = store.read_view(target)
+        if not view.sweeps:
+            raise UsageError(f"{view.problems[0]}; allowed: a {store.MANIFEST_SCHEMA} manifest")
+        (sv,) = view.sweeps.values()
+        name, axes = sv.manifest.name, sv.manifest.axes
+        planned = [(e.trial_id, e.arm_id or e.trial_id, e.axes, st) for e, st in sv.trials]
+        configs = {e.trial_id: e.config for e, _ in sv.trials if e.config is not None}
+        problems = view.problems
+    states = [TrialState(tid, arm, t_axes, st.state, st.record, problem=st.problem)
+              for tid, arm, t_axes, st in planned]
+    st = SweepStatus(name, states, axes, problems=problems)
+    _remaining(st, configs)
     return st
 
 
@@ -143,7 +107,7 @@ def _remaining(st: SweepStatus, configs: dict[str, dict]) -> None:
         if t.status == "running" and t.record is not None and t.record.history:
             per = _epochs_s(t.record) / len(t.record.history)
             t.remaining_s = max(0, t.record.config["train"]["epochs"] - len(t.record.history)) * per
-        elif t.status in ("running", "pending"):
+        elif t.status in UNFINISHED:
             if by_arm.get(t.arm_id):
                 t.remaining_s = sum(by_arm[t.arm_id]) / len(by_arm[t.arm_id])
             else:
@@ -199,12 +163,13 @@ def render(st: SweepStatus, now: _dt.datetime | None = None) -> list[str]:
         arms.setdefault(t.arm_id, []).append(t)
     out = [f"sweep {st.name}: {n} trials in {len(arms)} arms: {st.count('completed')} "
            f"completed, {st.count('running')} running, {st.count('failed')} failed, "
-           f"{st.count('pending')} pending"]
+           f"{st.count('pending')} pending"
+           + (f", {st.count(store.CORRUPT)} corrupt" if st.count(store.CORRUPT) else "")]
     shown = [a for a in st.axes if a != "seed"]
     for group in arms.values():
         label = ", ".join(f"{a}={group[0].axes.get(a)}" for a in shown) or group[0].arm_id
         parts = []
-        for status in ("completed", "running", "failed", "pending"):
+        for status in ("completed", "running", "failed", "pending", store.CORRUPT):
             seeds = [t.axes.get("seed", t.trial_id) for t in group if t.status == status]
             if seeds:
                 parts.append(f"{status} {seeds}")
@@ -222,8 +187,14 @@ def render(st: SweepStatus, now: _dt.datetime | None = None) -> list[str]:
         out.append("failed:")
         for t in failed:
             reason = (t.record.failure or {}).get("reason")
+            if reason == store.INVALID_REASON:
+                reason += f": {(t.record.failure or {}).get('detail')}"
             out.append(f"  {t.trial_id} ({', '.join(f'{k}={v}' for k, v in t.axes.items())}):"
                        f" {reason}")
+    named = [p for p in st.problems if p.kind not in ("invalid",)]
+    if named:
+        out.append("not used (corrupt records, strays):")
+        out += [f"  {p}" for p in named]
     groups: dict[str, int] = {}
     for t in st.trials:
         if t.record is not None:
@@ -232,7 +203,7 @@ def render(st: SweepStatus, now: _dt.datetime | None = None) -> list[str]:
     if groups:
         out.append("provenance:")
         out += [f"  {n} trial{'s' if n != 1 else ''}: {line}" for line, n in groups.items()]
-    left = [t for t in st.trials if t.status in ("running", "pending")]
+    left = [t for t in st.trials if t.status in UNFINISHED]
     unknown = sum(t.remaining_s is None for t in left)
     known = sum(t.remaining_s for t in left if t.remaining_s is not None)
     out.append(f"remaining: {fmt_duration(known)} of trial time for {len(left)} trial(s)"

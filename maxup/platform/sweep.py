@@ -1,16 +1,11 @@
 """Running a sweep on Ray Tune: one Tune trial per expanded trial, one durable record each.
 
-Storage layout under the storage root ``STORAGE/`` (docs/records.md):
-
-- ``trials/<trial_id>/`` — one trial, content-addressed by its trial id (:mod:`maxup.identity`)
-  and shared by every sweep that plans it: ``record.json`` (the durable history), checkpoints,
-  metrics, log, lock, and ``certify/<certification id>/`` shards;
-- ``<sweep name>/sweep.json`` — the sweep's manifest: the trial ids it planned, with their axes
-  and certification ids (what its table shows);
-- ``<sweep name>/tune/`` — Ray Tune's own files (rewritten on restore; never the source of truth).
+The storage layout (each trial once under ``STORAGE/trials/<trial_id>/``, shared by every
+sweep that plans it; each sweep's manifest and Tune's own files under ``STORAGE/<sweep>/``),
+who writes what and what a reader may assume are :mod:`maxup.store`'s contract.
 
 With a remote storage root (``s3://…``), trials work in a local scratch directory and the
-durable files are mirrored to the URI (:mod:`maxup.platform.storage`).
+durable files are mirrored to the URI (:func:`maxup.platform.storage.scratch_root`).
 
 Resume is driven by the records, not by Tune's experiment state (which Tune rewrites and
 which would have to be unpickled): running a sweep against a storage skips every trial with a
@@ -30,8 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from maxup import records
-from maxup.io import atomic_write_json
+from maxup import records, store
+from maxup.io import atomic_write_bytes
 from maxup.platform.space import SweepSpec, Trial, max_concurrent, trial_cpus
 
 #: Metrics forwarded to Tune each epoch (Tune's status table shows epoch and test_acc).
@@ -41,17 +36,17 @@ REPORT_INTERVAL_S = 2.0
 
 @dataclass
 class SweepLayout:
-    """Paths of one sweep inside its storage root (layout in docs/records.md).
+    """One sweep inside its storage root (the layout is :mod:`maxup.store`'s).
 
-    ``root`` is the sweep's own folder, ``STORAGE/<sweep name>`` (its manifest ``sweep.json``
-    and Tune's files); trials are content-addressed beside it, ``STORAGE/trials/<trial_id>/``
-    (record, checkpoints, log, lock, certification shards), so a trial shared by two sweeps
-    is trained and stored once. ``remote`` (a URI or None) is the sweep folder's URI when the
-    storage is remote; ``root`` is then its local scratch copy.
+    ``root`` is the sweep's own folder, ``STORAGE/<sweep name>`` (its manifest and Tune's
+    files); trials are content-addressed beside it, ``STORAGE/trials/<trial_id>/``, so a
+    trial shared by two sweeps is trained and stored once. ``remote`` (a URI or None) is the
+    sweep folder's URI when the storage is remote; ``root`` is then its local scratch copy.
     """
 
     root: Path
     remote: str | None = None
+    reads: int = 0  # record files read through read_trials (what tests count)
 
     @property
     def storage(self) -> Path:
@@ -60,20 +55,19 @@ class SweepLayout:
 
     @property
     def manifest(self) -> Path:
-        return self.root / "sweep.json"
+        return self.root / store.MANIFEST
 
     @property
     def results(self) -> str:
         """Where this sweep's results are read from (``maxup tables`` takes this)."""
         return self.remote or str(self.root)
 
-    def _mirror(self):
+    def _mirror(self) -> store.Storage | None:
+        """The remote storage root (None for a local storage)."""
         if self.remote is None:
             return None
         if not hasattr(self, "_mirror_obj"):
-            from maxup.platform.storage import Mirror
-
-            self._mirror_obj = Mirror(self.remote.rstrip("/").rsplit("/", 1)[0])
+            self._mirror_obj = store.Storage(self.remote.rstrip("/").rsplit("/", 1)[0])
         return self._mirror_obj
 
     def _rel(self, path: Path) -> str:
@@ -93,19 +87,55 @@ class SweepLayout:
     def remote_source(self, path: Path) -> tuple[str, str] | None:
         """``(storage URI, relative path)`` of a local file's remote copy; None when local."""
         mirror = self._mirror()
-        return None if mirror is None else (mirror.uri, self._rel(path))
+        return None if mirror is None else (mirror.root, self._rel(path))
 
-    def pull_records(self, trial_ids: list[str]) -> None:
-        """Refresh the local copies of these trials' records from the remote root."""
-        if self._mirror() is not None:
-            for tid in trial_ids:
-                self.pull(self.record(tid))
+    def trial(self, trial_id: str) -> store.TrialDir:
+        """Every local file of one trial."""
+        return store.TrialDir(self.storage / store.TRIALS / trial_id)
 
     def record(self, trial_id: str) -> Path:
-        return self.trial_dir(trial_id) / "record.json"
+        return self.trial(trial_id).record
 
     def trial_dir(self, trial_id: str) -> Path:
-        return self.storage / "trials" / trial_id
+        return self.trial(trial_id).path
+
+    def read_trials(self, trial_ids, *, remote: bool = False, pull: bool = False
+                    ) -> dict[str, store.StoredTrial]:
+        """Each trial's stored state, each record read once (:func:`maxup.store.classify`).
+
+        Args:
+            trial_ids: the trials to read.
+            remote: read a remote storage's records from the URI itself, writing nothing
+                locally (a dry run); by default the local copies are read.
+            pull: read from the URI and keep each record as the local copy (a sweep about
+                to run, or one that just ran on other nodes).
+        """
+        mirror = self._mirror() if (remote or pull) else None
+        local = store.Storage(self.storage)
+        out: dict[str, store.StoredTrial] = {}
+        for tid in trial_ids:
+            if tid in out:
+                continue
+            self.reads += 1
+            if mirror is None:
+                out[tid] = local.read_trial(tid)
+                continue
+            rel = store.record_rel(tid)
+            data = mirror.read(rel)
+            if pull and data is not None:
+                atomic_write_bytes(self.record(tid), data)
+            out[tid] = store.classify(data, mirror.shown(rel), tid)
+        return out
+
+
+def statuses_of(stored: dict[str, store.StoredTrial]) -> dict[str, records.Status | None]:
+    """Trial id -> its record's status (None: no usable record, so it is to train)."""
+    return {tid: None if st.record is None else st.record.status for tid, st in stored.items()}
+
+
+def finished_records(stored: dict[str, store.StoredTrial]) -> list[records.TrialRecord]:
+    """The usable records among ``stored`` (what refines cost estimates)."""
+    return [st.record for st in stored.values() if st.record is not None]
 
 
 @dataclass
@@ -132,50 +162,16 @@ class SweepSummary:
         return not (self.failed or self.failed_before or self.interrupted)
 
 
-def stored_records(trials: list[Trial], layout: SweepLayout, *, remote: bool = False
-                   ) -> dict[str, records.TrialRecord]:
-    """Trial id -> the record the storage holds for it (trials without a readable one left out).
-
-    Args:
-        trials: the trials to look up.
-        layout: the sweep's layout.
-        remote: read the records from the remote storage root itself, writing nothing
-            locally (a dry run); by default the local copies are read.
-    """
-    out: dict[str, records.TrialRecord] = {}
-    mirror = layout._mirror() if remote else None
-    for t in trials:
-        if mirror is not None:
-            data = mirror.read(layout._rel(layout.record(t.trial_id)))
-            try:
-                rec = None if data is None else records.parse_record(data)
-            except records.RecordError:
-                rec = None
-        else:
-            rec = records.load_record(layout.record(t.trial_id))
-        if rec is not None:
-            out[t.trial_id] = rec
-    return out
-
-
-def record_statuses(trials: list[Trial], layout: SweepLayout, *, remote: bool = False
-                    ) -> dict[str, records.Status | None]:
-    """Each trial's record status in storage (None: no readable record yet); arguments as
-    :func:`stored_records`."""
-    recs = stored_records(trials, layout, remote=remote)
-    return {t.trial_id: recs[t.trial_id].status if t.trial_id in recs else None
-            for t in trials}
-
-
 def plan(spec: SweepSpec, trials: list[Trial], layout: SweepLayout, rerun_failed: bool,
          statuses: dict[str, records.Status | None] | None = None
          ) -> tuple[list[Trial], list[Trial]]:
     """Split trials into (to run, to skip) from the records already in storage.
 
     Args:
-        statuses: :func:`record_statuses` when the caller already read them.
+        statuses: :func:`statuses_of` the records, when the caller already read them.
     """
-    statuses = record_statuses(trials, layout) if statuses is None else statuses
+    if statuses is None:
+        statuses = statuses_of(layout.read_trials(t.trial_id for t in trials))
     pending, skipped = [], []
     for t in trials:
         status = statuses[t.trial_id]
@@ -212,7 +208,8 @@ def run_trial(trial: dict, layout_root: str, sweep: dict, log_to: Callable | Non
     from maxup.platform.cost import local_device
 
     extra["environment"] = {"device_name": local_device(config["train"]["device"] != "cpu")[0]}
-    record_path, checkpoint = layout.record(tid), trial_dir / "checkpoints" / "last.pt"
+    files = layout.trial(tid)
+    record_path, checkpoint = files.record, files.checkpoint
     views = _views(trial_dir, trial, sweep.get("mlflow"))
 
     def push_views() -> None:
@@ -229,7 +226,7 @@ def run_trial(trial: dict, layout_root: str, sweep: dict, log_to: Callable | Non
         if log_to is not None:
             log_to(metrics, checkpoint_dir)
 
-    with open(trial_dir / "lock", "w") as lock:
+    with open(files.lock, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # waits for any stray process still on this trial
         if remote is not None and not checkpoint.exists():
             layout.pull(record_path)  # this node may not have trained the trial before
@@ -248,7 +245,7 @@ def run_trial(trial: dict, layout_root: str, sweep: dict, log_to: Callable | Non
                 if views is not None:  # the workers report to Tune only: curves at the end
                     views.log_history(record.get("history") or [])
             else:
-                with open(trial_dir / "log.txt", "a") as fh:
+                with open(files.log, "a") as fh:
                     def log(line: str) -> None:
                         fh.write(line + "\n")
                         fh.flush()
@@ -337,43 +334,36 @@ def start_ray(address: str | None, start_timeout_s: float = 60.0) -> tuple[float
 
 def sweep_layout(storage: str | Path, name: str) -> SweepLayout:
     """The layout of sweep ``name`` under a local directory or a remote URI."""
-    from maxup.platform.storage import is_remote, scratch_root
+    from maxup.platform.storage import scratch_root
 
-    if is_remote(str(storage)):
+    if store.is_remote(str(storage)):
         root = str(storage).rstrip("/")
         return SweepLayout(scratch_root(root) / name, f"{root}/{name}")
     return SweepLayout(Path(storage).resolve() / name)
 
 
 def write_manifest(spec: SweepSpec, trials: list[Trial], layout: SweepLayout) -> None:
-    """Write (and mirror) the sweep's manifest: what it planned, for its table and tools.
-
-    Each trial entry carries its trial and arm ids, its axes (seed included) and, when it is
-    to be certified, its certification id and settings: a trial shared with another sweep
-    shows in this sweep's table with this sweep's axes and certification.
-    """
-    from maxup import identity
-
-    entries = []
-    for t in trials:
-        entry = {"trial_id": t.trial_id, "arm_id": identity.arm_id(t.config), "axes": t.axes}
-        if t.config["certify"]["enabled"]:
-            entry["certification_id"] = identity.certification_id(t.config)
-            entry["certify"] = t.config["certify"]
-        entries.append(entry)
-    atomic_write_json(layout.manifest, {
-        "schema": records.MANIFEST_SCHEMA, "name": spec.name, "description": spec.description,
-        "paper_table": spec.paper_table, "source": spec.source, "axes": spec.varying_axes(),
-        "trials_root": "../trials", "trials": entries,
-    })
+    """Write (and mirror) the sweep's manifest (:class:`maxup.store.SweepManifest`): what it
+    planned, each trial with its ids, axes, config and, when certified, its certification:
+    a trial shared with another sweep shows in this sweep's table with this sweep's axes and
+    certification, and a trial not run yet keeps its arm's row."""
+    manifest = store.SweepManifest.plan(
+        name=spec.name, trials=trials, description=spec.description,
+        paper_table=spec.paper_table, source=spec.source, axes=spec.varying_axes())
+    store.Storage(layout.storage).write_manifest(manifest)
     layout.push(layout.manifest)
 
 
 def run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *,
               address: str | None = None, rerun_failed: bool = False,
               echo: Callable[[str], None] = print, verbose: bool = False,
-              order: str = "longest_first", mlflow: str | None = None) -> SweepSummary:
+              order: str = "longest_first", mlflow: str | None = None,
+              stored: dict[str, store.StoredTrial] | None = None) -> SweepSummary:
     """Run the sweep's pending trials on Ray Tune and return how each ended.
+
+    Each record is read once before training (``stored``, or here) and that one reading
+    decides what is skipped, what the estimates learn from and what is certified without
+    training; the trials that trained are read once more when they have ended.
 
     Args:
         spec: the parsed search space.
@@ -386,16 +376,22 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *,
         order: ``longest_first`` (pending trials submitted in decreasing estimated cost,
             seeds of an arm spread where costs tie) or ``given`` (the order of ``trials``).
         mlflow: MLflow tracking URI each trial also logs to (:mod:`maxup.platform.views`).
+        stored: :func:`read_stored` of these trials when the caller already read them.
     """
     t_start = time.perf_counter()
     layout = sweep_layout(storage, spec.name)
-    layout.pull_records([t.trial_id for t in trials])
-    statuses = record_statuses(trials, layout)
+    if stored is None:
+        stored = read_stored(trials, layout)
+    for st in stored.values():
+        if st.problem is not None and st.problem.kind == store.CORRUPT:
+            echo(f"note: {st.problem}; the trial is trained again")
+    statuses = statuses_of(stored)
     pending, skipped = plan(spec, trials, layout, rerun_failed, statuses)
     # Priced before anything is written: a corrupt profile is refused with nothing changed.
     from maxup.platform.plan import run_estimates
 
-    estimates = run_estimates(spec, pending, layout, remote=address is not None)
+    estimates = run_estimates(spec, pending, finished_records(
+        {t.trial_id: stored[t.trial_id] for t in pending}), remote=address is not None)
     if order == "longest_first":
         from maxup import identity
         from maxup.platform.cost import longest_first
@@ -411,9 +407,9 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *,
         echo(f"skipping {len(skipped)} trial(s) with a completed"
              f"{'' if rerun_failed else ' or failed'} record")
     if not pending:
-        _certify_phase(spec, trials, layout, address, echo)
+        _certify_phase(spec, trials, layout, address, echo, stored)
         summary.wall_s = time.perf_counter() - t_start
-        return _finish(summary, trials, layout, echo)
+        return _finish(summary, trials, stored, echo)
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # use the classic table reporter below
     cpus, gpus = start_ray(address, max(t.config["train"]["start_timeout_s"] for t in pending))
@@ -467,18 +463,31 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *,
         ),
     )
     tuner.fit()
-    layout.pull_records([t.trial_id for t in pending])  # trials on other nodes wrote theirs
-    _certify_phase(spec, trials, layout, address, echo)
+    # The trials that trained changed their records (on other nodes too): read them once more.
+    stored = {**stored, **layout.read_trials([t.trial_id for t in pending], pull=True)}
+    _certify_phase(spec, trials, layout, address, echo, stored)
     summary.wall_s = time.perf_counter() - t_start
-    return _finish(summary, pending, layout, echo)
+    return _finish(summary, pending, stored, echo)
+
+
+def read_stored(trials: list[Trial], layout: SweepLayout, *, remote: bool = False
+                ) -> dict[str, store.StoredTrial]:
+    """The one reading of a sweep's trials before it runs (a remote storage's records are
+    kept as the local copies the trials resume from; with ``remote`` nothing is written: a
+    dry run)."""
+    ids = [t.trial_id for t in trials]
+    if layout.remote is not None and not remote:
+        return layout.read_trials(ids, pull=True)
+    return layout.read_trials(ids, remote=remote)
 
 
 def _certify_phase(spec: SweepSpec, trials: list[Trial], layout: SweepLayout,
-                   address: str | None, echo: Callable[[str], None]) -> None:
+                   address: str | None, echo: Callable[[str], None],
+                   stored: dict[str, store.StoredTrial]) -> None:
     """Certify trained models that need it, as sharded Ray tasks (see certification.py)."""
     from maxup.platform.certification import needing_certification, run_certification
 
-    todo = needing_certification(layout, trials)
+    todo = needing_certification(stored, trials)
     if not todo:
         return  # nothing to certify: Ray is not even started
     cpus, gpus = start_ray(address)
@@ -487,17 +496,17 @@ def _certify_phase(spec: SweepSpec, trials: list[Trial], layout: SweepLayout,
                       gpus=spec.gpus_per_trial, echo=echo)
 
 
-def _finish(summary: SweepSummary, trials: list[Trial], layout: SweepLayout,
+def _finish(summary: SweepSummary, trials: list[Trial], stored: dict[str, store.StoredTrial],
             echo: Callable[[str], None]) -> SweepSummary:
     for t in trials:
         if t.trial_id in summary.skipped:
             continue
-        rec = records.load_record(layout.record(t.trial_id))
+        rec = stored[t.trial_id].record
         status = None if rec is None else rec.status
         {records.Status.COMPLETED: summary.completed, records.Status.FAILED: summary.failed}.get(
             status, summary.interrupted).append(t.trial_id)
     echo(f"sweep finished in {summary.wall_s:.0f}s: {summary.line()}")
     for tid in summary.failed:
-        rec = records.load_record(layout.record(tid))
+        rec = stored[tid].record
         echo(f"  FAILED {tid}: {((rec.failure if rec else None) or {}).get('reason')}")
     return summary
