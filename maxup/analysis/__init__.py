@@ -11,10 +11,11 @@ Never imports ray or torch. Public API::
     write_figures(df, "figures/")             # PNG + PDF (matplotlib imported lazily)
 """
 
+from maxup.analysis.arms import compare
 from maxup.analysis.load import completed, load_records, summary, summary_line
 from maxup.analysis.published import PUBLISHED, REFERENCE_ROWS, Published, published
 from maxup.analysis.specs import SPECS, TABLE_IDS, Axis, TableSpec
-from maxup.analysis.stats import EXCLUDED_COLUMNS, aggregate, arm_columns, compare, describe
+from maxup.analysis.stats import EXCLUDED_COLUMNS, aggregate, arm_columns, describe
 from maxup.analysis.tables import (
     FORMATS,
     Cell,

@@ -24,9 +24,8 @@ from pathlib import Path
 import pandas as pd
 
 from maxup import store
-from maxup.analysis.arms import arms_of
+from maxup.analysis.arms import arms_of, compare
 from maxup.analysis.load import completed, frame_of, unique_trials
-from maxup.analysis.stats import compare
 from maxup.analysis.tables import Cell, render, sweep_table, tables_for
 from maxup.io import atomic_write_text
 from maxup.records import provenance

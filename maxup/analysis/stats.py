@@ -10,7 +10,7 @@ the same accuracy are two observations).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
@@ -157,48 +157,3 @@ def welch(a: Iterable[float], b: Iterable[float]) -> float:
     if a.var(ddof=1) == 0 and b.var(ddof=1) == 0:
         return math.nan  # undefined: no within-arm variance on either side
     return float(sps.ttest_ind(a, b, equal_var=False).pvalue)
-
-
-def compare(df: pd.DataFrame, metric: str = "final.test_acc",
-            baseline: Mapping[str, object] | None = None,
-            by: list[str] | None = None) -> pd.DataFrame:
-    """Each non-baseline arm vs its baseline: the arm equal to it in every identity key
-    except the ablated one (:func:`maxup.analysis.arms.baseline_of`; nothing is pooled).
-
-    Args:
-        df: a records frame (only completed rows are used; each trial once).
-        metric: the column compared.
-        baseline: ``{ablated column: baseline value}``, one entry; default
-            ``{"config.maxup.m": 1}``.
-        by: the arm columns shown (default :func:`arm_columns`).
-
-    Returns:
-        one row per non-baseline arm whose baseline arm exists: the ``by`` columns, ``n,
-        mean, std, base_n, base_mean, base_std, diff`` (arm mean - baseline mean) and
-        ``p_value`` (Welch's unequal-variance t-test, NaN when either arm has n < 2 or both
-        arms have zero variance), ``arm_id`` and ``base_arm_id``.
-    """
-    from maxup.analysis.arms import arms_of, baseline_of, first_of_arm
-
-    (key, value), = dict(baseline or {"config.maxup.m": 1}).items()
-    done = unique_trials(completed(df))
-    keys = list(arm_columns(done) if by is None else by)
-    arms = arms_of(done, metric)
-    pool = {a.arm_id: a for a in arms}
-    first = first_of_arm(done)
-    rows = []
-    for arm in arms:
-        cmp = baseline_of(arm, key.removeprefix("config."), value, pool)
-        if cmp is None or not cmp.found:
-            continue
-        src = first.loc[arm.arm_id]
-        row = {k: _norm(src[k]) if k in src else None for k in keys}
-        a, b = arm.stats, cmp.base.stats
-        row.update({"n": a["n"], "mean": a["mean"], "std": a["std"], "base_n": b["n"],
-                    "base_mean": b["mean"], "base_std": b["std"], "diff": cmp.diff,
-                    "p_value": cmp.p_value, "arm_id": arm.arm_id,
-                    "base_arm_id": cmp.base.arm_id})
-        rows.append(row)
-    rows.sort(key=lambda r: _sort_key(tuple(r[k] for k in keys)))
-    return pd.DataFrame(rows, columns=[*keys, "n", "mean", "std", "base_n", "base_mean",
-                                       "base_std", "diff", "p_value", "arm_id", "base_arm_id"])

@@ -639,7 +639,7 @@ def _stat_text(cell: Cell, digits: int, pm: str, dash: str) -> str:
     if cell.arms:
         return " / ".join(_arm_text(a.mean, a.stats["std"], Cell.of_arm(a), digits, pm, dash)
                           for a in cell.arms)
-    if cell.missing and not (cell.n_failed or cell.n_diverged or cell.n_running):
+    if cell.missing and not cell.others:
         return dash
     return _arm_text(cell.mean, cell.std, cell, digits, pm, dash)
 
@@ -649,6 +649,8 @@ def _cell_text(table: Table, col: Column, cell: Cell, pm: str, dash: str) -> str
         return cell.text
     if col.kind == "stat":
         return _stat_text(cell, table.digits, pm, dash)
+    if col.kind == "n" and cell.others:
+        return cell.counts_text().removeprefix("n = ")
     if cell.missing:
         return dash
     if col.kind == "delta":
