@@ -114,8 +114,12 @@ def test_shipped_profiles_are_valid_and_say_where_their_figures_come_from():
     assert {p.default_for for p in profiles} >= {"cpu", "gpu"}
     for p in profiles:
         assert p.source
-        if p.kind == "gpu":  # no GPU measured these: each says it is an estimate
-            assert p.estimate and "ESTIMATE" in p.source
+        if p.kind == "gpu" and p.estimate:  # derived: says so, and from what
+            assert "ESTIMATE" in p.source and "H200" in p.source
+            assert all(t.basis for t in p.models.values())
+        elif p.kind == "gpu":  # measured: says by what, and how its other entries were made
+            assert "measured by `maxup calibrate`" in p.source
+            assert p.device == "NVIDIA H200"
 
 
 # --------------------------------------------------------------------------- scheduling
@@ -467,3 +471,102 @@ def test_packing_and_entry_basis_survive_a_write_and_read():
     assert again.packing == prof.packing and again.packing[4].models == {"small_cnn@1x8x8": 1.5}
     assert again.models["small_cnn@1x8x8"].basis == "derived for a test"
     assert "packing" not in cost.parse_profile(_profile_doc({}), "t").to_dict()
+
+
+# --------------------------------------------------------------------------- shipped GPU profiles
+
+#: issue 25's measurement (shared gpu/nvidia-h200.json): `maxup calibrate`, batch 256
+H200_MEASURED = {
+    "resnet110@3x32x32": (0.018319187999992437, 0.06651624900000286),
+    "preact_resnet110@3x32x32": (0.01741682699999103, 0.06289173300000073),
+    "wrn28_10@3x32x32": (0.01687402500000701, 0.07058923800001082),
+}
+#: NVIDIA datasheets: memory bandwidth GB/s, dense TF32 TFLOP/s (None: no TF32), FP32 TFLOP/s
+DATASHEET = {
+    "NVIDIA H100 80GB HBM3": (3350, 494.7, 67), "NVIDIA A100-SXM4-40GB": (1555, 156, 19.5),
+    "NVIDIA A100-SXM4-80GB": (2039, 156, 19.5), "NVIDIA A10G": (600, 35, 31.2),
+    "NVIDIA L4": (300, 60, 30.3), "NVIDIA L40S": (864, 183, 91.6),
+    "Tesla T4": (320, None, 8.1), "Tesla V100-SXM2-16GB": (900, None, 15.7),
+}
+H200_BW, H200_TF32 = 4800, 494.7
+
+
+@pytest.fixture(scope="module")
+def cifar_flops():
+    """Forward FLOPs per CIFAR image, counted here (not read from the profiles)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from maxup.models import build_model
+
+    out = {}
+    for name in ("resnet20", "resnet56", "resnet110", "wrn28_10"):
+        model = build_model(name, num_classes=10, in_channels=3, mean=(0.5,) * 3,
+                            std=(0.25,) * 3).eval().to("meta")  # shapes only: fast
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            model(torch.zeros((1, 3, 32, 32), device="meta"))
+        out[name] = float(counter.get_total_flops())
+    return out
+
+
+def _shipped(device: str) -> cost.Profile:
+    return cost.load_profile(cost.SHIPPED_DIR / f"{cost.device_slug(device)}.json")
+
+
+def test_shipped_h200_profile_is_the_measurement_with_its_packing_factor(tmp_path,
+                                                                         cifar_flops):
+    prof = _shipped("NVIDIA H200")
+    assert prof.kind == "gpu" and not prof.estimate and prof.default_for is None
+    measured = {k: t for k, t in prof.models.items() if t.basis is None}
+    assert set(measured) == set(H200_MEASURED)
+    for key, (fwd, step) in H200_MEASURED.items():
+        assert (measured[key].batch, measured[key].fwd_s, measured[key].step_s) == (256, fwd,
+                                                                                    step)
+    pack = prof.packing[4]
+    assert pack.factor == 1.33 and "issue 25" in pack.source and "0.25" in pack.source
+    assert set(prof.packing) == {4}
+    found, note = cost.find_profile("NVIDIA H200", "gpu", [tmp_path, cost.SHIPPED_DIR])
+    assert note is None and found.packing == prof.packing
+    # other depths of the family: ResNet-110's time × their forward-FLOP ratio
+    r110 = prof.models["resnet110@3x32x32"]
+    for name in ("resnet20", "resnet56"):
+        t, f = prof.models[f"{name}@3x32x32"], cifar_flops[name] / cifar_flops["resnet110"]
+        assert t.step_s == pytest.approx(r110.step_s * f, rel=1e-9)
+        assert t.fwd_s == pytest.approx(r110.fwd_s * f, rel=1e-9) and "FLOP" in t.basis
+    # a quarter-GPU ResNet-110 epoch on CIFAR-10 at batch 128 (391 steps, 10,000 test images)
+    config = {"model": {"name": "resnet110"}, "data": {"name": "cifar10"},
+              "train": {"epochs": 1, "batch_size": 128, "workers": 1},
+              "maxup": {"m": 1, "warmup_epochs": 0}}
+    epoch = 391 * 128 * 0.06651624900000286 / 256 + 10_000 * 0.018319187999992437 / 256
+    assert cost.estimate(config, prof).seconds == pytest.approx(30.0 + epoch)
+    quarter = cost.estimate(config, prof, share=cost.trials_sharing(0.25))
+    assert quarter.seconds == pytest.approx(30.0 + epoch * 4 / 1.33)  # not epoch × 1
+
+
+def test_derived_gpu_profiles_keep_their_documented_ratios(cifar_flops):
+    h200 = _shipped("NVIDIA H200")
+    for device, (bw, tf32, fp32) in DATASHEET.items():
+        prof = _shipped(device)
+        assert prof.estimate and prof.kind == "gpu" and not prof.packing
+        for name in ("resnet110", "preact_resnet110"):  # thin: memory bandwidth
+            t, ref = prof.models[f"{name}@3x32x32"], h200.models[f"{name}@3x32x32"]
+            assert t.step_s == pytest.approx(ref.step_s * H200_BW / bw, rel=1e-9), device
+            assert t.fwd_s == pytest.approx(ref.fwd_s * H200_BW / bw, rel=1e-9), device
+        wrn, ref = prof.models["wrn28_10@3x32x32"], h200.models["wrn28_10@3x32x32"]
+        if tf32 is not None:  # wide: dense TF32 throughput
+            assert wrn.step_s == pytest.approx(ref.step_s * H200_TF32 / tf32, rel=1e-9), device
+        else:  # no TF32: FLOPs ÷ 60 % of the FP32 peak, step = 3 × forward
+            fwd = 256 * cifar_flops["wrn28_10"] / (0.6 * fp32 * 1e12)
+            assert wrn.fwd_s == pytest.approx(fwd, rel=1e-9) and wrn.step_s == pytest.approx(
+                3 * fwd, rel=1e-9)
+            assert "no TF32" in wrn.basis and "no TF32" in prof.source
+        r110 = prof.models["resnet110@3x32x32"]
+        f = cifar_flops["resnet56"] / cifar_flops["resnet110"]
+        assert prof.models["resnet56@3x32x32"].step_s == pytest.approx(r110.step_s * f, rel=1e-9)
+        assert f"{H200_BW:g} ÷ {bw:g} GB/s" in prof.source  # the ratio is stated where it's used
+    # the H100 has the H200's compute: WRN-28-10 as measured, not 3.2× slower per image as the
+    # former FLOP estimate (111.9 ms at batch 128) said
+    h100 = _shipped("NVIDIA H100 80GB HBM3").models["wrn28_10@3x32x32"]
+    assert h100.step_s / h100.batch == pytest.approx(0.07058923800001082 / 256)
+    assert _shipped("NVIDIA A100-SXM4-40GB").default_for == "gpu"
