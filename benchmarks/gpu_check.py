@@ -139,7 +139,8 @@ AGREEMENT_MIN = 0.99
 NEAR_TIE_NATS = 0.01
 REGRET_MAX_NATS = 1e-3
 # Phase 3: record fields that measure time, not what was trained.
-TIMING_FIELDS = ("wall_s", "train_s", "eval_s", "selection_s", "images_per_s", "tokens_per_s")
+TIMING_FIELDS = ("wall_s", "train_s", "eval_s", "selection_s", "images_per_s", "tokens_per_s",
+                 "compile_s")
 HARD_STOP_GRACE_S = 45
 WATCHED_MODULES = ("ray", "scipy", "pandas", "yaml", "pyarrow", "sklearn")
 PHASES = ("fp32", "bf16", "determinism", "speed", "certify")
@@ -181,6 +182,7 @@ class Plan:
     threads: int | None = None  # torch CPU threads (None: torch's default)
     phases: tuple[str, ...] = PHASES
     plant: str | None = None  # testing only: a wrong objective or training (module doc)
+    compile: bool = False  # --compile: phases 1 and 3 with the model under torch.compile
 
 
 DEVICE_PLAN = Plan(models=("resnet110", "wrn28_10"), batch=256, ms=(4, 10), warmup=5, reps=20,
@@ -515,7 +517,7 @@ def check_fp32(plan: Plan, device: torch.device) -> dict:
     cpu = torch.device("cpu")
     out = {"compared": f"{device.type} fp32 vs cpu float64", "model": plan.check_model,
            "batch": plan.check_batch, "m": m, "chunk": CHECK_CHUNK, "bn": "batch_stats",
-           "tf32": False, "plant": plan.plant,
+           "tf32": False, "plant": plan.plant, "compiled": plan.compile,
            "criteria": {
                "grad": f"‖Δg‖₂/‖g64‖₂ ≤ {ERM_FACTOR:g}·ERM + {GRAD_FLOOR:g} (ERM: largest "
                        "fp32 error of plain cross-entropy of one copy, over the m copies)",
@@ -536,7 +538,13 @@ def check_fp32(plan: Plan, device: torch.device) -> dict:
             objective = objective_under_test(plan, DrawOnCPU(aug), mode)
             model = fresh(torch.float32, device)
             model.zero_grad(set_to_none=True)
-            o = objective(model, x.to(device), y.to(device),
+            # --compile: the same parameters behind torch.compile (train.compile's path)
+            forward = model
+            if plan.compile:
+                from maxup.engine.compiling import compile_model
+
+                forward = compile_model(model)
+            o = objective(forward, x.to(device), y.to(device),
                           torch.Generator().manual_seed(COPY_SEED))
             o.loss.backward()
             dev = {"loss": float(o.loss.detach()), "worst": o.worst.cpu(),
@@ -650,7 +658,7 @@ def determinism_config(plan: Plan, device: torch.device) -> dict:
             "optim": {"lr": 0.05, "schedule": "constant"},
             "train": {"epochs": plan.det_epochs, "batch_size": plan.det_batch,
                       "eval_batch_size": 512, "device": device.type, "deterministic": True,
-                      "progress": False}}
+                      "compile": plan.compile, "progress": False}}
 
 
 @contextlib.contextmanager
@@ -1173,6 +1181,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--det-dir", type=Path,
                         help="folder for the determinism phase's two trainings "
                              "(default OUT/determinism)")
+    parser.add_argument("--compile", action="store_true",
+                        help="run phases 1 and 3 with the model under torch.compile "
+                             "(train.compile)")
     parser.add_argument("--plant", choices=PLANTS, help=argparse.SUPPRESS)  # testing only
     args = parser.parse_args(argv)
 
@@ -1202,6 +1213,8 @@ def main(argv: list[str] | None = None) -> int:
         plan = replace(plan, phases=args.phases)
     if args.plant:
         plan = replace(plan, plant=args.plant)
+    if args.compile:
+        plan = replace(plan, compile=True)
     if plan.threads is not None:
         torch.set_num_threads(plan.threads)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -195,6 +195,23 @@ def test_a_planted_fault_fails_the_check_and_is_named(tmp_path, plant, phase, ke
             assert m["judged_mismatches"] >= 3
 
 
+@pytest.mark.slow
+def test_compile_keeps_the_correctness_and_determinism_verdicts(tmp_path):
+    """``--compile``: phase 1's objective and phase 3's trainings run with the model under
+    torch.compile (train.compile) and must pass the same criteria; compile seconds are a
+    timing, not a difference between the two runs."""
+    proc = _tiny(tmp_path, "--phases", "fp32,determinism", "--compile",
+                 "--det-dir", str(tmp_path / "det"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    result = json.loads((tmp_path / "gpu_check.json").read_text())
+    fp32 = result["correctness"]["fp32_vs_float64"]
+    det = result["correctness"]["determinism"]
+    assert fp32["compiled"] is True and fp32["passed"] is True
+    assert det["config"]["train"]["compile"] is True and det["passed"] is True
+    assert det["weights_identical"] and det["histories_identical"]
+    assert "compile_s" in det["ignored_fields"]
+
+
 def test_exit_status_is_one_when_an_enforced_check_fails(gpu_check):
     ok = {"correctness": {"fp32_vs_float64": {"passed": True},
                           "bf16_selection": {"passed": True}, "determinism": {"passed": True}}}
