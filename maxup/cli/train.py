@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 from maxup.cli import check_output_dir
+from maxup.store import TrialDir
 
 EXAMPLE = """example:
   maxup train configs/digits_maxup.yaml --maxup.m=4 --optim.lr=0.05 --out runs/digits-m4
@@ -48,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     check_output_dir("--out", out)
-    if not args.resume and (out / "checkpoints" / "last.pt").exists():
+    run_files = TrialDir(out)
+    if not args.resume and run_files.checkpoint.exists():
         raise UsageError(f"--out: {str(out)!r} already holds a run; allowed: a new directory, "
                          "or --resume to continue it")
     cfg = _with_absolute_paths(cfg, out, args.resume)
@@ -60,28 +62,28 @@ def run(args: argparse.Namespace) -> int:
         from maxup.platform.distributed import train_distributed
 
         try:
-            with _echo_log(out / "log.txt"):  # the workers' epoch lines, on this console too
+            with _echo_log(run_files.log):  # the workers' epoch lines, on this console too
                 record = train_distributed(cfg, out, resume=args.resume)
         except UsageError:
             raise
         except Exception as exc:  # Ray Train gave up after its retries: keep that on record
-            record = records.record_crash(out / "record.json", exc, config=to_dict(cfg))
+            record = records.record_crash(run_files.record, exc, config=to_dict(cfg))
     else:
         from maxup.engine import train
 
-        log = _Log(out / "log.txt")
+        log = _Log(run_files.log)
         try:
             record = train(cfg, out, resume=args.resume, log=log)
         except UsageError:
             raise
         except Exception as exc:  # the engine ended the record failed (failure.detail)
-            record = records.record_crash(out / "record.json", exc, config=to_dict(cfg))
+            record = records.record_crash(run_files.record, exc, config=to_dict(cfg))
             log.write((record.get("failure") or {}).get("detail") or "")
         finally:
             log.close()
     final = record.get("final") or {}
     if record["status"] == Status.FAILED:
-        print(f"run failed: {record['failure']['reason']} (see {out / 'record.json'})")
+        print(f"run failed: {record['failure']['reason']} (see {run_files.record})")
         return 1
     if final.get("test_ppl") is not None:  # a language model
         result = f"val ppl {final.get('val_ppl'):.2f}, test ppl {final['test_ppl']:.2f}"

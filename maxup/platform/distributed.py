@@ -29,11 +29,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from maxup import records
+from maxup import records, store
 from maxup.config import RunConfig, from_dict, to_dict
 from maxup.errors import UsageError
 
-RUN_NAME = "ray_train"
+RUN_NAME = store.RAY_TRAIN
 MAX_FAILURES = 3
 
 
@@ -68,7 +68,7 @@ def _worker_loop(loop_config: dict) -> None:
     if restored is not None:
         with restored.as_directory() as d:
             checkpoint_in = local / "restored.pt"
-            shutil.copyfile(Path(d) / "last.pt", checkpoint_in)
+            shutil.copyfile(Path(d) / store.CHECKPOINT, checkpoint_in)
 
     def report(metrics: dict, checkpoint_dir) -> None:
         scalars = {k: v for k, v in metrics.items() if isinstance(v, int | float | bool)}
@@ -78,7 +78,7 @@ def _worker_loop(loop_config: dict) -> None:
             # every epoch's copy piled up in the worker's temp dir until the run ended.
             stage = Path(tempfile.mkdtemp(prefix="maxup-ckpt-", dir=local))
             try:
-                shutil.copyfile(Path(checkpoint_dir) / "last.pt", stage / "last.pt")
+                shutil.copyfile(Path(checkpoint_dir) / store.CHECKPOINT, stage / store.CHECKPOINT)
                 ray.train.report(scalars, checkpoint=ray.train.Checkpoint.from_directory(stage))
             finally:
                 shutil.rmtree(stage, ignore_errors=True)
@@ -87,7 +87,7 @@ def _worker_loop(loop_config: dict) -> None:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        with open(out_dir / "log.txt", "a") if rank == 0 else open(os.devnull, "w") as fh:
+        with open(store.TrialDir(out_dir).log, "a") if rank == 0 else open(os.devnull, "w") as fh:
             def log(line: str) -> None:
                 fh.write(line + "\n")
                 fh.flush()
@@ -123,7 +123,7 @@ def train_distributed(config: dict | RunConfig, out_dir: str | Path, *, resume: 
 
     cfg = config if isinstance(config, RunConfig) else from_dict(config)
     out_dir = Path(out_dir).resolve()
-    record_path = Path(record_path).resolve() if record_path else out_dir / "record.json"
+    record_path = Path(record_path).resolve() if record_path else store.TrialDir(out_dir).record
     storage = out_dir / RUN_NAME
     if not resume and storage.exists():
         shutil.rmtree(storage)

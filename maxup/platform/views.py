@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 from maxup.platform.space import _flatten
+from maxup.store import TrialDir
 
 #: record metric → TensorBoard / MLflow tag
 SCALARS = {
@@ -49,7 +50,7 @@ class TrialViews:
                  mlflow_uri: str | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.dir = Path(trial_dir) / "tensorboard" / run_name(axes)
+        self.dir = TrialDir(trial_dir).tensorboard / run_name(axes)
         self.writer = SummaryWriter(log_dir=str(self.dir))
         self.written: set[int] = set()
         self.writer.add_text("config", "```\n" + json.dumps(config, indent=1) + "\n```", 0)
