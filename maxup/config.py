@@ -171,6 +171,8 @@ class TrainConfig:
     # torch.compile the image model (maxup/engine/loop.py); an execution choice like the
     # device, not part of the trial id; the record says whether it was on
     compile: bool = False
+    # torch.compile's mode: "reduce-overhead" adds CUDA graphs (launch-bound small-batch nets)
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
     checkpoint_every: int = _num(1, 1, 100_000)  # epochs between checkpoints
     # data-parallel workers; > 1 runs inside a Ray Train TorchTrainer
     workers: int = _num(1, 1, 4096)

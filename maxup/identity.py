@@ -44,6 +44,7 @@ NON_IDENTITY_KEYS: tuple[str, ...] = (
     "train.device",
     "train.deterministic",
     "train.compile",
+    "train.compile_mode",
     "train.progress",
     "train.eval_batch_size",
     "train.checkpoint_every",

@@ -80,14 +80,16 @@ def test_loop_reports_compile_time_apart_and_checkpoints_the_plain_model(tmp_pat
         def forward(self, x):
             return self._orig_mod(x)
 
-    def fake_compile(model):
+    def fake_compile(model, mode):
+        assert mode == "reduce-overhead"
         wrapped.append(model)
         return Wrapper(model)
 
     clock = iter(range(0, 100, 5))  # 5 "seconds" of compiling per reading
     monkeypatch.setattr("maxup.engine.loop.compile_model", fake_compile)
     monkeypatch.setattr("maxup.engine.loop.compile_seconds", lambda: float(next(clock)))
-    record = train(cfg(train={"compile": True}), tmp_path / "c", log=None)
+    record = train(cfg(train={"compile": True, "compile_mode": "reduce-overhead"}),
+                   tmp_path / "c", log=None)
     assert record["status"] == "completed" and len(wrapped) == 1
     assert [h["compile_s"] for h in record["history"]] == [5.0, 5.0]
     assert record["timings"]["compile_s"] == 10.0
@@ -101,7 +103,7 @@ def test_loop_reports_compile_time_apart_and_checkpoints_the_plain_model(tmp_pat
 
 
 def test_compile_is_an_execution_choice_not_part_of_the_trial_id():
-    on = to_dict(from_dict(cfg(train={"compile": True})))
+    on = to_dict(from_dict(cfg(train={"compile": True, "compile_mode": "max-autotune"})))
     off = to_dict(from_dict(cfg()))
     assert on["train"]["compile"] is True and off["train"]["compile"] is False
     assert trial_id(on) == trial_id(off)

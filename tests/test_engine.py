@@ -366,7 +366,7 @@ def test_record_is_valid(tmp_path):
     ident = copy.deepcopy(cfg)
     for section, key in [("data", "root"), ("data", "num_workers"), ("data", "download"),
                          ("train", "progress"), ("train", "device"), ("train", "deterministic"),
-                         ("train", "compile"),
+                         ("train", "compile"), ("train", "compile_mode"),
                          ("train", "eval_batch_size"), ("train", "checkpoint_every"),
                          ("train", "start_timeout_s")]:
         ident[section].pop(key)

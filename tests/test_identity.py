@@ -30,7 +30,7 @@ def by_hand(cfg: dict, *, seed: bool = True) -> str:
     ident = copy.deepcopy(cfg)
     for section, key in [("data", "root"), ("data", "num_workers"), ("data", "download"),
                          ("train", "device"), ("train", "deterministic"), ("train", "compile"),
-                         ("train", "progress"),
+                         ("train", "compile_mode"), ("train", "progress"),
                          ("train", "eval_batch_size"), ("train", "checkpoint_every"),
                          ("train", "start_timeout_s")]:
         del ident[section][key]

@@ -18,10 +18,16 @@ import torch.nn as nn
 _TOP_LEVEL = ("_compile.compile_inner", "backward._backward_impl")
 
 
-def compile_model(model: nn.Module) -> nn.Module:
-    """``model`` under ``torch.compile`` (default inductor backend; shapes specialised, then
-    dynamic once a second batch size appears — torch's default)."""
-    return torch.compile(model)
+def compile_model(model: nn.Module, mode: str = "default") -> nn.Module:
+    """``model`` under ``torch.compile`` (inductor; shapes specialised, then dynamic once a
+    second batch size appears — torch's default).
+
+    Args:
+        model: the module; the compiled one shares its parameters.
+        mode: ``train.compile_mode``: ``default``, ``reduce-overhead`` (CUDA graphs as well: a
+            launch-bound network replays each step's kernels at once) or ``max-autotune``.
+    """
+    return torch.compile(model, mode=None if mode == "default" else mode)
 
 
 def compile_seconds() -> float:

@@ -116,7 +116,8 @@ def _train(cfg: RunConfig, out_dir: Path, *, device: torch.device, dist: DistCon
             log(f"resumed from {source} after epoch {start_epoch}" + (f"; {note}" if note else ""))
     compiled = cfg.train.compile and getattr(task, "compilable", False)
     if compiled:
-        model = compile_model(model)  # shares the parameters; checkpoints take task.model
+        # The compiled module shares the parameters; checkpoints take task.model.
+        model = compile_model(model, cfg.train.compile_mode)
     if dist.world_size > 1 and torch.distributed.is_initialized() and task.ddp:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
