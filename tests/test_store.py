@@ -580,3 +580,21 @@ def test_regression_a_sweep_reads_each_record_once(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["sweep", str(space), "--storage", str(storage), "--no-table"]) == 0
     assert reads == {t.trial_id: 1 for t in spec.expand()}
+
+
+def test_a_trial_its_sweep_no_longer_plans_is_not_in_that_sweeps_table(tmp_path):
+    """A record under trials/ that names sweep "a" but that a's manifest no longer lists (the
+    sweep was re-planned with fewer seeds) stays out of a's table from the root too, so the
+    table reads the same from either level; it is shown among the unplanned trials."""
+    root = tmp_path / "st"
+    recs = [_digits(90.0 + s, s) for s in range(3)]
+    _store(root, "a", recs)
+    old = _digits(50.0, 7)
+    tid = identity.trial_id(old["config"])
+    (root / "trials" / tid).mkdir()
+    (root / "trials" / tid / "record.json").write_text(json.dumps(dict(old, trial_id=tid,
+                                                                       sweep="a")))
+    from_root, from_sweep = _quiet_load(root), _quiet_load(root / "a")
+    cells = [sweep_table(df, "a").cell(0, 0) for df in (from_root, from_sweep)]
+    assert [(c.n, c.mean) for c in cells] == [(3, pytest.approx(91.0))] * 2
+    assert from_root.loc[from_root["trial_id"] == tid, "sweep"].isna().all()

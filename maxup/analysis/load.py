@@ -158,7 +158,12 @@ def frame_of(view: store.StorageView, warn: bool = True) -> pd.DataFrame:
                 rows.append(_placeholder(entry, st, context))
     for st in view.unplanned:
         if st.record is not None:
-            rows.append(record_row(st.record, st.path))
+            row = record_row(st.record, st.path)
+            if row["sweep"] in view.sweeps:
+                # Trained by a sweep whose manifest no longer lists it: not that sweep's row
+                # (its table must read the same loaded from the sweep's folder).
+                row["sweep"] = None
+            rows.append(row)
     _fill_configs(rows)
     df = pd.DataFrame.from_records(rows) if rows else pd.DataFrame(
         columns=[*TOP_FIELDS, "arm_id", "history", "certification", "axes", "run_config",
