@@ -182,8 +182,8 @@ MUTANTS: list[Mutant] = [
       (OBJ_GRAD, OBJ_NAIVE), "selected rows indexed as batch x copies (the layout is copies x "
       "batch): another example's copy is trained"),
     M("obj-gap-vs-min", OBJ, "maxup/objective.py",
-      "        gap = float((losses.max(dim=0).values - losses.mean(0)).mean())\n",
-      "        gap = float((losses.max(dim=0).values - losses.min(dim=0).values).mean())\n",
+      "        gap = (losses.max(dim=0).values - losses.mean(0)).mean()\n",
+      "        gap = (losses.max(dim=0).values - losses.min(dim=0).values).mean()\n",
       (OBJ_GAP, OBJ_NAIVE), "the logged gap is worst minus best copy, not worst minus mean"),
     M("obj-one-draw-m-times", OBJ, "maxup/objective.py",
       "xs, ts = zip(*(self.augmentation(x, y, generator) for _ in range(m)), strict=True)",
