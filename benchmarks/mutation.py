@@ -348,18 +348,18 @@ MUTANTS: list[Mutant] = [
       "    return Comparison(base, base.mean - arm.mean, welch(arm.values, base.values))\n",
       (AN_AGG, AN_BASE), "Δ vs baseline with the wrong sign"),
     M("cell-shows-worst-arm", TAB, "maxup/analysis/tables.py",
-      "    arms = arms_of(csub, metric, spec.scale, frame)\n    if not arms:\n",
-      "    arms = sorted(arms_of(csub, metric, spec.scale, frame), key=lambda a: a.mean)[:1]\n"
+      "    arms = arms_of(csub, metric, spec.scale)\n    if not arms:\n",
+      "    arms = sorted(arms_of(csub, metric, spec.scale), key=lambda a: a.mean)[:1]\n"
       "    if not arms:\n",
       (AN_RULE, AN_ARMS), "a cell with several arms shows only the worst (issue 16)"),
     M("cell-shows-best-arm", TAB, "maxup/analysis/tables.py",
-      "    arms = arms_of(csub, metric, spec.scale, frame)\n    if not arms:\n",
-      "    arms = sorted(arms_of(csub, metric, spec.scale, frame), key=lambda a: -a.mean)[:1]\n"
+      "    arms = arms_of(csub, metric, spec.scale)\n    if not arms:\n",
+      "    arms = sorted(arms_of(csub, metric, spec.scale), key=lambda a: -a.mean)[:1]\n"
       "    if not arms:\n",
       (AN_RULE, AN_ARMS), "a cell with several arms shows only the best (the rule it replaced)"),
     M("cell-arms-sorted-by-result", TAB, "maxup/analysis/tables.py",
-      "    arms = arms_of(csub, metric, spec.scale, frame)\n    if not arms:\n",
-      "    arms = sorted(arms_of(csub, metric, spec.scale, frame), key=lambda a: -a.mean)\n"
+      "    arms = arms_of(csub, metric, spec.scale)\n    if not arms:\n",
+      "    arms = sorted(arms_of(csub, metric, spec.scale), key=lambda a: -a.mean)\n"
       "    if not arms:\n",
       (AN_RULE,), "every arm shown, but ordered best first (chosen by result)"),
     M("cell-two-arms-one", TAB, "maxup/analysis/tables.py",
