@@ -147,7 +147,8 @@ def _storage(root: Path) -> None:
     for sweep, tids in [("a", ["t4", "t1", "t2"]), ("b", ["t1"])]:
         (root / sweep).mkdir()
         (root / sweep / "sweep.json").write_text(json.dumps(
-            {"trials": [{"trial_id": t, "axes": {"seed": i}} for i, t in enumerate(tids)]}))
+            {"schema": "maxup.sweep/1", "name": sweep,
+             "trials": [{"trial_id": t, "axes": {"seed": i}} for i, t in enumerate(tids)]}))
 
 
 def test_select_takes_each_sweeps_first_completed_trials_once(tmp_path):
@@ -167,6 +168,14 @@ def test_bad_input_is_one_line_exit_2(run_dir, capsys, args, field):
     assert main(["verify", str(run_dir), *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and field in err[0]
+
+
+def test_a_malformed_manifest_is_refused_in_one_line(capsys, tmp_path):
+    _storage(tmp_path)
+    (tmp_path / "b" / "sweep.json").write_text('{"trials": []}')
+    assert main(["verify", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "b/sweep.json: schema: got None" in err[0]
 
 
 def test_missing_or_remote_storage_is_refused(capsys, tmp_path):

@@ -22,6 +22,7 @@ from maxup.engine.rng import global_rng_preserved
 from maxup.engine.task import build_task
 from maxup.errors import UsageError
 from maxup.io import atomic_write_json, atomic_write_text
+from maxup.store import TrialDir
 
 #: Called after every epoch with its metrics and the checkpoint folder (or None).
 Reporter = Callable[[dict, "Path | None"], None]
@@ -76,7 +77,7 @@ def train(config: dict | RunConfig, out_dir: str | Path, *, reporter: Reporter |
             # Any crash but a refusal (out of memory, a bug, a lost file) ends the record
             # failed, its traceback in failure.detail; never a "running" record forever.
             if dist.is_main and not isinstance(exc, UsageError):
-                records.record_crash(record_path or Path(out_dir) / "record.json", exc,
+                records.record_crash(record_path or TrialDir(out_dir).record, exc,
                                      config=to_dict(cfg), extra=record_extra)
             raise
 
@@ -87,8 +88,9 @@ def _train(cfg: RunConfig, out_dir: Path, *, device: torch.device, dist: DistCon
            log: Callable[[str], None] | None, stop_after: int | None = None) -> dict:
     """The body of :func:`train`, run with the caller's global RNG states set aside."""
     cfg_dict = to_dict(cfg)
-    ckpt_path = out_dir / "checkpoints" / "last.pt"
-    record_path = Path(record_path) if record_path else out_dir / "record.json"
+    run_dir = TrialDir(out_dir)
+    ckpt_path = run_dir.checkpoint
+    record_path = Path(record_path) if record_path else run_dir.record
     extra = record_extra or {}
     log = log if dist.is_main else None
 

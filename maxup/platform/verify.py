@@ -31,8 +31,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from maxup import records
+from maxup import records, store
 from maxup.errors import UsageError
+from maxup.store import TrialDir
 
 #: History keys that measure the run rather than what it computed.
 TIMING_KEYS = frozenset({"wall_s", "train_s", "eval_s", "selection_s", "images_per_s",
@@ -92,35 +93,34 @@ def select(target: str | Path, *, per_sweep: int | None = 1) -> list[Candidate]:
     if not root.is_dir():
         raise UsageError(f"verify: got {text!r}; allowed: an existing storage directory, "
                          "sweep folder or run directory")
-    if (root / "record.json").is_file() and not (root / "sweep.json").is_file():
-        rec = _read(root / "record.json")
-        return [Candidate(rec, root / "record.json", "run")] if rec and rec.completed else []
-    if (root / "sweep.json").is_file():
-        manifests, trials_root = [root / "sweep.json"], root.parent / "trials"
+    if TrialDir(root).record.is_file() and not (root / store.MANIFEST).is_file():
+        rec = _read(TrialDir(root).record)
+        return [Candidate(rec, TrialDir(root).record, "run")] if rec and rec.completed else []
+    if (root / store.MANIFEST).is_file():
+        manifests, trials_root = [root / store.MANIFEST], root.parent / store.TRIALS
     else:
-        manifests, trials_root = sorted(root.glob("*/sweep.json")), root / "trials"
+        manifests, trials_root = (sorted(root.glob(f"*/{store.MANIFEST}")),
+                                  root / store.TRIALS)
     chosen: dict[str, Candidate] = {}
     for manifest in manifests:
         try:
-            doc = json.loads(manifest.read_bytes())
-            entries = list(doc["trials"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise UsageError(f"verify: {manifest} is not a sweep manifest ({exc})") from None
+            entries = store.SweepManifest.parse(manifest.read_bytes(), str(manifest)).trials
+        except OSError as exc:
+            raise UsageError(f"verify: {manifest} cannot be read ({exc})") from None
         taken = 0
         for entry in entries:
             if per_sweep is not None and taken >= per_sweep:
                 break
-            tid = entry.get("trial_id") if isinstance(entry, dict) else None
-            path = trials_root / str(tid) / "record.json"
-            rec = _read(path) if tid else None
+            path = TrialDir(trials_root / entry.trial_id).record
+            rec = _read(path)
             if rec is None or not rec.completed:
                 continue
             taken += 1
-            axes = ", ".join(f"{k}={v}" for k, v in (entry.get("axes") or {}).items())
+            axes = ", ".join(f"{k}={v}" for k, v in entry.axes.items())
             chosen.setdefault(rec.trial_id, Candidate(rec, path, f"{manifest.parent.name}: "
                                                              f"{axes}"))
     if per_sweep is None and trials_root.is_dir():
-        for path in sorted(trials_root.glob("*/record.json")):
+        for path in sorted(trials_root.glob(f"*/{store.RECORD}")):
             rec = _read(path)
             if rec is not None and rec.completed and rec.trial_id not in chosen:
                 chosen[rec.trial_id] = Candidate(rec, path, rec.sweep or "not in a manifest")
