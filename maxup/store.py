@@ -22,7 +22,8 @@ Who writes what
   record after every epoch and its checkpoint; nothing else writes a trial's folder while it
   trains. The certification phase adds shards and a certification to a *finished* record.
 - **The sweep driver** writes its manifest before any trial starts, and again when it runs the
-  same sweep later (the manifest always lists what the sweep plans now).
+  same sweep later: the same trials (a run planning others is refused unless ``--replan``,
+  which replaces it), with the command-line overrides and the command that runs it again.
 - Every write is atomic: a temp file in the same directory, ``fsync``, ``os.replace``
   (``maxup.io``); an object store replaces a whole object on each PUT. A reader sees the old
   file or the new one, never half.
@@ -215,15 +216,25 @@ class SweepManifest:
     axes: list[str] = field(default_factory=list)
     trials_root: str = f"../{TRIALS}"
     schema: str = MANIFEST_SCHEMA
+    #: The command-line overrides the sweep ran with (dotted key → value, as parsed: trial
+    #: keys such as ``train.epochs`` and the space's own ``seeds``, ``concurrency``,
+    #: ``resources.*``); empty for a sweep run as its file says (and for older manifests).
+    overrides: dict = field(default_factory=dict)
+    #: The exact command that runs (or continues) this sweep, overrides included; None in
+    #: manifests written before it was stored.
+    command: str | None = None
 
     @classmethod
     def plan(cls, *, name: str, trials: Iterable, description: str = "",
              paper_table: str | None = None, source: str | None = None,
-             axes: Iterable[str] = ()) -> SweepManifest:
+             axes: Iterable[str] = (), overrides: dict | None = None,
+             command: str | None = None) -> SweepManifest:
         """The manifest of a sweep about to run.
 
         Args:
             trials: objects with ``trial_id``, ``config`` and ``axes`` (the expanded trials).
+            overrides: the command line's overrides of the space file.
+            command: the command that runs this sweep again.
         """
         entries = []
         for t in trials:
@@ -233,7 +244,8 @@ class SweepManifest:
                 identity.certification_id(t.config) if cert.get("enabled") else None,
                 cert if cert.get("enabled") else None, t.config))
         return cls(name=name, trials=entries, description=description or "",
-                   paper_table=paper_table, source=source, axes=list(axes))
+                   paper_table=paper_table, source=source, axes=list(axes),
+                   overrides=dict(overrides or {}), command=command)
 
     @classmethod
     def parse(cls, data: bytes | str | dict, where: str = MANIFEST) -> SweepManifest:
@@ -285,14 +297,49 @@ class SweepManifest:
         if root != f"../{TRIALS}":
             raise bad("trials_root", root, repr(f"../{TRIALS}"))
         pt = data.get("paper_table")
+        overrides = data.get("overrides") or {}
+        if not isinstance(overrides, dict) or not all(isinstance(k, str) for k in overrides):
+            raise bad("overrides", overrides, "an object of dotted keys to values, or null")
+        command = data.get("command")
+        if command is not None and not isinstance(command, str):
+            raise bad("command", command, "a string or null")
         return cls(name=name, trials=entries, description=str(data.get("description") or ""),
                    paper_table=None if pt is None else str(pt), source=data.get("source"),
-                   axes=[str(a) for a in axes], trials_root=root)
+                   axes=[str(a) for a in axes], trials_root=root, overrides=dict(overrides),
+                   command=command)
 
     def to_dict(self) -> dict:
         return {"schema": self.schema, "name": self.name, "description": self.description,
                 "paper_table": self.paper_table, "source": self.source, "axes": self.axes,
+                "overrides": self.overrides, "command": self.command,
                 "trials_root": self.trials_root, "trials": [e.to_dict() for e in self.trials]}
+
+    def override_args(self) -> str:
+        """The overrides as command-line arguments (``--train.epochs=2 …``); ``""`` for none."""
+        return override_args(self.overrides)
+
+
+def override_args(overrides: dict) -> str:
+    """Dotted overrides as the arguments that give them (``--train.epochs=2``), each quoted
+    for a POSIX shell where needed; values are written as YAML flow scalars, which is how the
+    command line reads them back (:func:`maxup.config.parse_overrides`)."""
+    import shlex
+
+    return " ".join(shlex.quote(f"--{key}={_flow(value)}") for key, value in overrides.items())
+
+
+def _flow(value: Any) -> str:
+    """A value as the YAML text that parses back to it (``2``, ``0.1``, ``[1, 2]``, ``null``)."""
+    if isinstance(value, str):
+        import yaml
+
+        try:
+            if yaml.safe_load(value) == value and value.strip() == value and value:
+                return value
+        except yaml.YAMLError:
+            pass
+        return json.dumps(value)
+    return json.dumps(value)
 
 
 # ----------------------------------------------------------------------------- the reader

@@ -1,5 +1,5 @@
 """``maxup sweep FILE [--section.key=value …] [--dry-run] [--plan-for cluster.yaml] [--storage PATH]
-[--address auto|HOST:PORT] [--rerun-failed] [--verbose]``."""
+[--address auto|HOST:PORT] [--rerun-failed] [--replan] [--verbose]``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,12 @@ EXAMPLE = """examples:
   maxup sweep search_spaces/quickstart.yaml --rerun-failed  # run failed trials again
 
 Running the same file against the same storage resumes it: completed trials are skipped,
-interrupted ones continue from their last checkpoint. Pending trials start longest first
+interrupted ones continue from their last checkpoint. The sweep's manifest
+(STORAGE/NAME/sweep.json) keeps the overrides and the exact command: run again without
+overrides, a sweep reuses the manifest's; a plan that differs from the manifest (other
+overrides, an edited file) is refused unless --replan. Overrides of the space itself:
+--seeds=N or --seeds=[0,3], --concurrency=N, --retries=N, --resources.cpus_per_trial=N,
+--resources.gpus_per_trial=N, --resources.cpus_per_worker=N. Pending trials start longest first
 (estimated cost: `maxup calibrate` profiles). Dotted overrides apply to every trial before
 its id is computed. Relative data.root and model.weights paths (in the space or overrides) are
 relative to the directory this command runs from: they are made absolute here, before the
@@ -37,6 +42,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="(the default) skip completed trials, resume interrupted ones")
     parser.add_argument("--rerun-failed", action="store_true",
                         help="also run trials whose record says failed")
+    parser.add_argument("--replan", action="store_true",
+                        help="run a plan that differs from the sweep's stored manifest (other "
+                             "overrides, an edited space) and replace the manifest with it; "
+                             "without it such a run is refused. Stored records are kept")
     parser.add_argument("--no-table", action="store_true",
                         help="do not print the results table at the end")
     parser.add_argument("--plan-for", default=None, metavar="CLUSTER_YAML",
@@ -55,25 +64,26 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from maxup.config import parse_overrides
     from maxup.errors import ConfigError, UsageError
-    from maxup.platform.plan import apply_overrides
-    from maxup.platform.space import check_space, load_space
+    from maxup.platform.space import apply_overrides, check_space, load_space
+    from maxup.platform.sweep import plan_difference, refuse_replan, stored_manifest
 
     spec = load_space(args.space)
-    apply_overrides(spec, parse_overrides(args.extra))
-    trials = spec.expand()
+    given = parse_overrides(args.extra)
     storage = args.storage
-    if "://" not in storage:
-        from maxup.cli import check_output_dir
+    _check_storage(storage)
+    prior = stored_manifest(storage, spec.name)
+    from maxup import store
 
-        check_output_dir("--storage", storage)  # before Ray starts or anything is written
-    if "://" in storage:
-        try:
-            import pyarrow.fs
-
-            pyarrow.fs.FileSystem.from_uri(storage)
-        except (ValueError, OSError, ImportError) as exc:
-            raise UsageError(f"--storage: {storage!r} cannot be opened ({exc}); allowed: a "
-                             "directory, or a URI pyarrow reads (s3://, gs://, file://)") from None
+    where = store.Storage(storage).shown(store.manifest_rel(spec.name))
+    inherited = not given and prior is not None and bool(prior.overrides) and not args.replan
+    apply_overrides(spec, prior.overrides if inherited else given)
+    trials = spec.expand()
+    command = rerun_command(args, spec.overrides)
+    difference = None if args.replan else plan_difference(prior, trials, where)
+    if difference is not None and not args.dry_run:
+        raise refuse_replan(spec, prior, difference)
+    if inherited:
+        print(f"overrides from the manifest ({where}): {prior.override_args()}")
     cpus = float(os.cpu_count() or 1) if not args.address else None
     gpus = local_gpus() if not args.address else None
     if args.dry_run:
@@ -88,6 +98,10 @@ def run(args: argparse.Namespace) -> int:
                              f"and {gpus:g} GPU")
         print_plan(spec, trials, storage, cpus, gpus, needs_cluster=needs_cluster,
                    plan_for=args.plan_for, address=args.address)
+        if difference is not None:
+            print(f"manifest: this dry run plans {difference}; a real run is refused unless "
+                  "--replan (which replaces the manifest; stored records are kept)")
+        print(f"command: {command}")
         return 0
     if args.plan_for:
         raise UsageError("--plan-for: only with --dry-run (a real sweep runs on --address)")
@@ -114,12 +128,50 @@ def run(args: argparse.Namespace) -> int:
     summary = run_sweep(spec, trials, storage, address=args.address,
                         rerun_failed=args.rerun_failed, verbose=args.verbose,
                         order="longest_first" if args.order == "longest-first" else "given",
-                        mlflow=args.mlflow, stored=stored)
+                        mlflow=args.mlflow, stored=stored, command=command)
     results = sweep_layout(storage, spec.name).results
     if not args.no_table and summary.completed + summary.skipped:
         _print_table(results)
     print(f"table: maxup tables {results}")
+    if not summary.ok:
+        print(f"to continue: {command}")
     return 0 if summary.ok else 1
+
+
+def _check_storage(storage: str) -> None:
+    """Refuse a --storage that cannot be one, before anything is read, started or written."""
+    from maxup.errors import UsageError
+
+    if "://" not in storage:
+        from maxup.cli import check_output_dir
+
+        check_output_dir("--storage", storage)
+        return
+    try:
+        import pyarrow.fs
+
+        pyarrow.fs.FileSystem.from_uri(storage)
+    except (ValueError, OSError, ImportError) as exc:
+        raise UsageError(f"--storage: {storage!r} cannot be opened ({exc}); allowed: a "
+                         "directory, or a URI pyarrow reads (s3://, gs://, file://)") from None
+
+
+def rerun_command(args: argparse.Namespace, overrides: dict) -> str:
+    """The exact command that runs this sweep again from the same directory: the space, the
+    storage, where it runs and every override (kept in the manifest, printed on Ctrl-C)."""
+    import shlex
+
+    from maxup.store import override_args
+
+    parts = ["maxup", "sweep", shlex.quote(args.space), "--storage", shlex.quote(args.storage)]
+    if args.address:
+        parts += ["--address", shlex.quote(args.address)]
+    if args.order != "longest-first":
+        parts += ["--order", args.order]
+    if args.mlflow:
+        parts += ["--mlflow", shlex.quote(args.mlflow)]
+    extra = override_args(overrides)
+    return " ".join(parts) + (f" {extra}" if extra else "")
 
 
 def _to_train(spec, trials, storage: str, rerun_failed: bool, stored: dict) -> list:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from maxup.errors import ConfigError, UsageError
 from maxup.platform import cost
+from maxup.platform.space import apply_overrides  # noqa: F401 - where callers found it
 
 #: AWS instance family → the GPU its nodes carry (``nvidia-smi`` names).
 INSTANCE_GPUS = {
@@ -241,32 +242,6 @@ def price(spec, trials, target: Target, statuses: dict, records_seen=(),
                   + [False] * len(done), [first[i].seconds for i in todo + done], notes,
                   None if unpriced == len(todo) and todo else wall, compute, unpriced,
                   spec.gpus_per_trial, max(trial_cpus(spec, t.config) for t in trials))
-
-
-def apply_overrides(spec, overrides: dict) -> None:
-    """Apply dotted overrides (``data.root`` …) to every trial of a space, before expansion.
-
-    They go into the space's base config, so they enter every trial's config (and id, unless
-    the key is not part of the identity). A key the grid sets is refused: the grid would
-    overrule it for some trials.
-
-    Raises:
-        ConfigError: the key is one of the grid's axes or bundle keys.
-    """
-    from maxup.config import set_dotted
-
-    grid_keys = set()
-    for axis, values in spec.grid.items():
-        if "." in str(axis):
-            grid_keys.add(axis)
-        elif isinstance(values, dict):
-            for bundle in values.values():
-                grid_keys.update((bundle or {}).keys())
-    for key, value in overrides.items():
-        if key in grid_keys:
-            raise ConfigError(key, value, "a key the space's grid does not set (the grid "
-                              "gives it per trial)")
-        set_dotted(spec.base, key, value)
 
 
 def arm_lines(spec, priced: Priced) -> list[str]:

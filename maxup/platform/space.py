@@ -88,6 +88,9 @@ class SweepSpec:
     # Relative data.root and model.weights resolve against this directory (maxup/paths.py);
     # None: the working directory when the trials are expanded (the command's).
     base_dir: str | None = None
+    # The command-line overrides applied (apply_overrides), in the order given: what the
+    # sweep's manifest stores so that status, report and a rerun plan the same trials.
+    overrides: dict = field(default_factory=dict)
 
     @property
     def cpus_per_trial(self) -> float:
@@ -229,10 +232,7 @@ def load_space(path: str | Path) -> SweepSpec:
     if not isinstance(resources, dict):
         raise ConfigError("resources", resources, "a mapping with " + ", ".join(RESOURCE_KEYS))
     for key, value in resources.items():
-        if key not in RESOURCE_KEYS:
-            raise ConfigError(f"resources.{key}", value, "one of " + ", ".join(RESOURCE_KEYS))
-        if value not in RESOURCE_RANGE:
-            raise ConfigError(f"resources.{key}", value, RESOURCE_RANGE.allowed(key, False))
+        _check_resource(key, value)
     concurrency = _space_int(data, "concurrency", 1)
     retries = _space_int(data, "retries", 2)
     order_seed = _space_int(data, "order_seed", 0)
@@ -268,6 +268,58 @@ def _resolve(ref: str, space_path: Path) -> Path:
             return candidate
     raise ConfigError("base_config", ref, "an existing YAML file (relative to the repository "
                       "root or to the search-space file)")
+
+
+def _check_resource(key: str, value: Any) -> None:
+    if key not in RESOURCE_KEYS:
+        raise ConfigError(f"resources.{key}", value, "one of " + ", ".join(RESOURCE_KEYS))
+    if value not in RESOURCE_RANGE:
+        raise ConfigError(f"resources.{key}", value, RESOURCE_RANGE.allowed(key, False))
+
+
+#: Fields of the space itself that the command line may override (``--seeds=3``,
+#: ``--concurrency=2``, ``--retries=0``, ``--resources.cpus_per_trial=2``).
+SPACE_OVERRIDES = ("seeds", "concurrency", "retries", "order_seed")
+
+
+def apply_overrides(spec: SweepSpec, overrides: dict) -> None:
+    """Apply command-line overrides to a space, before expansion.
+
+    The space's own fields (:data:`SPACE_OVERRIDES` and ``resources.*``) replace the file's,
+    validated as the file's are. Every other key is a dotted run-config key: it goes into the
+    space's base config, so it enters every trial's config (and id, unless the key is not
+    part of the identity). A run-config key the grid sets is refused: the grid would overrule
+    it for some trials.
+
+    Raises:
+        ConfigError: a space field out of range, an unknown resource, or a key the grid sets.
+    """
+    grid_keys = set()
+    for axis, values in spec.grid.items():
+        if "." in str(axis):
+            grid_keys.add(axis)
+        elif isinstance(values, dict):
+            for bundle in values.values():
+                grid_keys.update((bundle or {}).keys())
+    for key, value in overrides.items():
+        if key == "seeds":
+            spec.seeds = _seeds(value)
+        elif key in SPACE_OVERRIDES:
+            setattr(spec, key, _space_int({key: value}, key, 0))
+        elif key == "resources" or key.startswith("resources."):
+            if key == "resources":
+                raise ConfigError(key, value, "one resource per override, e.g. "
+                                  "--resources.cpus_per_trial=2 (one of "
+                                  + ", ".join(RESOURCE_KEYS) + ")")
+            sub = key.split(".", 1)[1]
+            _check_resource(sub, value)
+            spec.resources = {**spec.resources, sub: value}
+        elif key in grid_keys:
+            raise ConfigError(key, value, "a key the space's grid does not set (the grid "
+                              "gives it per trial)")
+        else:
+            set_dotted(spec.base, key, value)
+        spec.overrides[key] = value
 
 
 def _space_int(data: dict, key: str, default: int) -> int:

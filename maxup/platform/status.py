@@ -41,6 +41,8 @@ class SweepStatus:
     axes: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     problems: list[store.Problem] = field(default_factory=list)
+    overrides: dict = field(default_factory=dict)  # the manifest's command-line overrides
+    command: str | None = None  # the manifest's command that runs (continues) the sweep
 
     def count(self, status: str) -> int:
         return sum(t.status == status for t in self.trials)
@@ -59,11 +61,18 @@ def sweep_status(target: str, space: str | None = None) -> SweepStatus:
         UsageError: no manifest there (and no space file), or an unreadable storage.
     """
     configs: dict[str, dict] = {}
+    manifest = None
     if space is not None:
         from maxup import identity
-        from maxup.platform.space import load_space
+        from maxup.platform.space import apply_overrides, load_space
 
         spec = load_space(space)
+        try:  # the overrides the sweep ran with: they decide which trials it planned
+            manifest = store.Storage(target).read_manifest(spec.name)
+        except store.ManifestError:
+            manifest = None
+        if manifest is not None:
+            apply_overrides(spec, manifest.overrides)
         name, axes = spec.name, spec.varying_axes()
         trials = spec.expand()
         storage = store.Storage(target)
@@ -82,6 +91,7 @@ def sweep_status(target: str, space: str | None = None) -> SweepStatus:
         if not view.sweeps:
             raise UsageError(f"{view.problems[0]}; allowed: a {store.MANIFEST_SCHEMA} manifest")
         (sv,) = view.sweeps.values()
+        manifest = sv.manifest
         name, axes = sv.manifest.name, sv.manifest.axes
         planned = [(e.trial_id, e.arm_id or e.trial_id, e.axes, st) for e, st in sv.trials]
         configs = {e.trial_id: e.config for e, _ in sv.trials if e.config is not None}
@@ -89,6 +99,8 @@ def sweep_status(target: str, space: str | None = None) -> SweepStatus:
     states = [TrialState(tid, arm, t_axes, st.state, st.record, problem=st.problem)
               for tid, arm, t_axes, st in planned]
     st = SweepStatus(name, states, axes, problems=problems)
+    if manifest is not None:
+        st.overrides, st.command = dict(manifest.overrides), manifest.command
     _remaining(st, configs)
     return st
 
@@ -165,6 +177,8 @@ def render(st: SweepStatus, now: _dt.datetime | None = None) -> list[str]:
            f"completed, {st.count('running')} running, {st.count('failed')} failed, "
            f"{st.count('pending')} pending"
            + (f", {st.count(store.CORRUPT)} corrupt" if st.count(store.CORRUPT) else "")]
+    if st.overrides:
+        out.append(f"overrides: {store.override_args(st.overrides)}")
     shown = [a for a in st.axes if a != "seed"]
     for group in arms.values():
         label = ", ".join(f"{a}={group[0].axes.get(a)}" for a in shown) or group[0].arm_id
@@ -209,4 +223,6 @@ def render(st: SweepStatus, now: _dt.datetime | None = None) -> list[str]:
     out.append(f"remaining: {fmt_duration(known)} of trial time for {len(left)} trial(s)"
                + (f" ({unknown} not priced)" if unknown else ""))
     out += [f"  note: {note}" for note in st.notes]
+    if st.command and left:
+        out.append(f"to continue: {st.command}")
     return out

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from maxup import records, store
+from maxup.errors import UsageError
 from maxup.io import atomic_write_bytes
 from maxup.platform.space import SweepSpec, Trial, max_concurrent, trial_cpus
 
@@ -342,23 +343,64 @@ def sweep_layout(storage: str | Path, name: str) -> SweepLayout:
     return SweepLayout(Path(storage).resolve() / name)
 
 
-def write_manifest(spec: SweepSpec, trials: list[Trial], layout: SweepLayout) -> None:
+def write_manifest(spec: SweepSpec, trials: list[Trial], layout: SweepLayout,
+                   command: str | None = None) -> None:
     """Write (and mirror) the sweep's manifest (:class:`maxup.store.SweepManifest`): what it
     planned, each trial with its ids, axes, config and, when certified, its certification:
     a trial shared with another sweep shows in this sweep's table with this sweep's axes and
-    certification, and a trial not run yet keeps its arm's row."""
+    certification, and a trial not run yet keeps its arm's row. It also stores the space's
+    command-line overrides (``spec.overrides``) and ``command``, the exact command that runs
+    the sweep again."""
     manifest = store.SweepManifest.plan(
         name=spec.name, trials=trials, description=spec.description,
-        paper_table=spec.paper_table, source=spec.source, axes=spec.varying_axes())
+        paper_table=spec.paper_table, source=spec.source, axes=spec.varying_axes(),
+        overrides=spec.overrides, command=command)
     store.Storage(layout.storage).write_manifest(manifest)
     layout.push(layout.manifest)
+
+
+def stored_manifest(storage: str | Path, name: str) -> store.SweepManifest | None:
+    """Sweep ``name``'s manifest in ``storage`` (a path or URI); None when there is none or it
+    does not parse (a manifest is a plan, rewritten by the next run; the records are kept)."""
+    try:
+        return store.Storage(str(storage)).read_manifest(name)
+    except store.ManifestError:
+        return None
+
+
+def plan_difference(manifest: store.SweepManifest | None, trials: list[Trial],
+                    where: str = "") -> str | None:
+    """How the trials planned now differ from a stored manifest's (at ``where``), in words;
+    None when they are the same trials (or there is no manifest)."""
+    if manifest is None:
+        return None
+    before = {e.trial_id for e in manifest.trials}
+    now = {t.trial_id for t in trials}
+    if before == now:
+        return None
+    at = f" {where}" if where else ""
+    return (f"{len(now)} trials, {len(now - before)} of them not in the manifest{at}, which plans "
+            f"{len(before)} ({len(before - now)} not planned now)")
+
+
+def refuse_replan(spec: SweepSpec, manifest: store.SweepManifest, difference: str
+                  ) -> UsageError:
+    """The one-line refusal of a run whose plan differs from its sweep's manifest."""
+    given = store.override_args(spec.overrides) or "none"
+    stored = manifest.override_args() or "none"
+    again = f" (run: {manifest.command})" if manifest.command else ""
+    return UsageError(
+        f"sweep {spec.name}: got a plan of {difference} (overrides now: {given}; in "
+        f"the manifest: {stored}); allowed: the manifest's plan{again}, or --replan to "
+        "replace the manifest with this plan (stored records are kept)")
 
 
 def run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *,
               address: str | None = None, rerun_failed: bool = False,
               echo: Callable[[str], None] = print, verbose: bool = False,
               order: str = "longest_first", mlflow: str | None = None,
-              stored: dict[str, store.StoredTrial] | None = None) -> SweepSummary:
+              stored: dict[str, store.StoredTrial] | None = None,
+              command: str | None = None) -> SweepSummary:
     """Run the sweep's pending trials on Ray Tune and return how each ended.
 
     Each record is read once before training (``stored``, or here) and that one reading
@@ -377,6 +419,7 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *,
             seeds of an arm spread where costs tie) or ``given`` (the order of ``trials``).
         mlflow: MLflow tracking URI each trial also logs to (:mod:`maxup.platform.views`).
         stored: :func:`read_stored` of these trials when the caller already read them.
+        command: the command that runs this sweep again (kept in the manifest).
     """
     t_start = time.perf_counter()
     layout = sweep_layout(storage, spec.name)
@@ -402,7 +445,7 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *,
     summary = SweepSummary(skipped=[t.trial_id for t in skipped])
     summary.failed_before = [t.trial_id for t in skipped
                              if statuses[t.trial_id] is records.Status.FAILED]
-    write_manifest(spec, trials, layout)
+    write_manifest(spec, trials, layout, command)
     if skipped:
         echo(f"skipping {len(skipped)} trial(s) with a completed"
              f"{'' if rerun_failed else ' or failed'} record")
@@ -423,8 +466,6 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *,
         problem = preflight_remote(pending, {"num_cpus": min(spec.cpus_per_trial, 1.0),
                                              "num_gpus": spec.gpus_per_trial})
         if problem is not None:
-            from maxup.errors import UsageError
-
             raise UsageError(f"{problem} (checked on the cluster; no trial started)")
     slots = max_concurrent(spec, pending, cpus, gpus)
     sharded = any(t.config["train"]["workers"] > 1 for t in pending)
