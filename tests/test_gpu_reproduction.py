@@ -165,6 +165,14 @@ def test_tiny_install_and_run_copies_records_without_checkpoints(tmp_path):
     wheels.mkdir()  # everything is installed here already: pip must find it all satisfied
     data = _tiny_fashion(tmp_path / "fmnist")
     scratch, dest = tmp_path / "scratch", tmp_path / "dest"
+    # step 1 alone (wheels and data sent to the GPU machine separately)
+    first = _run(RUN, "--install-only", "--tiny", "--wheels", str(wheels), "--scratch",
+                 str(scratch), "--dest", str(dest), timeout=300)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "== installed (--install-only)" in first.stdout
+    assert (scratch / "venv" / "bin" / "python").exists()
+    assert not (scratch / "storage").exists() and not dest.exists()
+    # then the run, reusing that environment
     proc = _run(RUN, "--tiny", "--wheels", str(wheels), "--data", str(data), "--scratch",
                 str(scratch), "--dest", str(dest), timeout=420)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
