@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU reproduction in one command, on a machine without network or Ray (README, "GPU
-# reproduction"): reproduction/gpu_fashion/space.yaml (full Fashion-MNIST, ResNet-20, Cutout vs
+# The GPU reproduction in one command, on a machine without network or Ray (README, "At GPU
+# scale"): reproduction/gpu_fashion/space.yaml (full Fashion-MNIST, ResNet-20, Cutout vs
 # MaxUp + Cutout, 5 seeds; priced at <= 8 min on one H200) run into a fresh storage, and its
 # records copied back into the repository.
 #
