@@ -115,3 +115,34 @@ def test_report_imports_neither_torch_nor_ray():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not STORED.exists(), reason="no stored reproduction")
+def test_stored_reproduction_still_follows_from_the_code(tmp_path):
+    """``maxup verify reproduction --trials 1 --epochs 1``: the first trial of each stored
+    sweep, rerun for its first epoch. On the hardware class the records were made on (their
+    CPU model and instruction set) every trial must match bit for bit; elsewhere a difference
+    is reported with its reason and does not fail."""
+    from maxup import records
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "maxup", "verify", str(STORED), "--trials", "1", "--epochs",
+         "1", "--scratch", str(tmp_path)],
+        capture_output=True, text=True, cwd=ROOT, timeout=1200)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    verdicts = [line for line in proc.stdout.splitlines() if line[:4] in ("PASS", "FAIL",
+                                                                         "DIFF", "SKIP")]
+    firsts = set()
+    for manifest in sorted(STORED.glob("*/sweep.json")):
+        firsts.add(json.loads(manifest.read_text())["trials"][0]["trial_id"])
+    assert len(verdicts) == len(firsts) >= 4
+    assert {line.split()[1] for line in verdicts} == firsts
+    here = records.environment()
+    stored = [json.loads((STORED / "trials" / t / "record.json").read_text())["environment"]
+              for t in firsts]
+    if all(env.get("device_name") == here["device_name"] and env.get("torch") == here["torch"]
+           and env.get("cpu_capability") == here["cpu_capability"] for env in stored):
+        assert all(line.startswith("PASS") for line in verdicts), proc.stdout
+    else:
+        assert all(line.startswith(("PASS", "DIFF")) for line in verdicts), proc.stdout
