@@ -7,6 +7,7 @@ manifest is refused unless ``--replan``; the space's own ``seeds``, ``concurrenc
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -189,3 +190,34 @@ def test_replan_replaces_the_manifest_and_keeps_the_records(tmp_path, capsys):
     assert m.command == f"maxup sweep {space} --storage {storage} --train.epochs=2 --seeds=2"
     assert all(_tree(storage / "trials")[k] == v for k, v in kept.items())
     assert all(identity.trial_id(e.config) == e.trial_id for e in m.trials)
+
+
+def test_regression_gpu_space_on_a_cpu_machine_says_what_to_do(tmp_path, capsys, monkeypatch):
+    """Issue 27, item 4: `maxup sweep search_spaces/table3_cifar10.yaml` on a 2-CPU machine
+    without a GPU said `resources.cpus_per_trial: got 4.0; allowed: at most the cluster's 2
+    CPUs`, and the override it needed was refused as an unknown key. Now one line says the
+    space wants GPUs and names the ways on; the overrides it names are accepted."""
+    import maxup.cli.sweep as sweep_cli
+
+    monkeypatch.setattr(sweep_cli, "local_gpus", lambda: 0.0)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    space = str(Path(__file__).resolve().parents[1] / "search_spaces" / "table3_cifar10.yaml")
+    storage = tmp_path / "st"
+    assert main(["sweep", space, "--storage", str(storage)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("maxup: error: resources.gpus_per_trial: got 1; search space "
+                          "table3_cifar10 wants GPUs (4 CPU and 1 GPU per trial) and this "
+                          "machine has 2 CPU and 0 GPU; allowed:")
+    for way in ("--address auto", "--dry-run", "--resources.cpus_per_trial=2 "
+                "--resources.gpus_per_trial=0"):
+        assert way in err
+    assert not storage.exists()
+    # The overrides it names fit this machine: one trial at a time, on its 2 CPUs.
+    from maxup.platform.space import refuse_here
+
+    spec = load_space(space)
+    apply_overrides(spec, {"resources.cpus_per_trial": 2, "resources.gpus_per_trial": 0})
+    trials = spec.expand()
+    refuse_here(spec, trials, 2.0, 0.0)
+    assert max_concurrent(spec, trials, 2.0, 0.0) == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 EXAMPLE = """examples:
@@ -62,9 +63,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from maxup.platform import interrupt
+
+    with interrupt.catching():
+        return _command(args)
+
+
+def _command(args: argparse.Namespace) -> int:
     from maxup.config import parse_overrides
     from maxup.errors import ConfigError, UsageError
-    from maxup.platform.space import apply_overrides, check_space, load_space
+    from maxup.platform.space import apply_overrides, check_space, load_space, refuse_here
     from maxup.platform.sweep import plan_difference, refuse_replan, stored_manifest
 
     spec = load_space(args.space)
@@ -105,10 +113,26 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.plan_for:
         raise UsageError("--plan-for: only with --dry-run (a real sweep runs on --address)")
+    if not args.address:  # a space this machine cannot run: say what to do instead
+        refuse_here(spec, trials, cpus, gpus)
+    # The first line, before torch is imported for the registries (seconds on a busy machine)
+    arms = len(trials) // len(spec.seeds)
+    print(f"sweep {spec.name}: {len(trials)} trials ({arms} arms × {len(spec.seeds)} seeds), "
+          f"storage {str(storage).rstrip('/')}/{spec.name}; reading its records, checking the "
+          "data", flush=True)
     check_space(spec, trials, cpus, gpus)
     from maxup.platform.views import check_mlflow
 
     check_mlflow(args.mlflow)
+
+    try:
+        return _run(args, spec, trials, storage, command)
+    except KeyboardInterrupt:
+        return _interrupted(spec, trials, storage, command)
+
+
+def _run(args, spec, trials, storage: str, command: str) -> int:
+    from maxup.errors import UsageError
     from maxup.platform.sweep import read_stored, run_sweep, sweep_layout
 
     stored = None
@@ -136,6 +160,45 @@ def run(args: argparse.Namespace) -> int:
     if not summary.ok:
         print(f"to continue: {command}")
     return 0 if summary.ok else 1
+
+
+def _interrupted(spec, trials, storage: str, command: str) -> int:
+    """After a Ctrl-C: stop Ray (its watchdog kills what outlives that), then say what was
+    saved and the exact command that continues the sweep (exit status 130)."""
+    import sys
+
+    from maxup import records
+    from maxup.platform.interrupt import resume_words, trial_progress
+    from maxup.platform.sweep import read_stored, statuses_of, sweep_layout
+
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    except ImportError:
+        pass
+    layout = sweep_layout(storage, spec.name)
+    stored = read_stored(trials, layout)
+    status = statuses_of(stored)
+    done = sum(s is records.Status.COMPLETED for s in status.values())
+    failed = sum(s is records.Status.FAILED for s in status.values())
+    stopped = [t for t in trials if status[t.trial_id] is records.Status.RUNNING]
+    untouched = len(trials) - done - failed - len(stopped)
+    say = [f"maxup: interrupted; sweep {spec.name}: {done} of {len(trials)} trials completed "
+           f"and kept in {layout.results}"
+           + (f", {failed} failed" if failed else "")
+           + (f", {len(stopped)} stopped mid-run (record and checkpoint kept):" if stopped
+              else "")]
+    for t in stopped:
+        got, after = trial_progress(layout.trial(t.trial_id).path)
+        axes = ", ".join(f"{k}={v}" for k, v in t.axes.items())
+        say.append(f"  {t.trial_id} ({axes}): "
+                   f"{resume_words(got, after, t.config['train']['epochs'])}")
+    say.append(f"{untouched} without a record yet (not started, or stopped in their first "
+               f"epoch). Nothing of this sweep is left running. To continue: {command}")
+    print("\n".join(say), file=sys.stderr, flush=True)
+    return 130
 
 
 def _check_storage(storage: str) -> None:
@@ -183,7 +246,15 @@ def _to_train(spec, trials, storage: str, rerun_failed: bool, stored: dict) -> l
 
 
 def local_gpus() -> float:
-    """GPUs the embedded local Ray will see (CUDA devices visible to this process)."""
+    """GPUs the embedded local Ray will see (CUDA devices visible to this process).
+
+    Without an NVIDIA driver (no ``/proc/driver/nvidia``) or with ``CUDA_VISIBLE_DEVICES``
+    empty, 0 without importing torch (seconds on a busy machine, before the first line);
+    otherwise torch counts them."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return 0.0
+    if sys.platform.startswith("linux") and not os.path.isdir("/proc/driver/nvidia"):
+        return 0.0
     import torch
 
     return float(torch.cuda.device_count())

@@ -39,6 +39,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from maxup.platform import interrupt
+
+    with interrupt.catching():
+        return _command(args)
+
+
+def _command(args: argparse.Namespace) -> int:
     from maxup.config import check_registered_names, load_config, parse_overrides
     from maxup.errors import UsageError
     from maxup.records import Status
@@ -54,33 +61,17 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--out: {str(out)!r} already holds a run; allowed: a new directory, "
                          "or --resume to continue it")
     cfg = _with_absolute_paths(cfg, out, args.resume)
+    # The first line, before torch is imported (seconds on a busy machine).
+    workers = f", {cfg.train.workers} data-parallel workers on Ray Train" \
+        if cfg.train.workers > 1 else ""
+    print(f"train {args.config} -> {out}: {cfg.train.epochs} epochs of {cfg.model.name} on "
+          f"{cfg.data.name}, maxup m = {cfg.maxup.m}{workers}"
+          + ("; resuming" if args.resume else ""), flush=True)
     check_registered_names(cfg)
-    from maxup import records
-    from maxup.config import to_dict
-
-    if cfg.train.workers > 1:
-        from maxup.platform.distributed import train_distributed
-
-        try:
-            with _echo_log(run_files.log):  # the workers' epoch lines, on this console too
-                record = train_distributed(cfg, out, resume=args.resume)
-        except UsageError:
-            raise
-        except Exception as exc:  # Ray Train gave up after its retries: keep that on record
-            record = records.record_crash(run_files.record, exc, config=to_dict(cfg))
-    else:
-        from maxup.engine import train
-
-        log = _Log(run_files.log)
-        try:
-            record = train(cfg, out, resume=args.resume, log=log)
-        except UsageError:
-            raise
-        except Exception as exc:  # the engine ended the record failed (failure.detail)
-            record = records.record_crash(run_files.record, exc, config=to_dict(cfg))
-            log.write((record.get("failure") or {}).get("detail") or "")
-        finally:
-            log.close()
+    try:
+        record = _train(cfg, out, run_files, args.resume)
+    except KeyboardInterrupt:
+        return _interrupted(args, cfg, out, overrides)
     final = record.get("final") or {}
     if record["status"] == Status.FAILED:
         print(f"run failed: {record['failure']['reason']} (see {run_files.record})")
@@ -91,6 +82,81 @@ def run(args: argparse.Namespace) -> int:
         result = f"test acc {final.get('test_acc', float('nan')):.2f}%"
     print(f"done: {result} after {final.get('epoch')} epochs; results in {out}")
     return 0
+
+
+def _train(cfg, out: Path, run_files: TrialDir, resume: bool) -> dict:
+    from maxup.platform.liveness import Heartbeat, run_describer
+
+    with Heartbeat(run_describer(run_files.record, cfg.train.epochs)) as beat:
+        return _train_run(cfg, out, run_files, resume, beat)
+
+
+def _train_run(cfg, out: Path, run_files: TrialDir, resume: bool, beat) -> dict:
+    from maxup import records
+    from maxup.config import to_dict
+    from maxup.errors import UsageError
+    from maxup.platform import interrupt
+
+    if cfg.train.workers > 1:
+        from maxup.platform.distributed import train_distributed
+
+        try:
+            # the workers' epoch lines, on this console too
+            with _echo_log(run_files.log, on_line=beat.printed):
+                return train_distributed(cfg, out, resume=resume)
+        except UsageError:
+            raise
+        except Exception as exc:  # Ray Train gave up after its retries: keep that on record
+            # A Ctrl-C reaches Ray Train's controller too, which may end fit() with its own
+            # error before the driver's KeyboardInterrupt: an interruption, not a failure.
+            if interrupt.interrupted():
+                raise KeyboardInterrupt from exc
+            return records.record_crash(run_files.record, exc, config=to_dict(cfg))
+    from maxup.engine import train
+
+    log = _Log(run_files.log, on_line=beat.printed)
+    try:
+        return train(cfg, out, resume=resume, log=log)
+    except UsageError:
+        raise
+    except Exception as exc:  # the engine ended the record failed (failure.detail)
+        record = records.record_crash(run_files.record, exc, config=to_dict(cfg))
+        log.write((record.get("failure") or {}).get("detail") or "")
+        return record
+    finally:
+        log.close()
+
+
+def _interrupted(args: argparse.Namespace, cfg, out: Path, overrides: dict) -> int:
+    """After a Ctrl-C: stop Ray if this run started it, then say what was saved and the exact
+    command that continues the run (exit status 130)."""
+    import shlex
+
+    from maxup.platform.interrupt import resume_words, trial_progress
+    from maxup.store import override_args
+
+    if cfg.train.workers > 1:
+        try:
+            import ray
+
+            if ray.is_initialized():
+                ray.shutdown()
+        except ImportError:
+            pass
+    got, after = trial_progress(out)
+    saved = resume_words(got, after, cfg.train.epochs)
+    if cfg.train.workers > 1 and after is not None:  # Ray Train resumes from its own copy
+        saved = (f"{got} of {cfg.train.epochs} epochs recorded; resumes from the last "
+                 f"checkpoint Ray Train committed (epoch {after} at most)")
+    given = {k: v for k, v in overrides.items() if k != "train.workers"}
+    workers = f" --workers {args.workers}" if args.workers is not None else ""
+    extra = override_args(given)
+    command = (f"maxup train {shlex.quote(args.config)} --out {shlex.quote(str(out))} --resume"
+               f"{workers}" + (f" {extra}" if extra else ""))
+    print(f"maxup: interrupted; run {out}: {saved} "
+          f"(record: {TrialDir(out).record}). Nothing of this run is left running. "
+          f"To continue: {command}", file=sys.stderr, flush=True)
+    return 130
 
 
 def _with_absolute_paths(cfg, out: Path, resume: bool):
@@ -130,11 +196,13 @@ class _Log:
     """Each epoch line on stdout and appended to ``OUT/log.txt``; the file is opened at the
     first line (after every refusal), so a refused run writes nothing."""
 
-    def __init__(self, path: Path):
-        self.path, self.fh = path, None
+    def __init__(self, path: Path, on_line=None):
+        self.path, self.fh, self.on_line = path, None, on_line
 
     def __call__(self, line: str) -> None:
         print(line, flush=True)
+        if self.on_line is not None:
+            self.on_line()
         self.write(line)
 
     def write(self, line: str) -> None:
@@ -151,8 +219,9 @@ class _Log:
 
 
 @contextlib.contextmanager
-def _echo_log(path: Path, interval_s: float = 0.5):
-    """While the block runs, print what the data-parallel workers append to ``path``."""
+def _echo_log(path: Path, interval_s: float = 0.5, on_line=None):
+    """While the block runs, print what the data-parallel workers append to ``path``
+    (``on_line()`` after each batch of lines printed)."""
     start = path.stat().st_size if path.exists() else 0
     stop = threading.Event()
 
@@ -172,6 +241,8 @@ def _echo_log(path: Path, interval_s: float = 0.5):
                 if complete:
                     sys.stdout.write(complete)
                     sys.stdout.flush()
+                    if on_line is not None:
+                        on_line()
             if done:
                 return
 

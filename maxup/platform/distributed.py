@@ -154,11 +154,41 @@ def train_distributed(config: dict | RunConfig, out_dir: str | Path, *, resume: 
         ),
     )
     with _train_env(cfg.train.start_timeout_s):
-        trainer.fit()
+        _fit(trainer)
     rec = records.read_record(record_path)
     if rec is None:
         raise RuntimeError(f"the Ray Train run finished without writing {record_path}")
     return rec
+
+
+def _fit(trainer) -> None:
+    """``trainer.fit()``, off the main thread when called on it.
+
+    On the main thread Ray Train's ``fit()`` replaces the process's SIGINT handler with its
+    own (a "graceful abort" after which ``maxup train --workers 2`` exited 1 without a word,
+    issue 27) and never restores it. In another thread it installs none: a Ctrl-C then stays
+    a ``KeyboardInterrupt`` in the main thread, and the command tells its own story
+    (:mod:`maxup.platform.interrupt`). The thread is a daemon: after a Ctrl-C, stopping Ray
+    ends its wait."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        trainer.fit()
+        return
+    box: dict = {}
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread below
+            box["error"] = exc
+
+    thread = threading.Thread(target=fit, name="maxup-ray-train-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(timeout=0.2)
+    if "error" in box:
+        raise box["error"]
 
 
 @contextlib.contextmanager
@@ -252,7 +282,8 @@ def start_local_ray(start_timeout_s: float = 60.0) -> None:
     trained on and wrote records for up to 3 s and Ray's dashboard and runtime-env agents
     stayed for good. A watchdog started before ``ray.init`` (:mod:`maxup.platform.reaper`,
     Linux) kills all of the driver's descendants when it dies: all were gone within 0.16 s of
-    the kill (5 runs). At a normal exit it shuts Ray down and leaves, killing nothing.
+    the kill (5 runs). At a normal exit it shuts Ray down, then kills what outlived the
+    shutdown (Ray's agents did, after a Ctrl-C) and leaves.
     """
     import ray
 
@@ -335,11 +366,45 @@ def probe_cluster(address: str, timeout_s: float = 10.0) -> str:
     import grpc
     from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
 
-    with grpc.insecure_channel(hostport) as channel:
-        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
-        try:
-            stub.GetAllNodeInfo(gcs_service_pb2.GetAllNodeInfoRequest(), timeout=timeout_s)
-        except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.UNAUTHENTICATED:
-                raise unreachable(f"not a Ray GCS: {exc.code().name}") from None
+    def gcs_call(metadata=None) -> grpc.StatusCode:
+        with grpc.insecure_channel(hostport) as channel:
+            stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
+            try:
+                stub.GetAllNodeInfo(gcs_service_pb2.GetAllNodeInfoRequest(),
+                                    timeout=timeout_s, metadata=metadata)
+            except grpc.RpcError as exc:
+                return exc.code()
+        return grpc.StatusCode.OK
+
+    code = gcs_call()
+    if code not in (grpc.StatusCode.OK, grpc.StatusCode.UNAUTHENTICATED):
+        raise unreachable(f"not a Ray GCS: {code.name}")
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        _check_token(address, hostport, gcs_call)
     return hostport
+
+
+def _check_token(address: str, hostport: str, gcs_call) -> None:
+    """The cluster wants its token: refuse in one line when none is set here, or when the one
+    set is not the cluster's (joining without it was 20 s of ``InvalidAuthToken`` warnings and
+    a 50-line traceback); with the right one, make sure this process sends it."""
+    import grpc
+
+    from maxup.platform.jobs import read_token
+
+    allowed = ("allowed: RAY_AUTH_TOKEN (the token) or RAY_AUTH_TOKEN_PATH (a file holding "
+               "it) set to the cluster's token, the head's ~/.ray/auth_token "
+               "(docs/cluster.md)")
+    try:
+        token = read_token()
+    except UsageError as exc:
+        raise UsageError(f"address {address!r}: the cluster at {hostport} uses token "
+                         f"authentication and {str(exc).split(': ', 1)[-1]}") from None
+    if not token:
+        raise UsageError(f"address {address!r}: the cluster at {hostport} uses token "
+                         "authentication and no token is set here (RAY_AUTH_TOKEN, "
+                         f"RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token); {allowed}")
+    if gcs_call((("authorization", f"Bearer {token}"),)) == grpc.StatusCode.UNAUTHENTICATED:
+        raise UsageError(f"address {address!r}: the cluster at {hostport} refused the token "
+                         f"set here (not its token); {allowed}")
+    _force_token_auth()  # this driver sends it when it joins

@@ -68,9 +68,14 @@ class SweepProgress(Callback):
 
     def __init__(self, layout, echo: Callable[[str], None], estimates: dict[str, float | None],
                  slots: int, *, verbose: bool = False, tty: bool | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 epochs: dict[str, int] | None = None,
+                 on_line: Callable[[], None] | None = None):
         self.layout, self.estimates, self.slots, self.verbose = layout, estimates, slots, verbose
         self.clock = clock
+        self.epochs = epochs or {}  # trial id → its configured epochs
+        self.at_epoch: dict[str, int] = {}  # trial id → the last epoch it reported
+        self.on_line = on_line  # told whenever a line (or the live bar) was printed
         self.t0 = clock()
         self.started: dict[str, float] = {}
         self.done: dict[str, float] = {}  # trial id → measured seconds
@@ -86,6 +91,12 @@ class SweepProgress(Callback):
             self.echo = self.bar.write
         else:
             self.echo = echo
+
+    def __getstate__(self) -> dict:
+        # Tune pickles its run config (callbacks included) into the experiment's
+        # tuner.pkl, which this platform never restores from: the live parts (the output
+        # function, the heartbeat hook, the terminal bar) stay out of that copy.
+        return {k: v for k, v in self.__dict__.items() if k not in ("echo", "on_line", "bar")}
 
     # ---------------------------------------------------------------- the numbers
     def factor(self) -> float:
@@ -113,6 +124,13 @@ class SweepProgress(Callback):
                 f" elapsed {cost.fmt_duration(self.clock() - self.t0)}, "
                 f"ETA {cost.fmt_duration(self.eta())}")
 
+    def heartbeat(self) -> str:
+        """The status line with each running trial's epoch (what the periodic line says)."""
+        running = [t for t in self.started if t not in self.done and t not in self.failed]
+        where = ", ".join(f"{t} epoch {self.at_epoch.get(t, 0)}/{self.epochs.get(t, '?')}"
+                          for t in running)
+        return f"[status] {self.status()}" + (f"; running: {where}" if where else "")
+
     def _refresh(self, force: bool = False) -> None:
         if self.bar is None:
             return
@@ -121,10 +139,16 @@ class SweepProgress(Callback):
             self._last = now
             self.bar.n = len(self.done) + len(self.failed)
             self.bar.set_postfix_str(self.status(), refresh=True)
+            if self.on_line is not None:  # the live bar is the heartbeat on a terminal
+                self.on_line()
 
     # ---------------------------------------------------------------- Tune's hooks
     def on_step_end(self, iteration, trials, **info):
         self._refresh()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if isinstance(result.get("epoch"), int):
+            self.at_epoch[_tid(trial)] = result["epoch"]
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.started.setdefault(_tid(trial), self.clock())

@@ -27,8 +27,11 @@ died can be missed: a Ray worker takes longer than that to start, so it holds no
 and it exits on its own once it finds its raylet gone.
 
 When the driver exits normally, an ``atexit`` hook shuts Ray down (Ray's own hook, registered
-when ``ray`` is imported, would run after it) and then writes to the pipe: the watchdog exits
-without killing anything. It ignores SIGINT and SIGHUP (a Ctrl-C or a closed terminal
+when ``ray`` is imported, would run after it) and then writes to the pipe: the watchdog gives
+what it saw up to :data:`GRACE_S` to exit and kills whatever of it is still there, then exits.
+After a clean run nothing is left to kill; after a Ctrl-C, ``ray.shutdown()`` left Ray's
+dashboard and runtime-env agents running (~200 MB, and they ignore SIGTERM): issue 27.
+It ignores SIGINT and SIGHUP (a Ctrl-C or a closed terminal
 reaches the whole process group: the driver handles them, the watchdog must outlive it), has
 no output, and is a no-op outside Linux. Only the embedded Ray gets one: a cluster joined by
 address is never touched.
@@ -50,6 +53,8 @@ from collections.abc import Callable
 # The snapshot's period; slower on hosts with so many processes that one /proc scan costs
 # more than 1/20 of it (at most 5 % of a core).
 PERIOD_S = 0.2
+#: How long processes still alive after a normal exit's shutdown get before they are killed.
+GRACE_S = 0.5
 _DISARM = b"exit\n"
 
 _reaper: subprocess.Popen | None = None
@@ -141,11 +146,21 @@ def watch(driver: int) -> int:
         snapshot.pop(me, None)
         wait = max(PERIOD_S, 20 * (time.monotonic() - t0))
         if select.select([0], [], [], wait)[0]:
-            if os.read(0, 64):  # the driver exited normally and shut Ray down: kill nothing
+            if os.read(0, 64):  # the driver exited normally and shut Ray down: kill only
+                # what outlived that shutdown, after a grace period
+                deadline = time.monotonic() + GRACE_S
+                while _still_alive(snapshot) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                reap(snapshot)
                 return 0
             break  # end of file: the driver is gone
     reap(snapshot)
     return 0
+
+
+def _still_alive(snapshot: dict[int, int]) -> bool:
+    table = process_table()
+    return any(table.get(pid, (0, None))[1] == start for pid, start in snapshot.items())
 
 
 def start(at_exit: Callable[[], object] | None = None) -> None:
@@ -173,7 +188,8 @@ def start(at_exit: Callable[[], object] | None = None) -> None:
 
 
 def _disarm(proc: subprocess.Popen, owner: int, at_exit: Callable[[], object] | None) -> None:
-    """At a normal exit: tell the watchdog to leave, killing nothing (not from a fork)."""
+    """At a normal exit (not from a fork): run ``at_exit`` (Ray's shutdown), then tell the
+    watchdog to kill what outlived it (after :data:`GRACE_S`) and leave."""
     if os.getpid() != owner or proc.poll() is not None:
         return
     try:
@@ -184,7 +200,7 @@ def _disarm(proc: subprocess.Popen, owner: int, at_exit: Callable[[], object] | 
     try:
         proc.stdin.write(_DISARM)
         proc.stdin.close()
-        proc.wait(timeout=2)
+        proc.wait(timeout=GRACE_S + 5)
     except (OSError, ValueError, subprocess.TimeoutExpired):
         pass
 

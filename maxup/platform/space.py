@@ -353,6 +353,17 @@ def check_space(spec: SweepSpec, trials: list[Trial], cluster_cpus: float | None
     pairs = {(t.config["model"]["name"], t.config["data"]["name"]): t.config for t in trials}
     for config in pairs.values():
         check_registered_names(from_dict(config))
+    check_resources(spec, trials, cluster_cpus, cluster_gpus)
+
+
+def check_resources(spec: SweepSpec, trials: list[Trial], cluster_cpus: float | None,
+                    cluster_gpus: float | None) -> None:
+    """Refuse trials that can never be placed on the cluster (no torch needed).
+
+    Raises:
+        ConfigError: ``resources.cpus_per_trial`` or ``resources.gpus_per_trial`` above what
+            the cluster has.
+    """
     need_cpu = max((trial_cpus(spec, t.config) for t in trials), default=0.0)
     if cluster_cpus is not None and need_cpu > cluster_cpus:
         raise ConfigError("resources.cpus_per_trial", need_cpu,
@@ -360,6 +371,40 @@ def check_space(spec: SweepSpec, trials: list[Trial], cluster_cpus: float | None
     if cluster_gpus is not None and spec.gpus_per_trial > cluster_gpus:
         raise ConfigError("resources.gpus_per_trial", spec.gpus_per_trial,
                           f"at most the cluster's {cluster_gpus:g} GPUs")
+
+
+def refuse_here(spec: SweepSpec, trials: list[Trial], cpus: float, gpus: float) -> None:
+    """Refuse, with what to do instead, a space this machine cannot run (its trials ask for
+    more CPUs or GPUs than it has; typically a GPU space on a CPU machine).
+
+    Raises:
+        UsageError: one line: what the space asks, what this machine has, and the three ways
+            on (a cluster, the priced dry run, resource overrides that fit here).
+    """
+    try:
+        check_resources(spec, trials, cpus, gpus)
+    except ConfigError as exc:
+        need_cpu = max(trial_cpus(spec, t.config) for t in trials)
+        sharded = any(t.config["train"]["workers"] > 1 for t in trials)
+        fit = []
+        if need_cpu > cpus and sharded:
+            workers = max(t.config["train"]["workers"] for t in trials)
+            fit.append(f"--resources.cpus_per_worker={max(1.0, cpus // workers):g}")
+        elif need_cpu > cpus:
+            fit.append(f"--resources.cpus_per_trial={cpus:g}")
+        if spec.gpus_per_trial > gpus:
+            fit.append(f"--resources.gpus_per_trial={gpus:g}")
+        if spec.gpus_per_trial > gpus:  # the GPUs are what is missing: name them first
+            field, value, wants = "resources.gpus_per_trial", spec.gpus_per_trial, "GPUs"
+        else:
+            field, value, wants = exc.field, exc.value, "more CPUs"
+        raise UsageError(
+            f"{field}: got {value:g}; search space {spec.name} wants {wants} ("
+            f"{need_cpu:g} CPU and {spec.gpus_per_trial:g} GPU per trial) and this machine "
+            f"has {cpus:g} CPU and {gpus:g} GPU; allowed: a cluster that has them (--address "
+            f"auto or HOST:PORT), the priced plan first (--dry-run, or --dry-run --plan-for "
+            f"cluster.yaml), or overrides that fit here ({' '.join(fit)}; trials on a CPU "
+            "are slow)") from None
 
 
 def trial_cpus(spec: SweepSpec, config: dict) -> float:

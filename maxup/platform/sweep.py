@@ -28,6 +28,7 @@ from pathlib import Path
 from maxup import records, store
 from maxup.errors import UsageError
 from maxup.io import atomic_write_bytes
+from maxup.platform import interrupt
 from maxup.platform.space import SweepSpec, Trial, max_concurrent, trial_cpus
 
 #: Metrics forwarded to Tune each epoch (Tune's status table shows epoch and test_acc).
@@ -421,6 +422,32 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *,
         stored: :func:`read_stored` of these trials when the caller already read them.
         command: the command that runs this sweep again (kept in the manifest).
     """
+    from maxup.platform.liveness import Heartbeat
+
+    phase = {"what": "reading the records", "since": time.monotonic(), "progress": None}
+
+    def describe(_silent: float) -> str:
+        if phase["progress"] is not None:
+            return phase["progress"].heartbeat()
+        return f"... {phase['what']} ({time.monotonic() - phase['since']:.0f} s)"
+
+    beat = Heartbeat(describe, echo)
+    say = echo
+
+    def echo(line: str) -> None:
+        say(line)
+        beat.printed()
+
+    with beat:
+        return _run_sweep(spec, trials, storage, address=address, rerun_failed=rerun_failed,
+                          echo=echo, verbose=verbose, order=order, mlflow=mlflow,
+                          stored=stored, command=command, phase=phase,
+                          on_line=beat.printed)
+
+
+def _run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *, address, rerun_failed,
+               echo, verbose, order, mlflow, stored, command, phase: dict,
+               on_line: Callable[[], None]) -> SweepSummary:
     t_start = time.perf_counter()
     layout = sweep_layout(storage, spec.name)
     if stored is None:
@@ -455,7 +482,11 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *,
         return _finish(summary, trials, stored, echo)
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # use the classic table reporter below
+    phase.update(what=f"joining the Ray cluster at {address}" if address
+                 else "starting the embedded local Ray", since=time.monotonic())
+    echo(f"sweep {spec.name}: {len(pending)} trial(s) to train; {phase['what']}")
     cpus, gpus = start_ray(address, max(t.config["train"]["start_timeout_s"] for t in pending))
+    interrupt.check()  # a Ctrl-C during Ray's start-up may have been swallowed there
     from ray import tune
 
     from maxup.platform.progress import SweepProgress, status_reporter
@@ -478,6 +509,10 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *,
                  else {"cpu": per_trial, "gpu": spec.gpus_per_trial})
     echo(f"sweep {spec.name}: {len(pending)} trial(s) to run, {slots} at a time "
          f"({per_trial:g} CPU each, cluster {cpus:g} CPU / {gpus:g} GPU)")
+    phase.update(what="starting the trials", since=time.monotonic())
+    progress = SweepProgress(layout, echo, {t.trial_id: estimates[t.trial_id] for t in pending},
+                             slots, verbose=verbose, on_line=on_line,
+                             epochs={t.trial_id: t.config["train"]["epochs"] for t in pending})
     payload = {t.trial_id: _trial_payload(t) for t in pending}
     trainable = tune.with_resources(
         tune.with_parameters(_tune_trial, trials=payload, layout_root=str(layout.root),
@@ -497,13 +532,14 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *,
             storage_path=f"{layout.remote}/tune" if layout.remote else str(layout.root / "tune"),
             failure_config=tune.FailureConfig(max_failures=spec.retries),
             progress_reporter=status_reporter(axes),
-            callbacks=[SweepProgress(layout, echo, {t.trial_id: estimates[t.trial_id]
-                                                    for t in pending}, slots,
-                                     verbose=verbose)],
+            callbacks=[progress],
             verbose=1 if verbose else 0,
         ),
     )
+    phase["progress"] = progress
     tuner.fit()
+    phase.update(progress=None, what="reading the trials' records", since=time.monotonic())
+    interrupt.check()
     # The trials that trained changed their records (on other nodes too): read them once more.
     stored = {**stored, **layout.read_trials([t.trial_id for t in pending], pull=True)}
     _certify_phase(spec, trials, layout, address, echo, stored)
@@ -532,6 +568,7 @@ def _certify_phase(spec: SweepSpec, trials: list[Trial], layout: SweepLayout,
     if not todo:
         return  # nothing to certify: Ray is not even started
     cpus, gpus = start_ray(address)
+    interrupt.check()
     slots = max_concurrent(spec, trials, cpus, gpus)
     run_certification(layout, todo, shards=slots, cpus=max(spec.cpus_per_trial, 1.0),
                       gpus=spec.gpus_per_trial, echo=echo)

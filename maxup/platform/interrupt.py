@@ -1,0 +1,104 @@
+"""One Ctrl-C story for the long commands (``maxup sweep``, ``maxup train``).
+
+A Ctrl-C reaches the whole foreground process group. Left to the libraries it gave three
+stories: Ray Tune caught it and advised ``Tuner.restore(...)`` (our resume is: run the same
+command again); during Ray's start-up the ``KeyboardInterrupt`` landed in a fork hook that
+swallowed it ("Exception ignored in ...") and the sweep ran on to the end; and after it, Ray's
+dashboard and runtime-env agents outlived the driver.
+
+:func:`catching` installs one SIGINT handler for the command: the first Ctrl-C raises
+``KeyboardInterrupt`` in the main thread and is remembered, so :func:`check` raises it again
+at the next safe point when library code swallowed it; Tune's own handler is switched off
+(``TUNE_DISABLE_SIGINT_HANDLER``), so the interrupt leaves ``Tuner.fit`` as an exception. A
+second Ctrl-C while the command stops prints that it is stopping and is otherwise ignored, so
+the shutdown that leaves nothing running is not cut short. The command then says what was
+saved and the exact command that continues it (:func:`trial_progress` reads what a trial
+has on disk); the embedded Ray's watchdog (:mod:`maxup.platform.reaper`) kills whatever of
+Ray outlived ``ray.shutdown()``.
+
+No torch, no Ray at import time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+
+_state = {"installed": False, "hit": 0}
+
+
+@contextlib.contextmanager
+def catching():
+    """While the block runs, the command's SIGINT handler is installed and Tune's switched
+    off; both are as before afterwards (a command run in-process, as tests do, leaves the
+    process as it found it). Main thread only; elsewhere a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    tune = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    _state.update(installed=True, hit=0)
+    signal.signal(signal.SIGINT, _handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        _state.update(installed=False)
+        if tune is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = tune
+
+
+def _handler(signum, frame) -> None:
+    _state["hit"] += 1
+    if _state["hit"] == 1:
+        raise KeyboardInterrupt
+    try:
+        sys.stderr.write("maxup: stopping (saving what was done; nothing will be left "
+                         "running)...\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def interrupted() -> bool:
+    """Whether a Ctrl-C arrived since :func:`catch`."""
+    return _state["hit"] > 0
+
+
+def check() -> None:
+    """Raise ``KeyboardInterrupt`` if a Ctrl-C arrived (library code may have swallowed it)."""
+    if _state["hit"]:
+        raise KeyboardInterrupt
+
+
+def trial_progress(trial_dir: str | os.PathLike) -> tuple[int, int | None]:
+    """``(epochs recorded, epoch its checkpoint resumes after)`` of a trial or run folder;
+    the second is None without a usable checkpoint. Reads the checkpoint's ``epoch`` only
+    (memory-mapped, ``weights_only``)."""
+    from maxup import records, store
+
+    files = store.TrialDir(trial_dir)
+    rec = records.load_record(files.record)
+    done = len(rec.history) if rec is not None else 0
+    if not files.checkpoint.is_file():
+        return done, None
+    try:
+        import torch
+
+        ckpt = torch.load(files.checkpoint, map_location="cpu", weights_only=True, mmap=True)
+        return done, int(ckpt["epoch"])
+    except Exception:  # noqa: BLE001 - an unreadable checkpoint: the run starts over
+        return done, None
+
+
+def resume_words(done: int, after: int | None, epochs: int) -> str:
+    """``"3 of 8 epochs recorded; resumes after epoch 3 (its checkpoint)"``."""
+    where = (f"resumes after epoch {after} (its checkpoint)" if after is not None
+             else "no checkpoint yet: starts over")
+    return f"{done} of {epochs} epochs recorded; {where}"
