@@ -73,3 +73,27 @@ def test_mlflow_without_the_extra_is_refused_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "--mlflow" in err and "maxup[mlflow]" in err and "\n" not in err
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.ray
+def test_regression_tensorboard_shows_each_trial_once_named_by_id_and_arm(tmp_path):
+    """`tensorboard --logdir STORAGE` showed 32 runs for 15 trials: Tune wrote its own event
+    file per trial (`tune/…/_tune_trial_…/events.out.tfevents.*`) beside the trial's. Now
+    every event file under the storage is a trial's own, one run per trial, named by the
+    trial id and its arm's axes (`trials/<id>/tensorboard/<axes>`)."""
+    from sweep_helpers import run_sweep_cli
+
+    from maxup.platform.space import load_space
+
+    space = tmp_path / "tb.yaml"
+    space.write_text("name: tb\nbase:\n  model: {name: mlp}\n  data: {name: digits}\n"
+                     "  train: {epochs: 1, device: cpu, progress: false}\n"
+                     "grid:\n  maxup.m: [1, 2]\nseeds: 1\nconcurrency: 2\n")
+    storage = tmp_path / "st"
+    res = run_sweep_cli(space, storage)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    runs = sorted({p.parent.relative_to(storage).as_posix()
+                   for p in storage.rglob("events.out.tfevents.*")})
+    want = sorted(f"trials/{t.trial_id}/tensorboard/maxup.m={t.axes['maxup.m']},seed=0"
+                  for t in load_space(space).expand())
+    assert runs == want

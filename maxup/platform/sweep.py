@@ -482,6 +482,10 @@ def _run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *, add
         return _finish(summary, trials, stored, echo)
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # use the classic table reporter below
+    # Tune's own CSV/JSON/TensorBoard loggers write result files nobody reads back (the
+    # records are the history) and a second TensorBoard run per trial, named
+    # `_tune_trial_…`, beside the trial's own (issue 27): off.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     phase.update(what=f"joining the Ray cluster at {address}" if address
                  else "starting the embedded local Ray", since=time.monotonic())
     echo(f"sweep {spec.name}: {len(pending)} trial(s) to train; {phase['what']}")
