@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+from test_engine import config as engine_config
 from torch_helpers import with_sections
 
 import maxup.engine.compiling as compiling
@@ -17,20 +18,12 @@ from maxup.identity import trial_id
 from maxup.models import build_model
 from maxup.objective import MaxUpLoss
 
-BASE = {
-    "seed": 0,
-    "model": {"name": "small_cnn"},
-    "data": {"name": "digits", "subset": 128},
-    "augment": {"ops": ["gaussian"], "sigma": 0.25},
-    "maxup": {"m": 2, "warmup_epochs": 0},
-    "optim": {"lr": 0.05, "momentum": 0.9},
-    "train": {"epochs": 2, "batch_size": 64, "eval_batch_size": 540, "device": "cpu",
-              "progress": False},
-}
-
 
 def cfg(**sections) -> dict:
-    return with_sections(copy.deepcopy(BASE), sections)
+    """test_engine's digits run on 128 images, m = 2 from the first epoch, 2 epochs."""
+    base = engine_config(data={"subset": 128}, maxup={"warmup_epochs": 0},
+                         train={"epochs": 2})
+    return with_sections(base, sections)
 
 
 @pytest.mark.slow

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import copy
 import math
-import random
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from test_lm_engine import write_corpus
 
 import maxup.lm.task as lm_task
 from maxup.config import from_dict
@@ -32,27 +32,11 @@ CPU = torch.device("cpu")
 DIST = DistContext()
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors, a busy machine
 
-WORDS = "the a lord said unto him and it was good day night".split()
 
 
 def corpus(root: Path, n_train: int = 160) -> Path:
     """A tiny PTB-format corpus (a bigram chain, so there is something to learn)."""
-    rng = random.Random(0)
-    root.mkdir(parents=True, exist_ok=True)
-
-    def lines(n):
-        out = []
-        for _ in range(n):
-            w, line = rng.choice(WORDS), []
-            for _ in range(rng.randint(3, 9)):
-                line.append(w)
-                w = WORDS[(WORDS.index(w) + rng.choice([1, 1, 1, 2])) % len(WORDS)]
-            out.append(" " + " ".join(line) + " \n")
-        return "".join(out)
-
-    for name, n in (("train", n_train), ("valid", 12), ("test", 12)):
-        (root / f"ptb.{name}.txt").write_text(lines(n))
-    return root
+    return write_corpus(root, n_train=n_train)
 
 
 def config(root: Path, *, lm: dict | None = None, **sections) -> dict:

@@ -4,11 +4,11 @@ the run at its exact step."""
 
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
 import torch
+from test_engine import config as engine_config
 from torch_helpers import with_sections
 
 import maxup.engine.image as image
@@ -16,22 +16,14 @@ from maxup.config import from_dict
 from maxup.data.tensor import TensorImageDataset
 from maxup.engine import Batches, DistContext, build_run, train, train_epoch
 from maxup.engine.batches import device_resident, eval_batches, tensor_backed
-
-BASE = {
-    "seed": 0,
-    "model": {"name": "small_cnn"},
-    "data": {"name": "digits", "subset": 256},
-    "augment": {"ops": ["gaussian"], "sigma": 0.25},
-    "maxup": {"m": 3, "warmup_epochs": 0},
-    "optim": {"lr": 0.05, "momentum": 0.9},
-    "train": {"epochs": 2, "batch_size": 32, "eval_batch_size": 100, "device": "cpu",
-              "progress": False},
-}
-TIMING = {"wall_s", "train_s", "eval_s", "selection_s", "images_per_s"}
+from maxup.platform.verify import TIMING_KEYS as TIMING
 
 
 def cfg(**sections) -> dict:
-    return with_sections(copy.deepcopy(BASE), sections)
+    """test_engine's digits run with m = 3 from the first epoch, 2 epochs of 8 steps."""
+    base = engine_config(maxup={"m": 3, "warmup_epochs": 0},
+                         train={"epochs": 2, "batch_size": 32, "eval_batch_size": 100})
+    return with_sections(base, sections)
 
 
 def dataset(n: int = 23) -> TensorImageDataset:
