@@ -73,6 +73,12 @@ def validate(args: argparse.Namespace) -> None:
         raise bad("--data.root", args.data_root, "an existing directory")
     if args.out is not None and Path(args.out).is_dir():
         raise bad("--out", args.out, "a file path (not a directory) for the summary JSON")
+    for above in Path(args.out).parents if args.out is not None else ():
+        if above.exists():  # a "folder" above it that is a file: refused before the work
+            if not above.is_dir():
+                raise bad("--out", args.out, f"a file path under a directory ({str(above)!r} "
+                                             "is a file)")
+            break
 
 
 def run(args: argparse.Namespace) -> int:

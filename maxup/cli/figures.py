@@ -32,11 +32,15 @@ def run(args: argparse.Namespace) -> int:
     Returns:
         0 on success; bad input raises :class:`~maxup.errors.UsageError`.
     """
+    from maxup.cli import check_output_dir
+
+    out = getattr(args, "out", None) or "figures"
+    check_output_dir("--out", out)  # before the work: a file there was a crash after it
     df = load_results(args.results)
     print(summary_line(df))
     from maxup.analysis.figures import write_figures
 
-    paths = write_figures(df, getattr(args, "out", None) or "figures")
+    paths = write_figures(df, out)
     if not paths:
         print("no figure can be drawn from these records (no completed trials with history, "
               "m sweep or certification)")

@@ -116,6 +116,10 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--table: got {table_id!r}; allowed: {', '.join(TABLE_IDS)}")
     if fmt not in FORMATS:
         raise UsageError(f"--format: got {fmt!r}; allowed: {', '.join(FORMATS)}")
+    if out_dir:  # before the work: a file there was a crash after it
+        from maxup.cli import check_output_dir
+
+        check_output_dir("--out", out_dir)
     df = load_results(args.results)
     csv_out = fmt == "csv"
     info = sys.stderr if csv_out else sys.stdout
