@@ -221,3 +221,45 @@ def test_regression_gpu_space_on_a_cpu_machine_says_what_to_do(tmp_path, capsys,
     trials = spec.expand()
     refuse_here(spec, trials, 2.0, 0.0)
     assert max_concurrent(spec, trials, 2.0, 0.0) == 1
+
+
+@pytest.mark.parametrize("space_name, gpus", [("table3_cifar10.yaml", 0.0),
+                                              ("quickstart.yaml", 0.0)])
+def test_regression_dry_run_and_status_print_one_cost_figure(tmp_path, capsys, monkeypatch,
+                                                             space_name, gpus):
+    """Issue 27, item 7: `table3_cifar10` cost 545 GPU-hours in the dry run (A10G from
+    cluster.yaml) and 190.9 h in `maxup status` (the A100 default). Both now price through one
+    function and print the same cost line, with finished trials taken off alike."""
+    import maxup.cli.sweep as sweep_cli
+    from maxup.platform import cost
+
+    monkeypatch.setattr(sweep_cli, "local_gpus", lambda: gpus)
+    monkeypatch.setattr(cost, "local_gpu_count", lambda: gpus)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    root = Path(__file__).resolve().parents[1]
+    space = str(root / "search_spaces" / space_name)
+    storage = tmp_path / "st"
+    spec = load_space(space)
+    trials = spec.expand()
+    layout = sweep_layout(storage, spec.name)
+    write_manifest(spec, trials, layout)
+    done = trials[0]  # one finished trial: it costs nothing in either
+    hist = [{"epoch": e, "wall_s": 1.0, "test_acc": 50.0}
+            for e in range(1, done.config["train"]["epochs"] + 1)]
+    records.write_record(layout.record(done.trial_id), records.build_record(
+        config=done.config, history=hist, status="completed", timings={"wall_s": 1.0},
+        env={}, sweep=spec.name, axes=done.axes))
+
+    def cost_of(argv: list[str]) -> str:
+        main(argv)
+        lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("cost: ")]
+        assert len(lines) == 1, lines
+        return lines[0].removesuffix(" (as `maxup sweep --dry-run` prices it)")
+
+    # quickstart is planned here (digits is bundled); table3 for cluster.yaml (the CIFAR
+    # files missing here are only reported)
+    dry = cost_of(["sweep", space, "--storage", str(storage), "--dry-run"])
+    status = cost_of(["status", space, "--storage", str(storage)])
+    assert status == dry
+    assert f"cost: {len(trials) - 1} trial(s) to train" in dry
+    assert status == cost_of(["status", str(storage / spec.name)])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 EXAMPLE = """examples:
   maxup sweep search_spaces/quickstart.yaml                 # embedded local Ray, ./results
@@ -71,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _command(args: argparse.Namespace) -> int:
     from maxup.config import parse_overrides
-    from maxup.errors import ConfigError, UsageError
+    from maxup.errors import UsageError
     from maxup.platform.space import apply_overrides, check_space, load_space, refuse_here
     from maxup.platform.sweep import plan_difference, refuse_replan, stored_manifest
 
@@ -95,15 +94,10 @@ def _command(args: argparse.Namespace) -> int:
     cpus = float(os.cpu_count() or 1) if not args.address else None
     gpus = local_gpus() if not args.address else None
     if args.dry_run:
+        from maxup.platform import plan
+
         check_space(spec, trials, None, None)  # model and dataset names
-        needs_cluster = None
-        try:
-            check_space(spec, trials, cpus, gpus)
-        except ConfigError as exc:
-            if not exc.field.startswith("resources."):
-                raise
-            needs_cluster = (f"{exc.field} is {exc.value:g}; this machine has {cpus:g} CPU "
-                             f"and {gpus:g} GPU")
+        needs_cluster = plan.needs_cluster(spec, trials, cpus, gpus)
         print_plan(spec, trials, storage, cpus, gpus, needs_cluster=needs_cluster,
                    plan_for=args.plan_for, address=args.address)
         if difference is not None:
@@ -165,7 +159,6 @@ def _run(args, spec, trials, storage: str, command: str) -> int:
 def _interrupted(spec, trials, storage: str, command: str) -> int:
     """After a Ctrl-C: stop Ray (its watchdog kills what outlives that), then say what was
     saved and the exact command that continues the sweep (exit status 130)."""
-    import sys
 
     from maxup import records
     from maxup.platform.interrupt import resume_words, trial_progress
@@ -246,23 +239,16 @@ def _to_train(spec, trials, storage: str, rerun_failed: bool, stored: dict) -> l
 
 
 def local_gpus() -> float:
-    """GPUs the embedded local Ray will see (CUDA devices visible to this process).
+    """GPUs the embedded local Ray will see (:func:`maxup.platform.cost.local_gpu_count`)."""
+    from maxup.platform.cost import local_gpu_count
 
-    Without an NVIDIA driver (no ``/proc/driver/nvidia``) or with ``CUDA_VISIBLE_DEVICES``
-    empty, 0 without importing torch (seconds on a busy machine, before the first line);
-    otherwise torch counts them."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
-        return 0.0
-    if sys.platform.startswith("linux") and not os.path.isdir("/proc/driver/nvidia"):
-        return 0.0
-    import torch
-
-    return float(torch.cuda.device_count())
+    return local_gpu_count()
 
 
 def print_plan(spec, trials, storage: str, cpus: float | None, gpus: float | None = None, *,
                needs_cluster: str | None = None, plan_for: str | None = None,
                address: str | None = None) -> None:
+    from maxup.platform import plan
     from maxup.platform.space import max_concurrent, trial_cpus
     from maxup.platform.sweep import finished_records, read_stored, statuses_of, sweep_layout
     from maxup.records import Status
@@ -275,8 +261,9 @@ def print_plan(spec, trials, storage: str, cpus: float | None, gpus: float | Non
     read = read_stored(trials, layout, remote=True)
     stored = statuses_of(read)
     # Everything that can refuse (cluster file, profiles, local data) runs before any output.
-    priced = _price(spec, trials, stored, finished_records(read), cpus, gpus, needs_cluster,
-                    plan_for, address)
+    priced = plan.plan_and_price(spec, trials, stored, finished_records(read), cpus, gpus,
+                                 needs_cluster=needs_cluster, plan_for=plan_for,
+                                 address=address)
     problem = _preflight(trials, stored, local=priced is not None and priced[1])
     print(f"sweep {spec.name}: {len(trials)} trials ({len(trials) // len(spec.seeds)} arms × "
           f"{len(spec.seeds)} seeds), storage {str(storage).rstrip('/')}/{spec.name}")
@@ -316,27 +303,9 @@ def print_plan(spec, trials, storage: str, cpus: float | None, gpus: float | Non
                  " here (the cluster checks its own before launch)"))
 
 
-def _price(spec, trials, stored, finished, cpus, gpus, needs_cluster, plan_for, address):
-    """(priced plan, planned for this machine) or None when no cluster file is at hand."""
-    from maxup.platform import plan
-    from maxup.platform.space import REPO_ROOT
-
-    if plan_for is None and (address or needs_cluster):
-        default = Path("cluster.yaml") if Path("cluster.yaml").is_file() \
-            else REPO_ROOT / "cluster.yaml"
-        if not default.is_file():
-            return None
-        plan_for = str(default)
-    if plan_for is not None:
-        target = plan.cluster_target(plan_for, spec, trials)
-    else:
-        target = plan.local_target(spec, trials, cpus, gpus or 0.0)
-    return plan.price(spec, trials, target, stored, finished), plan_for is None
-
-
 def _print_cost(spec, trials, priced) -> None:
     """The priced part of a dry run: where it is planned, per-arm cost, totals."""
-    from maxup.platform import cost, plan
+    from maxup.platform import plan
 
     target = priced.target
     print(f"plan: {target.description}")
@@ -345,19 +314,7 @@ def _print_cost(spec, trials, priced) -> None:
     print("estimated time per trial (submission order: longest first):")
     for line in plan.arm_lines(spec, priced):
         print(f"  {line}")
-    unit = "GPU" if spec.gpus_per_trial > 0 else "CPU"
-    per = spec.gpus_per_trial if unit == "GPU" else priced.cpus_per_trial
-    n_todo = sum(priced.pending)
-    hours = priced.compute_s * per / 3600
-    unknown = f" ({priced.unpriced} trial(s) not priced)" if priced.unpriced else ""
-    if n_todo and priced.unpriced == n_todo:
-        print(f"cost: {n_todo} trial(s) to train, none priced (see the notes); "
-              f"{len(trials) - n_todo} already completed cost nothing")
-        return
-    print(f"cost: {n_todo} trial(s) to train, {hours:.3g} {unit}-hours "
-          f"({cost.fmt_duration(priced.compute_s)} of trial time × {per:g} {unit}), "
-          f"wall-clock {cost.fmt_duration(priced.wall_s)} on {len(target.slots)} slot(s)"
-          f"{unknown}; {len(trials) - n_todo} already completed cost nothing")
+    print(plan.cost_line(spec, trials, priced))
 
 
 def _preflight(trials, stored, local: bool) -> str | None:

@@ -290,6 +290,23 @@ def find_profile(device: str, kind: str, dirs: Iterable[Path] | None = None
                        + ", ".join(map(str, dirs)))
 
 
+def local_gpu_count() -> float:
+    """CUDA devices visible to this process (what an embedded local Ray sees).
+
+    Without an NVIDIA driver (no ``/proc/driver/nvidia`` on Linux) or with
+    ``CUDA_VISIBLE_DEVICES`` empty, 0 without importing torch (seconds on a busy machine,
+    before a command's first line); otherwise torch counts them."""
+    import sys
+
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return 0.0
+    if sys.platform.startswith("linux") and not os.path.isdir("/proc/driver/nvidia"):
+        return 0.0
+    import torch
+
+    return float(torch.cuda.device_count())
+
+
 def local_device(want_gpu: bool = False) -> tuple[str, str]:
     """(name, kind) of this machine's device: the first CUDA GPU, else the CPU model."""
     if want_gpu:

@@ -244,6 +244,66 @@ def price(spec, trials, target: Target, statuses: dict, records_seen=(),
                   spec.gpus_per_trial, max(trial_cpus(spec, t.config) for t in trials))
 
 
+def needs_cluster(spec, trials, cpus: float | None, gpus: float | None) -> str | None:
+    """Why this machine (``cpus``, ``gpus``; None: not this machine) cannot run the space's
+    trials, in words; None when it can."""
+    from maxup.platform.space import check_resources
+
+    if cpus is None:
+        return None
+    try:
+        check_resources(spec, trials, cpus, gpus)
+    except ConfigError as exc:
+        return f"{exc.field} is {exc.value:g}; this machine has {cpus:g} CPU and {gpus:g} GPU"
+    return None
+
+
+def plan_and_price(spec, trials, statuses: dict, finished, cpus: float | None,
+                   gpus: float | None, *, needs_cluster: str | None = None,
+                   plan_for: str | None = None, address: str | None = None
+                   ) -> tuple[Priced, bool] | None:
+    """The one pricing of a sweep, shared by ``maxup sweep --dry-run`` and ``maxup status``.
+
+    Where it is planned: ``plan_for`` (a cluster-launcher file); else, when it joins a
+    cluster (``address``) or this machine cannot run it (``needs_cluster``), ``./cluster.yaml``
+    or the repository's; else this machine (``cpus``, ``gpus``).
+
+    Returns:
+        (the priced plan, whether it is planned for this machine), or None when it needs a
+        cluster and no cluster file is at hand.
+    """
+    from maxup.platform.space import REPO_ROOT
+
+    if plan_for is None and (address or needs_cluster):
+        default = Path("cluster.yaml") if Path("cluster.yaml").is_file() \
+            else REPO_ROOT / "cluster.yaml"
+        if not default.is_file():
+            return None
+        plan_for = str(default)
+    if plan_for is not None:
+        target = cluster_target(plan_for, spec, trials)
+    else:
+        target = local_target(spec, trials, cpus, gpus or 0.0)
+    return price(spec, trials, target, statuses, finished), plan_for is None
+
+
+def cost_line(spec, trials, priced: Priced) -> str:
+    """``cost: N trial(s) to train, H GPU-hours (…), wall-clock W on S slot(s); …``: the one
+    cost figure the dry run and ``maxup status`` print."""
+    unit = "GPU" if spec.gpus_per_trial > 0 else "CPU"
+    per = spec.gpus_per_trial if unit == "GPU" else priced.cpus_per_trial
+    n_todo = sum(priced.pending)
+    hours = priced.compute_s * per / 3600
+    unknown = f" ({priced.unpriced} trial(s) not priced)" if priced.unpriced else ""
+    if n_todo and priced.unpriced == n_todo:
+        return (f"cost: {n_todo} trial(s) to train, none priced (see the notes); "
+                f"{len(trials) - n_todo} already completed cost nothing")
+    return (f"cost: {n_todo} trial(s) to train, {hours:.3g} {unit}-hours "
+            f"({cost.fmt_duration(priced.compute_s)} of trial time × {per:g} {unit}), "
+            f"wall-clock {cost.fmt_duration(priced.wall_s)} on {len(priced.target.slots)} "
+            f"slot(s){unknown}; {len(trials) - n_todo} already completed cost nothing")
+
+
 def arm_lines(spec, priced: Priced) -> list[str]:
     """One line per arm, in submission order: estimated time per trial, trials to train."""
     from maxup import identity

@@ -8,7 +8,9 @@ corrupt (a record that cannot be used, named with its reason) and pending seeds,
 running trial's last heartbeat (its record's ``updated``: rewritten after every epoch), the
 failures with their reasons, and the remaining trial time: a running trial's remaining epochs
 at its own mean epoch time; a pending one at its arm's finished trials' mean time, else the
-cost model's estimate.
+estimate ``maxup sweep --dry-run`` gives it. The cost line is the dry run's own
+(:func:`maxup.platform.plan.plan_and_price`, :func:`~maxup.platform.plan.cost_line`): one
+figure for both commands.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ class SweepStatus:
     problems: list[store.Problem] = field(default_factory=list)
     overrides: dict = field(default_factory=dict)  # the manifest's command-line overrides
     command: str | None = None  # the manifest's command that runs (continues) the sweep
+    cost: str | None = None  # the dry run's cost line for the trials still to train
+    priced: dict = field(default_factory=dict)  # trial id → the dry run's estimate (s)
 
     def count(self, status: str) -> int:
         return sum(t.status == status for t in self.trials)
@@ -62,6 +66,7 @@ def sweep_status(target: str, space: str | None = None) -> SweepStatus:
     """
     configs: dict[str, dict] = {}
     manifest = None
+    spec = trials = None
     if space is not None:
         from maxup import identity
         from maxup.platform.space import apply_overrides, load_space
@@ -92,6 +97,7 @@ def sweep_status(target: str, space: str | None = None) -> SweepStatus:
             raise UsageError(f"{view.problems[0]}; allowed: a {store.MANIFEST_SCHEMA} manifest")
         (sv,) = view.sweeps.values()
         manifest = sv.manifest
+        spec, trials = _space_of(manifest)
         name, axes = sv.manifest.name, sv.manifest.axes
         planned = [(e.trial_id, e.arm_id or e.trial_id, e.axes, st) for e, st in sv.trials]
         configs = {e.trial_id: e.config for e, _ in sv.trials if e.config is not None}
@@ -101,8 +107,54 @@ def sweep_status(target: str, space: str | None = None) -> SweepStatus:
     st = SweepStatus(name, states, axes, problems=problems)
     if manifest is not None:
         st.overrides, st.command = dict(manifest.overrides), manifest.command
+    if spec is not None:
+        _price(st, spec, trials)
     _remaining(st, configs)
     return st
+
+
+def _space_of(manifest: store.SweepManifest):
+    """(spec, trials) of a manifest's search-space file with its overrides, when the file is
+    still there and plans the manifest's trials; (None, None) otherwise."""
+    from maxup.platform.space import apply_overrides, load_space
+
+    try:
+        spec = load_space(manifest.source)
+        apply_overrides(spec, manifest.overrides)
+        trials = spec.expand()
+    except (UsageError, OSError, TypeError):
+        return None, None
+    if {t.trial_id for t in trials} != {e.trial_id for e in manifest.trials}:
+        return None, None
+    return spec, trials
+
+
+def _price(st: SweepStatus, spec, trials) -> None:
+    """Price the sweep exactly as ``maxup sweep --dry-run`` does (:func:`plan.plan_and_price`:
+    this machine, or the cluster file when it cannot run the space), so both print one cost
+    figure; each unfinished trial's estimate is kept for the remaining time."""
+    import os
+
+    from maxup.errors import ProfileError
+    from maxup.platform import cost, plan
+
+    by_id = {t.trial_id: t for t in st.trials}
+    statuses = {tid: (t.record.status if t.record is not None and t.status != store.CORRUPT
+                      else None) for tid, t in by_id.items()}
+    finished = [t.record for t in st.trials if t.record is not None]
+    cpus, gpus = float(os.cpu_count() or 1), cost.local_gpu_count()
+    try:
+        priced = plan.plan_and_price(spec, trials, statuses, finished, cpus, gpus,
+                                     needs_cluster=plan.needs_cluster(spec, trials, cpus, gpus))
+    except (UsageError, ProfileError) as exc:
+        st.notes.append(f"not priced: {exc}")
+        return
+    if priced is None:
+        return
+    st.cost = plan.cost_line(spec, trials, priced[0])
+    st.notes.insert(0, f"priced for {priced[0].target.description}")
+    st.priced = {t.trial_id: sec for t, sec in zip(priced[0].trials, priced[0].seconds,
+                                                   strict=True)}
 
 
 def _remaining(st: SweepStatus, configs: dict[str, dict]) -> None:
@@ -120,8 +172,10 @@ def _remaining(st: SweepStatus, configs: dict[str, dict]) -> None:
             per = _epochs_s(t.record) / len(t.record.history)
             t.remaining_s = max(0, t.record.config["train"]["epochs"] - len(t.record.history)) * per
         elif t.status in UNFINISHED:
-            if by_arm.get(t.arm_id):
+            if by_arm.get(t.arm_id):  # measured: its arm's finished trials
                 t.remaining_s = sum(by_arm[t.arm_id]) / len(by_arm[t.arm_id])
+            elif st.priced.get(t.trial_id) is not None:  # the dry run's own estimate
+                t.remaining_s = st.priced[t.trial_id]
             else:
                 to_price.append(t)
     if not to_price:
@@ -222,6 +276,8 @@ def render(st: SweepStatus, now: _dt.datetime | None = None) -> list[str]:
     known = sum(t.remaining_s for t in left if t.remaining_s is not None)
     out.append(f"remaining: {fmt_duration(known)} of trial time for {len(left)} trial(s)"
                + (f" ({unknown} not priced)" if unknown else ""))
+    if st.cost:
+        out.append(f"{st.cost} (as `maxup sweep --dry-run` prices it)")
     out += [f"  note: {note}" for note in st.notes]
     if st.command and left:
         out.append(f"to continue: {st.command}")
