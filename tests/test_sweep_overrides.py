@@ -99,7 +99,7 @@ def test_space_fields_override_from_the_command_line(tmp_path):
                                         ("--resources.cpus_per_trial=-1",
                                          "resources.cpus_per_trial"),
                                         ("--resources.tpus=1", "resources.tpus"),
-                                        ("--resources={cpus_per_trial: 2}", "resources"),
+                                        ("--resources={cpus_per_trial: 2}", "--resources"),
                                         ("--maxup.m=2", "maxup.m")])
 def test_bad_space_override_is_one_line_and_writes_nothing(tmp_path, capsys, arg, field):
     storage = tmp_path / "st"

@@ -105,6 +105,76 @@ def check_output_dir(flag: str, path) -> None:
             return
 
 
+def _sections_with(key: str) -> list[str]:
+    """The run-config sections that have a field named ``key`` (``epochs`` → ``train``)."""
+    import dataclasses
+    import typing
+
+    from maxup.config import RunConfig
+
+    hints = typing.get_type_hints(RunConfig)
+    out = []
+    for f in dataclasses.fields(RunConfig):
+        section = hints[f.name]
+        section = next((a for a in typing.get_args(section) if dataclasses.is_dataclass(a)),
+                       section)
+        if dataclasses.is_dataclass(section) and key in {x.name for x in
+                                                         dataclasses.fields(section)}:
+            out.append(f.name)
+    return out
+
+
+def _top_level() -> set[str]:
+    """The run config's own keys: ``seed`` and the section names."""
+    import dataclasses
+
+    from maxup.config import RunConfig
+
+    return {f.name for f in dataclasses.fields(RunConfig)}
+
+
+def parse_extra(extra: list[str], space_keys: tuple[str, ...] = ()) -> dict:
+    """The command line's dotted overrides (:func:`maxup.config.parse_overrides`), with the
+    usual slips refused in one line that gives the right spelling: a space instead of ``=``
+    (``--maxup.m 4``), a key without its section (``--epochs=3``), and a mapping, which
+    would replace a whole section and silently drop its other settings (``--maxup={m: 2}``).
+
+    Args:
+        extra: the arguments argparse left over.
+        space_keys: undotted keys the command also takes (a sweep's ``seeds``, …).
+    """
+    from maxup.config import parse_overrides
+    from maxup.errors import UsageError
+
+    for i, arg in enumerate(extra):
+        body = arg[2:] if arg.startswith("--") else arg
+        key = body.split("=", 1)[0]
+        value = body.split("=", 1)[1] if "=" in body else None
+        if value is None and i + 1 < len(extra) and not extra[i + 1].startswith("-"):
+            value = extra[i + 1]
+            if "." in key or key in space_keys or key in _top_level():
+                raise UsageError(f"override {arg!r} {value!r}: got a space before the value; "
+                                 f"allowed: --{key}={value}")
+        if key and "." not in key and key not in space_keys and key not in _top_level():
+            sections = _sections_with(key)
+            shown = f"--{key}={value}" if value is not None else f"--{key}"
+            shown_value = value if value is not None else "..."
+            spelled = [f"--{s}.{key}={shown_value}" for s in sections]
+            hint = f"e.g. {', '.join(spelled)}" if sections else "e.g. --train.epochs=3"
+            extra_keys = f" or {', '.join(space_keys)}" if space_keys else ""
+            raise UsageError(f"override {shown!r}: got a key without its section; allowed: "
+                             f"--section.key=value{extra_keys}, {hint}")
+    overrides = parse_overrides(extra)
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            first = next(iter(value), "key")
+            raise UsageError(
+                f"--{key}: got {value!r}; allowed: one key per override, e.g. "
+                f"--{key}.{first}={value.get(first, 'value')} (a mapping would replace the "
+                f"whole {key} section and drop its other settings)")
+    return overrides
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``maxup`` console script."""
     from maxup.errors import StartError, UsageError
@@ -112,8 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
     args, extra = parser.parse_known_args(argv)
-    if args.command is None:
-        parser.print_help()
+    if args.command is None:  # one line, like every other refusal; the help is one flag away
+        print(f"maxup: error: a command is required; allowed: {', '.join(COMMANDS)} "
+              "(see: maxup --help)", file=sys.stderr)
         return 2
     module, _configure, run, _help = COMMANDS[args.command]
     args.extra = extra

@@ -69,13 +69,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _command(args: argparse.Namespace) -> int:
-    from maxup.config import parse_overrides
+    from maxup.cli import parse_extra
     from maxup.errors import UsageError
     from maxup.platform.space import apply_overrides, check_space, load_space, refuse_here
     from maxup.platform.sweep import plan_difference, refuse_replan, stored_manifest
 
     spec = load_space(args.space)
-    given = parse_overrides(args.extra)
+    from maxup.platform.space import SPACE_OVERRIDES
+
+    given = parse_extra(args.extra, (*SPACE_OVERRIDES, "resources"))
     storage = args.storage
     _check_storage(storage)
     prior = stored_manifest(storage, spec.name)

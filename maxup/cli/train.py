@@ -46,11 +46,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _command(args: argparse.Namespace) -> int:
-    from maxup.config import check_registered_names, load_config, parse_overrides
+    from maxup.cli import parse_extra
+    from maxup.config import check_registered_names, load_config, read_yaml
     from maxup.errors import UsageError
     from maxup.records import Status
 
-    overrides = parse_overrides(args.extra)
+    overrides = parse_extra(args.extra)
+    _check_run_config(args.config, read_yaml(args.config))
     if args.workers is not None:
         overrides["train.workers"] = args.workers
     cfg = load_config(args.config, overrides)
@@ -157,6 +159,21 @@ def _interrupted(args: argparse.Namespace, cfg, out: Path, overrides: dict) -> i
           f"(record: {TrialDir(out).record}). Nothing of this run is left running. "
           f"To continue: {command}", file=sys.stderr, flush=True)
     return 130
+
+
+def _check_run_config(path: str, data: dict) -> None:
+    """Refuse a config file that is empty (it trained the defaults) or a search space."""
+    from maxup.errors import UsageError
+
+    if not data:
+        raise UsageError(f"config file {path!r}: empty (or comments only); allowed: a run "
+                         "config with at least one section (see configs/)")
+    space_only = {"grid", "seeds", "base", "base_config", "resources", "concurrency",
+                  "retries", "order_seed", "paper_table"}
+    if set(data) & space_only:
+        raise UsageError(f"config file {path!r}: got a search space (it has "
+                         f"{', '.join(sorted(set(data) & space_only))}); allowed: a run "
+                         f"config (configs/*.yaml); run a search space with: maxup sweep {path}")
 
 
 def _with_absolute_paths(cfg, out: Path, resume: bool):

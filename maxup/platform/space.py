@@ -302,6 +302,8 @@ def apply_overrides(spec: SweepSpec, overrides: dict) -> None:
             for bundle in values.values():
                 grid_keys.update((bundle or {}).keys())
     for key, value in overrides.items():
+        if key == "seed":  # every trial's seed comes from the seeds: this would do nothing
+            raise ConfigError(key, value, "the seeds through --seeds=N or --seeds=[0,3]")
         if key == "seeds":
             spec.seeds = _seeds(value)
         elif key in SPACE_OVERRIDES:

@@ -1,0 +1,85 @@
+"""Issue 27, "the last bad inputs": each is one line on stderr, exit 2, nothing written,
+before any work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from maxup.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = str(ROOT / "configs" / "digits_maxup.yaml")
+SPACE = str(ROOT / "search_spaces" / "quickstart.yaml")
+
+
+def _refused(capsys, argv: list[str]) -> str:
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert out == "" and len(lines) == 1, (out, err)
+    assert lines[0].startswith("maxup: error: ")
+    return lines[0].removeprefix("maxup: error: ")
+
+
+def test_regression_maxup_without_a_command_is_one_line(capsys):
+    """It printed 20 lines of help on stdout with exit 2."""
+    line = _refused(capsys, [])
+    assert line.startswith("a command is required; allowed: train, sweep, tables")
+    assert "maxup --help" in line
+
+
+@pytest.mark.parametrize("command, args, says", [
+    ("train", ["--epochs", "3"], "override '--epochs=3': got a key without its section; "
+                                 "allowed: --section.key=value, e.g. --train.epochs=3"),
+    ("train", ["--maxup.m", "4"], "override '--maxup.m' '4': got a space before the value; "
+                                  "allowed: --maxup.m=4"),
+    ("sweep", ["--seeds", "3"], "override '--seeds' '3': got a space before the value; "
+                                "allowed: --seeds=3"),
+    ("sweep", ["--epochs=3"], "override '--epochs=3': got a key without its section; allowed: "
+                              "--section.key=value or seeds, concurrency, retries, order_seed, "
+                              "resources, e.g. --train.epochs=3"),
+])
+def test_regression_override_with_a_space_or_without_its_section_gives_the_spelling(
+        tmp_path, capsys, command, args, says):
+    target = CONFIG if command == "train" else SPACE
+    where = ["--out" if command == "train" else "--storage", str(tmp_path / "o")]
+    assert _refused(capsys, [command, target, *where, *args]) == says
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_regression_a_section_as_a_mapping_override_is_refused(tmp_path, capsys, command):
+    """`--maxup={m: 2}` silently replaced the whole section (warm-up 1 became 0)."""
+    target = CONFIG if command == "train" else SPACE
+    where = ["--out" if command == "train" else "--storage", str(tmp_path / "o")]
+    line = _refused(capsys, [command, target, *where, "--maxup={m: 2}"])
+    assert line == ("--maxup: got {'m': 2}; allowed: one key per override, e.g. --maxup.m=2 "
+                    "(a mapping would replace the whole maxup section and drop its other "
+                    "settings)")
+    assert not (tmp_path / "o").exists()
+
+
+def test_regression_a_sweep_seed_override_is_refused(tmp_path, capsys):
+    """`--seed=3` on a sweep did nothing (every trial's seed comes from `seeds`)."""
+    line = _refused(capsys, ["sweep", SPACE, "--storage", str(tmp_path / "o"), "--seed=3"])
+    assert line == "seed: got 3; allowed: the seeds through --seeds=N or --seeds=[0,3]"
+
+
+@pytest.mark.parametrize("text", ["", "# comments only\n\n# nothing else\n"])
+def test_regression_an_empty_config_is_refused(tmp_path, capsys, text):
+    """An empty or comments-only config trained the defaults with exit 0."""
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    line = _refused(capsys, ["train", str(config), "--out", str(tmp_path / "o")])
+    assert line == (f"config file {str(config)!r}: empty (or comments only); allowed: a run "
+                    "config with at least one section (see configs/)")
+    assert not (tmp_path / "o").exists()
+
+
+def test_regression_train_of_a_search_space_says_it_is_one(tmp_path, capsys):
+    line = _refused(capsys, ["train", SPACE, "--out", str(tmp_path / "o")])
+    assert line.startswith(f"config file {SPACE!r}: got a search space (it has ")
+    assert line.endswith(f"run a search space with: maxup sweep {SPACE}")
+    assert not (tmp_path / "o").exists()
