@@ -83,3 +83,27 @@ def test_regression_train_of_a_search_space_says_it_is_one(tmp_path, capsys):
     assert line.startswith(f"config file {SPACE!r}: got a search space (it has ")
     assert line.endswith(f"run a search space with: maxup sweep {SPACE}")
     assert not (tmp_path / "o").exists()
+
+
+def _laughs(levels: int = 9) -> str:
+    """A YAML flow list holding an alias chain: each level nine references to the one below
+    (9**9 leaves in the last)."""
+    names = [f"l{i}" for i in range(levels)]
+    items = [f"&{names[0]} [x, x, x, x, x, x, x, x, x]"]
+    items += [f"&{name} [" + ", ".join([f"*{prev}"] * 9) + "]"
+              for prev, name in zip(names, names[1:])]
+    return "[" + ", ".join(items) + "]"
+
+
+@pytest.mark.parametrize("field", ["seeds", "description", "grid"])
+def test_regression_a_yaml_alias_chain_is_one_short_line(tmp_path, capsys, field):
+    """A "billion laughs" alias chain as `seeds` hung, as `description` ended in a MemoryError
+    at 6 GB and as a grid axis printed a 1.22 GB line: repr() of the value built the whole
+    text before shortening it. The shown value is now bounded while it is built."""
+    value = f"{{maxup.m: {_laughs()}}}" if field == "grid" else _laughs()
+    space = tmp_path / "s.yaml"
+    space.write_text("name: s\nbase: {model: {name: mlp}, data: {name: digits}}\n"
+                     f"{field}: {value}\n" + ("seeds: 1\n" if field != "seeds" else ""))
+    line = _refused(capsys, ["sweep", str(space), "--storage", str(tmp_path / "o"),
+                             "--dry-run"])
+    assert len(line) < 1000 and "more than 10000 characters" in line, line[:300]

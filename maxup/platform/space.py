@@ -178,10 +178,18 @@ def _validated(config: dict, labels: dict) -> dict:
     try:
         cfg = from_dict(config)
     except ConfigError as exc:
-        where = ", ".join(f"{k}={v}" for k, v in labels.items())
+        where = ", ".join(f"{k}={_short(v)}" for k, v in labels.items())
         raise ConfigError(exc.field, exc.value, exc.allowed + (f" (trial {where})" if where
                                                                else "")) from None
     return to_dict(cfg)
+
+
+def _short(value) -> str:
+    """An axis value as a label, at most 80 characters (a value can be a whole document)."""
+    from maxup.errors import bounded_repr
+
+    text, complete = bounded_repr(value, 80) if not isinstance(value, str) else (value, True)
+    return text if complete and len(text) <= 80 else text[:60] + "..."
 
 
 def _deep_copy(d: dict) -> dict:
