@@ -15,6 +15,7 @@ import io
 import os
 import pickle
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -140,7 +141,12 @@ def load_checkpoint(path: str | os.PathLike, *,
     if not path.is_file():
         raise CheckpointError(path, "no such file; expected a torch.save'd dict")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # A file pickled by plain pickle (protocol 4) makes torch warn before refusing it:
+            # the refusal below is the one line the user gets.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol",
+                                    category=UserWarning)
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # a pickled object weights_only refuses, or garbage
         raise CheckpointUnpicklingError(
             path, f"cannot be loaded with weights_only=True ({_reason(exc)}); {_LOADABLE}") from exc

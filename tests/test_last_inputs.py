@@ -107,3 +107,41 @@ def test_regression_a_yaml_alias_chain_is_one_short_line(tmp_path, capsys, field
     line = _refused(capsys, ["sweep", str(space), "--storage", str(tmp_path / "o"),
                              "--dry-run"])
     assert len(line) < 1000 and "more than 10000 characters" in line, line[:300]
+
+
+@pytest.mark.parametrize("where", ["/proc/maxup-x", "/sys/maxup-x"])
+@pytest.mark.parametrize("command", ["sweep", "train"])
+def test_regression_storage_on_a_kernel_file_system_is_one_line(tmp_path, capsys, where,
+                                                                 command):
+    """`--storage /proc/x` or `/sys/x` ended in 34-43 lines of traceback."""
+    if not Path(where).parent.is_dir():
+        pytest.skip(f"no {Path(where).parent} here")
+    argv = (["sweep", SPACE, "--storage", where, "--dry-run"] if command == "sweep"
+            else ["train", CONFIG, "--out", where])
+    line = _refused(capsys, argv)
+    flag = "--storage" if command == "sweep" else "--out"
+    assert line.startswith(f"{flag}: got {where!r} ({Path(where).parent} is the kernel's ")
+    assert line.endswith("allowed: a directory (existing or new) on a writable file system")
+
+
+def test_regression_job_address_that_is_not_a_url_is_one_line(capsys):
+    """`maxup job list --address 'not a url'` ended in a ValueError traceback."""
+    line = _refused(capsys, ["job", "list", "--address", "not a url"])
+    assert line.startswith("--address: got 'not a url' (Invalid address format: not a url); "
+                           "allowed: the job API's URL, e.g. http://127.0.0.1:8265")
+
+
+def test_regression_a_raw_pickle_checkpoint_is_refused_without_torch_warnings(tmp_path):
+    """Refused, but torch's UserWarning about the pickle protocol came first (3 lines)."""
+    import pickle
+    import subprocess
+    import sys
+
+    raw = tmp_path / "raw.pt"
+    raw.write_bytes(pickle.dumps({"config": {}, "model": {}}, protocol=4))
+    res = subprocess.run([sys.executable, "-m", "maxup", "certify", str(raw), "--sigma", "0.25"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert res.returncode == 2 and res.stdout == ""
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"maxup: error: checkpoint {str(raw)!r}: "
+                                                   "cannot be loaded with weights_only=True")

@@ -102,7 +102,44 @@ def check_output_dir(flag: str, path) -> None:
                 where = "" if p == path else f" ({str(p)!r} is a file)"
                 raise UsageError(f"{flag}: got {str(path)!r}{where}; allowed: a directory "
                                  "(existing or new), not a file")
+            why = _not_writable(p)
+            if why:
+                raise UsageError(f"{flag}: got {str(path)!r} ({why}); allowed: a directory "
+                                 "(existing or new) on a writable file system")
             return
+
+
+#: File systems of the kernel's own objects: never a place for results (root may "write").
+_PSEUDO_FS = {"proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs",
+              "securityfs", "tracefs", "configfs", "pstore", "bpf", "mqueue", "hugetlbfs",
+              "fusectl", "binfmt_misc", "efivarfs", "autofs", "rpc_pipefs", "nsfs"}
+
+
+def _not_writable(folder) -> str | None:
+    """Why nothing can be written under an existing ``folder``; None when it can."""
+    import os
+
+    real = os.path.realpath(folder)
+    try:
+        with open("/proc/self/mounts") as fh:
+            mounts = [line.split()[1:4] for line in fh if len(line.split()) >= 4]
+    except OSError:
+        mounts = []
+    best = None
+    for point, fstype, options in mounts:
+        point = point.replace("\\040", " ")
+        if (real == point or real.startswith(point.rstrip("/") + "/")) and (
+                best is None or len(point) > len(best[0])):
+            best = (point, fstype, options)
+    if best is not None:
+        point, fstype, options = best
+        if fstype in _PSEUDO_FS:
+            return f"{point} is the kernel's {fstype} file system"
+        if "ro" in options.split(","):
+            return f"{point} is mounted read-only"
+    if not os.access(real, os.W_OK | os.X_OK):
+        return f"{str(folder)!r} is not writable by this user"
+    return None
 
 
 def _sections_with(key: str) -> list[str]:

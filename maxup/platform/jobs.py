@@ -174,6 +174,12 @@ def _translate_errors(address: str, job_id: str | None = None):
     except (requests.exceptions.Timeout, RpcError):
         # RpcError: an address without http:// is taken (as Ray does) for a GCS address.
         raise JobAPIUnreachable(address) from None
+    except ValueError as exc:  # Ray's own parse of the address ("Invalid address format")
+        if "address" not in str(exc).lower():
+            raise
+        raise UsageError(f"--address: got {address!r} ({exc}); allowed: the job API's URL, "
+                         f"e.g. {DEFAULT_ADDRESS} (the dashboard; `ray dashboard "
+                         "cluster.yaml` tunnels it)") from None
     except RuntimeError as exc:
         text = str(exc)
         if job_id is not None and ("does not exist" in text or "status code 404" in text):
