@@ -245,11 +245,20 @@ class LMConfig:
     checkpoint_windows: int = _num(0, 0, 100_000_000)
     adv_eps: float = _num(0.0, 0, 100)  # ADV-AWD-LSTM output-embedding perturbation
     adv_noise: float = _num(0.0, 0, 100)  # ADV-AWD-LSTM Gaussian noise on embeddings
+    # m = 1 steps draw one word-dropout mask per sequence (column), as MaxUp's copies are
+    # drawn, instead of awd-lstm-lm's one mask for the whole batch: the control arm that
+    # differs from m = 2 only in the max (issue 29). m > 1 always draws per column.
+    mask_per_sequence: bool = False
     # Dynamic evaluation (Krause et al. 2018) of the best model after the last epoch; the
-    # defaults are benkrause/dynamic-evaluation's dynamiceval.py (tuned for AWD-LSTM on PTB).
+    # defaults are the current benkrause/dynamic-evaluation dynamiceval.py's argparse defaults
+    # (its README: "tuned for AWD-LSTM + dynamic eval on PTB"), for its update rule.
     dyneval: bool = False
     dyneval_lr: float = _num(5e-5, 0, 100)  # eta
     dyneval_lamb: float = _num(0.002, 0, 100)  # decay toward the trained weights
+    # off: dyneval_lr/lamb as given; grid / gridfast: dynamiceval.py's --grid / --gridfast,
+    # the (eta, lambda) of lowest validation perplexity over its lrlist x lamblist (scaled
+    # by dyneval_bptt / 5), on the whole validation split / its first 30,000 tokens.
+    dyneval_search: Literal["off", "grid", "gridfast"] = "off"
     dyneval_epsilon: float = _num(2e-5, 0, 100, lo_open=True)
     dyneval_bptt: int = _num(5, 1, 100_000)
     dyneval_batch_size: int = _num(100, 1, 1_048_576)  # columns for gradient statistics

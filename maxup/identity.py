@@ -10,7 +10,9 @@ frequencies, start time-out) and the whole post-hoc certification section (:data
 certifying the same model with another ``n`` is not another training run. Everything else
 changes what training computes and is part of the identity — the seed, the model, the data
 subset, every augmentation, MaxUp, optimiser and training-loop setting (workers included: each
-rank draws its own data).
+rank draws its own data). A key added after trials were stored (:data:`ADDED_KEYS`) is left
+out while it holds the value that does what the code did before it existed, so stored records
+keep their ids; at any other value it is part of the identity.
 
 - **trial id** — 12 hex digits of sha256 over the canonical JSON (sorted keys, no spaces) of
   the identity config, seed included. Two runs with the same trial id train the same model
@@ -51,12 +53,21 @@ NON_IDENTITY_KEYS: tuple[str, ...] = (
     "lm.checkpoint_windows",
     "train.start_timeout_s",
 )
+#: Identity keys added after trials were stored, each with the value that does what the code
+#: did before the key existed. At that value the key is left out of the identity (absent and
+#: spelled-out are the same trial), so every stored record keeps its id and a sweep planned
+#: again finds it; any other value is part of the id as usual.
+ADDED_KEYS: dict[str, Any] = {
+    "lm.dyneval_search": "off",  # issue 29: validation grid search over eta and lambda
+    "lm.mask_per_sequence": False,  # issue 29: per-column word-dropout mask at m = 1
+}
 #: The config section of post-hoc certification: part of the certification id only.
 CERTIFY_SECTION = "certify"
 #: The replicate index: in the trial id, not in the arm id.
 SEED_KEY = "seed"
 
 ID_LENGTH = 12
+_ABSENT = object()
 
 
 def _digest(obj: Any) -> str:
@@ -84,7 +95,15 @@ def identity_config(config: dict) -> dict:
     Args:
         config: nested resolved run config (``maxup.config.to_dict``).
     """
-    return _drop(config, (*NON_IDENTITY_KEYS, CERTIFY_SECTION))
+    out = _drop(config, (*NON_IDENTITY_KEYS, CERTIFY_SECTION))
+    at_old_value = []
+    for key, old in ADDED_KEYS.items():
+        node: Any = out
+        for part in key.split("."):
+            node = node.get(part, _ABSENT) if isinstance(node, dict) else _ABSENT
+        if node is not _ABSENT and node == old and type(node) is type(old):
+            at_old_value.append(key)
+    return _drop(out, at_old_value)
 
 
 def trial_id(config: dict) -> str:
@@ -172,6 +191,9 @@ def identity_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     for key in sorted(set(a) | set(b)):
         name = prefix + key
         va, vb = a.get(key), b.get(key)
+        if name in ADDED_KEYS:  # absent: the value it had before the key existed
+            va = ADDED_KEYS[name] if key not in a else va
+            vb = ADDED_KEYS[name] if key not in b else vb
         if isinstance(va, dict) and isinstance(vb, dict):
             out += identity_differences(va, vb, name + ".")
         elif va != vb and is_identity_key(name):

@@ -8,9 +8,18 @@ decays back toward the trained weights θ₀:
 
 where MS is the RMS of the training gradients per weight and r = MS / mean(MS) (per-parameter
 mean, averaged over parameters), clipped at 1/λ so the decay never overshoots.
+
+Hyper-parameters are those of the current ``dynamiceval.py`` (η = 5e-5, λ = 0.002, ε = 2e-5,
+its argparse defaults). Its original version scaled the terms differently (``--oldhyper``
+converts: λ / number of parameter tensors, η and ε / √training windows), so a λ tuned for
+the old code — the MoS repository's 0.075 — is about 0.075 / 14 ≈ 0.005 under this rule for a
+14-tensor AWD-LSTM, and 0.075 used as is decays most of the adaptation away (issue 29).
+:func:`grid_search` is its ``--grid`` / ``--gridfast`` search on validation.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -90,3 +99,52 @@ def dynamic_eval(model: nn.Module, data: torch.Tensor, stats: dict, *, lr: float
         i += n
     model.zero_grad(set_to_none=True)
     return total / weight
+
+
+#: dynamiceval.py's ``--grid`` lists (for bptt 5; :func:`grid_values` scales them).
+GRID_LR = (3e-5, 4e-5, 5e-5, 6e-5, 7e-5, 1e-4)
+GRID_LAMB = (0.001, 0.002, 0.003, 0.005)
+#: ``--gridfast``: the search reads only this many validation tokens.
+GRIDFAST_TOKENS = 30_000
+
+
+def grid_values(bptt: int) -> tuple[list[float], list[float]]:
+    """The searched η and λ values for a window of ``bptt`` (the reference's ×bptt/5)."""
+    return [x * (bptt / 5.0) for x in GRID_LR], [x * (bptt / 5.0) for x in GRID_LAMB]
+
+
+def grid_search(model: nn.Module, data: torch.Tensor, stats: dict, *, epsilon: float,
+                bptt: int, lrs: list[float], lambs: list[float]) -> dict:
+    """The (η, λ) of lowest dynamic-evaluation perplexity on ``data``, as dynamiceval.py.
+
+    λ in the outer loop, η inside, a point replacing the best only when strictly lower, so
+    ties keep the first; the weights go back to θ₀ after every point (and at the end).
+
+    Args:
+        model: the trained AWD-LSTM at θ₀ = ``stats["theta0"]``.
+        data: (N, 1) validation stream (or its first tokens, for gridfast).
+        stats: :func:`gradient_statistics`'s output.
+        epsilon, bptt: ε and the window.
+        lrs, lambs: the searched values.
+
+    Returns:
+        ``{"lr", "lamb", "ppl", "grid"}``: the chosen values, their perplexity, and every
+        point as ``[lr, lamb, ppl]`` in search order.
+    """
+    best, grid = None, []
+    for lamb in lambs:
+        for lr in lrs:
+            ppl = math.exp(min(dynamic_eval(model, data, stats, lr=lr, lamb=lamb,
+                                            epsilon=epsilon, bptt=bptt), 700.0))
+            restore(model, stats)
+            grid.append([lr, lamb, ppl])
+            if best is None or ppl < best[2]:
+                best = (lr, lamb, ppl)
+    return {"lr": best[0], "lamb": best[1], "ppl": best[2], "grid": grid}
+
+
+def restore(model: nn.Module, stats: dict) -> None:
+    """Put the trained weights θ₀ back after a dynamic evaluation."""
+    with torch.no_grad():
+        for p, t0 in zip(model.parameters(), stats["theta0"], strict=True):
+            p.copy_(t0)

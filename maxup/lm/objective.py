@@ -19,7 +19,10 @@ batchified stream. Per step:
 4. one training forward in which each sequence uses its selected mask; its loss (mean
    cross-entropy + AR + TAR) is back-propagated and its hidden state carried forward.
 
-With m = 1 the step is awd-lstm-lm's: one (V, 1) word-dropout mask shared by the batch.
+With m = 1 the step is awd-lstm-lm's: one (V, 1) word-dropout mask shared by the batch; with
+``per_sequence`` (``lm.mask_per_sequence``) it draws one mask per sequence, in the order and
+law MaxUp draws its copies (the other draws first, then the masks), so the control differs
+from m = 2 only in the max over copies.
 """
 
 from __future__ import annotations
@@ -151,7 +154,8 @@ def maxup_step(model: AWDLSTM, words: torch.Tensor, targets: torch.Tensor, hidde
 
 def train_step(model: AWDLSTM, words: torch.Tensor, targets: torch.Tensor, hidden: Hidden,
                generator: torch.Generator, *, m: int, alpha: float, beta: float,
-               adversarial: bool, chunk: int | None = None) -> LMStep:
+               adversarial: bool, chunk: int | None = None,
+               per_sequence: bool = False) -> LMStep:
     """Draw the step's noise and run the plain (m = 1) or MaxUp (m > 1) forward.
 
     Args:
@@ -163,11 +167,19 @@ def train_step(model: AWDLSTM, words: torch.Tensor, targets: torch.Tensor, hidde
         alpha, beta: AR and TAR weights.
         adversarial: apply ADV-AWD-LSTM's output-embedding perturbation.
         chunk: copies per selection forward.
+        per_sequence: at m = 1, one word-dropout mask per sequence (the control arm) instead
+            of awd-lstm-lm's one for the batch; m > 1 always draws per sequence.
     """
     hidden = _detach(hidden)
     if m == 1 or model.dropoute == 0:
-        noise = model.draw_noise(words, generator)
-        out, new_hidden, raw_last = model(words, hidden, noise)
+        if per_sequence and model.dropoute > 0:
+            noise = model.draw_noise(words, generator, word_dropout=False)
+            scale = word_dropout_scale(words, model.dropoute, generator,
+                                       per_sequence_copies=1)[0]
+            out, new_hidden, raw_last = model(words, hidden, noise, emb_scale=scale)
+        else:
+            noise = model.draw_noise(words, generator)
+            out, new_hidden, raw_last = model(words, hidden, noise)
         loss, raw = _regularised(model, out, raw_last, targets, alpha=alpha, beta=beta,
                                  adversarial=adversarial)
         return LMStep(loss, float(raw.detach()), _detach(new_hidden), 0.0,

@@ -324,7 +324,8 @@ class LMTask:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr * seq_len / lm.bptt
             step = train_step(model, words, targets, hidden, gen, m=m, alpha=lm.alpha,
-                              beta=lm.beta, adversarial=lm.adv_eps > 0, chunk=cfg.maxup.chunk)
+                              beta=lm.beta, adversarial=lm.adv_eps > 0, chunk=cfg.maxup.chunk,
+                              per_sequence=lm.mask_per_sequence)
             value = step.raw_loss
             # Distributed, all ranks stop at the same step: one stopping alone would leave the
             # others waiting in the gradient all-reduce until the collective timeout.
@@ -477,8 +478,17 @@ class LMTask:
 
     def dynamic_evaluation(self, model: nn.Module) -> dict:
         """Dynamic evaluation of the kept best model on validation, then test (the weights
-        are restored after each); ``dyn_val_ppl``, ``dyn_test_ppl``, ``dyn_s``."""
-        from maxup.lm.dyneval import dynamic_eval, gradient_statistics
+        are restored after each): ``dyn_val_ppl``, ``dyn_test_ppl``, the η and λ used
+        (``dyn_lr``, ``dyn_lamb``), ``dyn_s``; with ``lm.dyneval_search`` also the searched
+        points, ``dyn_grid`` (``[lr, lamb, validation ppl]`` in search order, on the whole
+        validation split or its first 30,000 tokens), chosen as dynamiceval.py's ``--grid``."""
+        from maxup.lm.dyneval import (
+            GRIDFAST_TOKENS,
+            dynamic_eval,
+            gradient_statistics,
+            grid_search,
+            grid_values,
+        )
 
         lm = self.lm
         t0 = time.perf_counter()
@@ -486,15 +496,23 @@ class LMTask:
         model.load_state_dict(self.state["best_model"])
         train = batchify(self.corpus.splits["train"], lm.dyneval_batch_size).to(self.device)
         stats = gradient_statistics(model, train, lm.dyneval_bptt, lm.dyneval_batches)
-        out = {}
+        lr, lamb, out = lm.dyneval_lr, lm.dyneval_lamb, {}
+        if lm.dyneval_search != "off":
+            val = batchify(self.corpus.splits["valid"], 1).to(self.device)
+            if lm.dyneval_search == "gridfast":
+                val = val[:GRIDFAST_TOKENS]
+            lrs, lambs = grid_values(lm.dyneval_bptt)
+            found = grid_search(model, val, stats, epsilon=lm.dyneval_epsilon,
+                                bptt=lm.dyneval_bptt, lrs=lrs, lambs=lambs)
+            lr, lamb, out["dyn_grid"] = found["lr"], found["lamb"], found["grid"]
         for split in ("valid", "test"):
             data = batchify(self.corpus.splits[split], 1).to(self.device)
-            loss = dynamic_eval(model, data, stats, lr=lm.dyneval_lr, lamb=lm.dyneval_lamb,
+            loss = dynamic_eval(model, data, stats, lr=lr, lamb=lamb,
                                 epsilon=lm.dyneval_epsilon, bptt=lm.dyneval_bptt)
             out["dyn_val_ppl" if split == "valid" else "dyn_test_ppl"] = _ppl(loss)
             model.load_state_dict(self.state["best_model"])
         model.load_state_dict(saved)
-        out["dyn_s"] = time.perf_counter() - t0
+        out.update(dyn_lr=lr, dyn_lamb=lamb, dyn_s=time.perf_counter() - t0)
         return out
 
     def summary_line(self, m: dict, epochs: int) -> str:

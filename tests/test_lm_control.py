@@ -1,0 +1,104 @@
+"""Issue 29's additions to the language-model runs: keys added without moving stored trials,
+and the per-column m = 1 control (``lm.mask_per_sequence``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from maxup import identity
+from maxup.config import from_dict, to_dict
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _stored_lm_records():
+    out = []
+    for path in sorted((ROOT / "reproduction" / "trials").glob("*/record.json")):
+        doc = json.loads(path.read_text())
+        if doc["config"].get("lm") is not None:
+            out.append((path.parent.name, doc["config"]))
+    return out
+
+
+def test_added_keys_keep_the_ids_of_stored_lm_records():
+    """Resolving a stored KJV record's config through today's config adds the new keys at
+    their defaults; its id must still be the folder it is stored under."""
+    stored = _stored_lm_records()
+    assert len(stored) >= 10
+    for folder, config in stored:
+        resolved = to_dict(from_dict(config))
+        assert "mask_per_sequence" in resolved["lm"] and "dyneval_search" in resolved["lm"]
+        assert identity.trial_id(resolved) == folder == identity.trial_id(config)
+        assert identity.identity_differences(config, resolved) == []
+
+
+@pytest.mark.parametrize("key, value", [("lm.mask_per_sequence", True),
+                                        ("lm.dyneval_search", "grid")])
+def test_added_keys_at_another_value_are_another_trial(key, value):
+    folder, config = _stored_lm_records()[0]
+    changed = identity.with_value(to_dict(from_dict(config)), key, value)
+    assert identity.trial_id(changed) != folder
+    assert identity.identity_differences(config, changed) == [key]
+
+
+def _used_scales(per_sequence: bool, dropoute: float = 0.5):
+    """The word-dropout scale each token got in one m = 1 step, and the step's inputs."""
+    import torch
+
+    from maxup.lm.objective import train_step
+    from maxup.models.awd_lstm import AWDLSTM
+
+    torch.manual_seed(0)
+    model = AWDLSTM(6, emsize=4, nhid=5, nlayers=1, dropoute=dropoute, dropouti=0.2,
+                    dropouth=0.1, dropout=0.2, wdrop=0.2)
+    words = torch.arange(6).repeat(4).view(4, 6).t().contiguous()  # (6, 4): word t at row t
+    words = torch.cat([words, words])  # each word twice in every column
+    words = words.repeat(1, 16)  # 64 columns
+    seen = {}
+    inner = model.forward
+
+    def spy(w, hidden, noise=None, emb_scale=None):
+        seen["scale"] = emb_scale if emb_scale is not None else noise.emb_scale
+        seen["noise"] = noise
+        return inner(w, hidden, noise, emb_scale=emb_scale)
+
+    model.forward = spy
+    gen = torch.Generator().manual_seed(3)
+    step = train_step(model, words, words, model.init_hidden(64), gen, m=1, alpha=0, beta=0,
+                      adversarial=False, per_sequence=per_sequence)
+    return model, words, seen, step
+
+
+def test_mask_per_sequence_draws_one_word_mask_per_column():
+    import torch
+
+    from maxup.models.awd_lstm import word_dropout_scale
+
+    _, words, seen, _ = _used_scales(per_sequence=True)
+    scale = seen["scale"]
+    assert set(scale.unique().tolist()) == {0.0, 2.0}
+    for b in range(words.shape[1]):  # one mask per column: a word keeps its value in it
+        for w in range(6):
+            assert scale[:, b][words[:, b] == w].unique().numel() == 1
+    # ... and columns draw independently: some word is kept in one column, dropped in another
+    assert any(scale[w][words[w] == w].unique().numel() == 2 for w in range(6))
+    # the draws by hand: every other mask first, then a (1, B, words) table, as MaxUp's copies
+    gen = torch.Generator().manual_seed(3)
+    torch.manual_seed(0)
+    from maxup.models.awd_lstm import AWDLSTM
+    model = AWDLSTM(6, emsize=4, nhid=5, nlayers=1, dropoute=0.5, dropouti=0.2, dropouth=0.1,
+                    dropout=0.2, wdrop=0.2)
+    noise = model.draw_noise(words, gen, word_dropout=False)
+    expect = word_dropout_scale(words, 0.5, gen, per_sequence_copies=1)[0]
+    assert torch.equal(scale, expect)
+    assert torch.equal(seen["noise"].locked[0], noise.locked[0])
+
+
+def test_default_m1_step_is_still_one_mask_for_the_batch():
+    _, words, seen, _ = _used_scales(per_sequence=False)
+    scale = seen["scale"]
+    for w in range(6):  # awd-lstm-lm: one (V, 1) mask, so a word has one value everywhere
+        assert scale[words == w].unique().numel() == 1
