@@ -20,6 +20,7 @@ def figures_of(monkeypatch):
 
     def spy(fig, out_dir, stem, *formats):
         captured[stem] = {
+            "size": tuple(fig.get_size_inches()),
             "suptitle": fig._suptitle.get_text() if fig._suptitle else "",
             "fig_legends": [[t.get_text() for t in lg.get_texts()] for lg in fig.legends],
             "axes": [{
@@ -35,6 +36,12 @@ def figures_of(monkeypatch):
                 "ylabel": ax.get_ylabel(),
                 "ydata": {ln.get_label(): list(ln.get_ydata()) for ln in ax.get_lines()
                           if not ln.get_label().startswith("_")},
+                "xdata": {ln.get_label(): list(ln.get_xdata()) for ln in ax.get_lines()
+                          if not ln.get_label().startswith("_")},
+                "drawstyle": {ln.get_label(): ln.get_drawstyle() for ln in ax.get_lines()
+                              if not ln.get_label().startswith("_")},
+                "points": [list(map(tuple, c.get_offsets())) for c in ax.collections
+                           if c.__class__.__name__ == "PathCollection"],
             } for ax in fig.axes]}
         return save(fig, out_dir, stem, *formats)
 
@@ -119,7 +126,7 @@ def test_certified_figure_per_sweep_same_colours_and_no_flat_tail(figures_of, tm
     figs = figures_of(recs, tmp_path)
     assert {"certified_a", "certified_b"} <= set(figs)  # a second sweep does not overwrite
     (ax,) = figs["certified_a"]["axes"]
-    assert "a:" in ax["title"]
+    assert "a:" not in ax["title"]  # the sweep's name is in the file name, not the title
     lines = ax["lines"]
     assert lines["Gaussian aug. (m = 1)"][0] == M_COLOURS[1]
     assert lines["MaxUp+Gauss"][0] == M_COLOURS[4]
@@ -149,3 +156,76 @@ def test_regression_lm_curves_plot_perplexities_not_an_empty_accuracy_panel(figu
     # means over the two seeds of each arm, epoch by epoch
     assert val["ydata"]["m = 2 (n = 2)"] == pytest.approx([500.0 / e + 20.5 for e in (1, 2, 3)])
     assert train["ydata"]["m = 1 (n = 2)"] == pytest.approx([600.0 / e - 0.5 for e in (1, 2, 3)])
+
+
+def test_regression_figures_are_camera_ready(figures_of, tmp_path):
+    """Issue 27, item 9: PDFs used Type 3 fonts (many venues reject them), 5.5 × 4 in was too
+    wide for a column, PNGs were 120 dpi and titles showed internal sweep names. Now:
+    TrueType fonts, one column (3.4 in) for one plot, 300 dpi, titles without the name."""
+    import re
+
+    figs = figures_of(_sigma_records(sweep="internal_name"), tmp_path)
+    assert figs["acc_vs_m_internal_name"]["size"] == (3.4, 2.6)
+    assert figs["curves_internal_name"]["size"] == (7.0, 2.6)
+    for fig in figs.values():
+        titles = [ax["title"] for ax in fig["axes"]] + [fig["suptitle"]]
+        assert not any("internal_name" in t for t in titles), titles
+    pdf = (tmp_path / "figs" / "acc_vs_m_internal_name.pdf").read_bytes()
+    assert b"/FontFile2" in pdf and b"/Type3" not in pdf  # TrueType embedded, no Type 3
+    png = (tmp_path / "figs" / "acc_vs_m_internal_name.png").read_bytes()
+    (ppm,) = re.findall(rb"pHYs(.{4})", png)  # pixels per metre, as the PNG states it
+    assert round(int.from_bytes(ppm, "big") * 0.0254) == 300
+
+
+def test_regression_accuracy_vs_m_shows_every_seed(figures_of, tmp_path):
+    """It drew a line through two means and hid the seeds: each seed is now a point, and
+    two m values are not joined by a line."""
+    recs = [make_record(80.0 + m + s * 0.5, seed=s, m=m, sweep="q", dataset="digits")
+            for m in (1, 4) for s in range(3)]
+    figs = figures_of(recs, tmp_path)
+    (ax,) = figs["acc_vs_m_q"]["axes"]
+    (points,) = ax["points"]
+    df = load_records(tmp_path / "res")  # each seed's stored final accuracy
+    want = sorted(zip(df["config.maxup.m"].astype(float), df["final.test_acc"]))
+    got = sorted((float(x), float(y)) for x, y in points)
+    assert [x for x, _ in got] == [x for x, _ in want]
+    assert [y for _, y in got] == pytest.approx([y for _, y in want])
+    assert len(points) == 6
+    assert "seeds" in ax["title"]
+
+
+def test_regression_certified_figure_is_a_step_curve_of_per_sigma_means(figures_of, tmp_path):
+    """Issue 27, items 9-10: the certified-accuracy figure joined 5 radii with straight lines,
+    stopped at r = 1 and took the best model over every seed and σ. Now each method is a step
+    curve over the per-image radii: for each σ the mean over its models of the share of
+    images correct with a radius >= r, then the best σ at each r (computed here by hand)."""
+    import numpy as np
+
+    # per (m, sigma, seed): the certified radii of 4 images (None: wrong or abstained)
+    radii = {(1, 0.25, 0): [0.1, 0.3, None, 0.6], (1, 0.25, 1): [0.2, None, None, 0.9],
+             (1, 0.5, 0): [0.5, 1.4, None, None], (1, 0.5, 1): [0.7, 1.1, 0.2, None],
+             (4, 0.25, 0): [0.3, 0.4, 0.5, None], (4, 0.25, 1): [0.35, 0.8, None, None],
+             (4, 0.5, 0): [1.2, None, None, None], (4, 0.5, 1): [1.6, 0.9, None, None]}
+    recs = []
+    for (m, sigma, seed), rs in radii.items():
+        rec = make_record(80.0, seed=seed, m=m, sweep="c", dataset="digits",
+                          certified=[0.0] * len(RADII))
+        rec["config"]["augment"]["sigma"] = sigma
+        rec["certification"]["sigma"] = sigma
+        rec["certification"]["rows"] = [
+            {"index": i, "label": 0, "prediction": 0 if r is not None else 1,
+             "radius": r if r is not None else 0.0, "correct": r is not None}
+            for i, r in enumerate(rs)]
+        recs.append(restamp(rec))
+    figs = figures_of(recs, tmp_path)
+    (ax,) = figs["certified_c"]["axes"]
+    for m, label in ((1, "Gaussian aug. (m = 1)"), (4, "MaxUp+Gauss")):
+        xs, ys = ax["xdata"][label], ax["ydata"][label]
+        assert ax["drawstyle"][label] == "steps-post"
+        for r, y in zip(xs, ys, strict=True):
+            best = max(np.mean([100 * sum(x is not None and x >= r for x in radii[m, s, k]) / 4
+                                for k in (0, 1)]) for s in (0.25, 0.5))
+            assert y == pytest.approx(best), (label, r)
+        # every per-image radius of the method is a step, and the curve reaches the last one
+        assert {r for (mm, _, _), rs in radii.items() if mm == m for r in rs
+                if r is not None} <= set(xs)

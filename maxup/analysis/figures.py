@@ -1,18 +1,21 @@
 """The paper's figures from stored records (matplotlib, Agg backend; PNG and PDF).
 
 - accuracy vs m with 95% CI error bars, one line per architecture (any sweep varying m);
-- certified accuracy vs l2 radius per sweep, one curve per method (Table 8's upper envelope);
+- certified accuracy vs l2 radius per sweep, one step curve per method over the per-image
+  radii (Table 8's envelope over σ of per-σ means);
 - training curves: per-arm mean test accuracy / test loss vs epoch with a 95% CI band.
 
 Every figure labels arms in the tables' words (``ResNet-110, σ = 0.25, m = 4``), gives each
 method one colour in all figures (:func:`m_colour`: m = 1 grey, each MaxUp m its own; other
-settings differ by line style), states n, and claims no interval where n = 1.
+settings differ by line style), states n, and claims no interval where n = 1. Figures are
+sized for a paper (one column, 3.4 in; two panels across both, 7 in), written at 300 dpi
+with TrueType fonts in PDF (:data:`STYLE`), titled by what they show (the sweep's name is
+in the file name only), and accuracy vs m shows every seed as a point.
 """
 
 from __future__ import annotations
 
 import io
-import math
 import os
 import re
 
@@ -43,11 +46,27 @@ def _safe(name: str) -> str:
 FORMATS = ("png", "pdf")
 
 
+#: What a venue takes: TrueType (Type 42) fonts in PDF and PostScript (many reject Type 3),
+#: 300 dpi bitmaps, one-column width (3.4 in) for single plots, full width for two panels.
+STYLE = {"pdf.fonttype": 42, "ps.fonttype": 42, "font.size": 8, "axes.titlesize": 8,
+         "axes.labelsize": 8, "legend.fontsize": 7, "xtick.labelsize": 7,
+         "ytick.labelsize": 7, "figure.titlesize": 8}
+DPI = 300
+COLUMN = (3.4, 2.6)  # inches: one column
+FULL = (7.0, 2.6)  # inches: both columns (two panels)
+
+
+def _figure(size=COLUMN, panels: int = 1):
+    with matplotlib.rc_context(STYLE):
+        return plt.subplots(1, panels, figsize=size)
+
+
 def _save(fig, out_dir: str, stem: str, formats: tuple[str, ...] = FORMATS) -> list[str]:
     paths = []
     for ext in formats:
         buf = io.BytesIO()
-        fig.savefig(buf, format=ext, dpi=120, bbox_inches="tight")
+        with matplotlib.rc_context(STYLE):
+            fig.savefig(buf, format=ext, dpi=DPI, bbox_inches="tight")
         path = os.path.join(out_dir, f"{stem}.{ext}")
         atomic_write_bytes(path, buf.getvalue())
         paths.append(path)
@@ -160,16 +179,26 @@ def plot_accuracy_vs_m(df: pd.DataFrame, out_dir: str, name: str,
     agg = agg[agg["n"] > 0]
     if agg.empty:
         return []
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = _figure()
     groups = list(agg.groupby(others, dropna=False, sort=True)) if others else [((), agg)]
+    seeds = (list(done.groupby(others, dropna=False, sort=True)) if others
+             else [((), done)])
+    spread = 1.06 ** np.linspace(-1, 1, len(groups)) if len(groups) > 1 else [1.0]
     for i, (key, g) in enumerate(groups):
         key = key if isinstance(key, tuple) else (key,)
         g = g.sort_values("config.maxup.m")
+        # Every seed as a point (x nudged per line on the log axis so lines do not hide each
+        # other's), the mean with its 95 % CI over them; a line joins the means only where
+        # there are at least three m values to join.
+        each = seeds[i][1]
+        ax.scatter(each["config.maxup.m"] * spread[i], each[metric], s=6, color="0.55",
+                   alpha=0.8, zorder=1, linewidths=0)
         # Lines are arms of other settings (x is m itself), so they differ by style, in
         # black: colours stay reserved for methods (m) across figures.
-        ax.errorbar(g["config.maxup.m"], g["mean"], yerr=_half_width(g["std"], g["n"]),
-                    marker=MARKERS[i % len(MARKERS)], linestyle=STYLES[i % len(STYLES)],
-                    color="black", capsize=3, label=_label(others, key) or None)
+        ax.errorbar(g["config.maxup.m"] * spread[i], g["mean"],
+                    yerr=_half_width(g["std"], g["n"]), marker=MARKERS[i % len(MARKERS)],
+                    markersize=4, linestyle=STYLES[i % len(STYLES)] if len(g) >= 3 else "none",
+                    color="black", capsize=2, zorder=2, label=_label(others, key) or None)
     ax.set_xscale("log")
     ms = sorted(agg["config.maxup.m"].unique())
     ax.set_xticks(ms)
@@ -178,10 +207,10 @@ def plot_accuracy_vs_m(df: pd.DataFrame, out_dir: str, name: str,
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlabel("MaxUp sample size m (copies per example)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{name}: test accuracy vs m\n({_band_text(agg['n'])})", fontsize=10)
+    ax.set_title(f"test accuracy vs m ({_band_text(agg['n'])}; dots: seeds)")
     ax.grid(alpha=0.3)
     if others:
-        ax.legend(fontsize=8)
+        ax.legend()
     return _save(fig, out_dir, f"acc_vs_m_{_safe(name)}", formats)
 
 
@@ -190,8 +219,47 @@ def _method(df: pd.DataFrame) -> pd.Series:
     return pd.Series(np.where(m == 1, "baseline", "maxup"), index=df.index)
 
 
+def certified_curve(cert: dict, grid: np.ndarray) -> np.ndarray:
+    """One model's certified accuracy (%) at each radius of ``grid``: the share of its
+    certified images that are correct with a radius at least r (Cohen et al.'s curve, a step
+    function of the per-image radii); from the summary's radii (read as steps) when the
+    per-image rows are absent."""
+    rows = cert.get("rows") or []
+    if rows:
+        radii = np.array([float(r["radius"]) if r.get("correct") and r.get("radius") is not None
+                          else -1.0 for r in rows])
+        return 100.0 * (radii[None, :] >= grid[:, None]).sum(axis=1) / len(rows)
+    r = np.array([float(x) for x in cert.get("radii") or []])
+    a = np.array([float(x) for x in cert.get("certified_accuracy") or []])
+    if r.size == 0:
+        return np.zeros_like(grid)
+    idx = np.searchsorted(r, grid, side="right") - 1  # the last summary radius <= r
+    return np.where(idx >= 0, a[np.clip(idx, 0, None)], a[0])
+
+
+def _radius_grid(certs) -> np.ndarray:
+    """Every radius where some model's curve steps (and 0)."""
+    points = {0.0}
+    for cert in certs:
+        rows = cert.get("rows") or []
+        if rows:
+            points.update(float(r["radius"]) for r in rows
+                          if r.get("correct") and r.get("radius") is not None)
+        else:
+            points.update(float(x) for x in cert.get("radii") or [])
+    return np.array(sorted(points))
+
+
+def _sigma(row) -> float | None:
+    cert = row["certification"] if isinstance(row["certification"], dict) else {}
+    value = cert.get("sigma", row.get("config.augment.sigma"))
+    return None if value is None else round(float(value), 9)
+
+
 def certified_envelope(df: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per method, the radii and the best certified accuracy over its models at each radius.
+    """Per method, the radius grid and Table 8's envelope on it: for each σ the mean over
+    that σ's models of their step curves (:func:`certified_curve`), then the best σ at each
+    radius (the paper's envelope is over σ, one curve per σ).
 
     Args:
         df: records (completed ones carrying ``certification`` are used).
@@ -200,53 +268,53 @@ def certified_envelope(df: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarr
     done = done[has_certification(done)] if len(done) else done
     out = {}
     for method, g in done.groupby(_method(done)):
-        best: dict[float, float] = {}
-        for cert in g["certification"]:
-            for r, a in zip(cert.get("radii") or [], cert.get("certified_accuracy") or []):
-                if r is None or a is None:
-                    continue
-                r = round(float(r), 9)
-                best[r] = max(best.get(r, -math.inf), float(a))
-        radii = np.array(sorted(best))
-        out[method] = (radii, np.array([best[r] for r in radii]))
+        certs = list(g["certification"])
+        grid = _radius_grid(certs)
+        per_sigma: dict = {}
+        for _, row in g.iterrows():
+            per_sigma.setdefault(_sigma(row), []).append(
+                certified_curve(row["certification"], grid))
+        means = [np.mean(curves, axis=0) for curves in per_sigma.values()]
+        out[method] = (grid, np.max(means, axis=0))
     return out
 
 
 def plot_certified(df: pd.DataFrame, out_dir: str, name: str = "certified",
                    formats: tuple[str, ...] = FORMATS) -> list[str]:
-    """Certified accuracy vs l2 radius, one curve per method (Table 8 envelope).
+    """Certified accuracy vs l2 radius, one step curve per method: the envelope over σ of
+    the per-σ mean curves (:func:`certified_envelope`), as Table 8.
 
-    The x-axis ends one radius step after the last radius any method certifies (beyond it
-    every curve is zero).
+    The x-axis ends a little after the largest radius any method certifies (beyond it every
+    curve is zero).
 
     Args:
         df: records with ``certification`` (one sweep's, so that files do not collide).
         out_dir: where ``certified_<name>.png/.pdf`` go.
-        name: the sweep's name (title and file name).
+        name: the sweep's name (file name).
     """
     env = certified_envelope(df)
     if not env:
         return []
     done = completed(df)
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = _figure()
     last = 0.0
     for method, (radii, acc) in sorted(env.items()):
         ms = done.loc[_method(done) == method, "config.maxup.m"].unique() \
             if "config.maxup.m" in done else [1]
         colour = m_colour(ms[0]) if len(ms) == 1 else OTHER_COLOUR
-        ax.plot(radii, acc, marker="o", color=colour, label=METHOD_LABELS[method])
+        ax.step(radii, acc, where="post", color=colour, label=METHOD_LABELS[method])
         if (acc > 0).any():
             last = max(last, float(radii[acc > 0].max()))
     radii = np.unique(np.concatenate([r for r, _ in env.values()]))
     step = float(np.diff(radii).min()) if radii.size > 1 else 0.25
+    step = max(step, 0.05 * max(last, 0.25))
     ax.set_xlim(-0.05 * (last + step), last + step * 1.05)
     ax.set_xlabel("ℓ2 radius")
     ax.set_ylabel("certified accuracy (%)")
-    ax.set_title(f"{name}: certified accuracy vs radius\n(best model per method at each "
-                 "radius)", fontsize=10)
+    ax.set_title("certified accuracy vs radius (best σ of per-σ means)")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend()
     return _save(fig, out_dir, f"certified_{_safe(name)}", formats)
 
 
@@ -301,7 +369,7 @@ def plot_training_curves(df: pd.DataFrame, out_dir: str, name: str,
     others = [c for c in arms if c != "config.maxup.m"]
     styles: dict[tuple, str] = {}
     panels = _panels(done["history"])
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = _figure(FULL, panels=2)
     drew = False
     for key, g in shown:
         key = key if isinstance(key, tuple) else (key,)
@@ -331,10 +399,10 @@ def plot_training_curves(df: pd.DataFrame, out_dir: str, name: str,
     # One legend for both panels (the same arms, the same colours), beside them.
     handles, labels = next((ax.get_legend_handles_labels() for ax in axes
                             if ax.get_legend_handles_labels()[0]), ([], []))
-    fig.subplots_adjust(right=0.8)
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(0.81, 0.5), fontsize=8)
+    fig.subplots_adjust(right=0.74, wspace=0.3)
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(0.75, 0.5))
     more = f" (first {MAX_CURVE_ARMS} of {len(groups)} arms)" if len(groups) > len(shown) else ""
-    fig.suptitle(f"{name}: training curves ({_band_text([len(g) for _, g in shown])}){more}")
+    fig.suptitle(f"training curves ({_band_text([len(g) for _, g in shown])}){more}")
     return _save(fig, out_dir, f"curves_{_safe(name)}", formats)
 
 
