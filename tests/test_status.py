@@ -151,3 +151,16 @@ def test_regression_language_model_trials_finish_with_their_perplexity_not_no_me
 
     assert headline(SimpleNamespace(final=final)) == words
     assert headline(None) == "no metrics"
+
+
+def test_regression_status_orders_arms_by_value_not_as_text(tmp_path, capsys):
+    """`maxup status` listed m=1, m=10, m=4 (text order); numbers now go by value."""
+    path = tmp_path / "o.yaml"
+    path.write_text("name: o\nbase:\n  model: {name: mlp}\n  data: {name: digits}\n"
+                    "  train: {epochs: 1, device: cpu}\ngrid:\n  maxup.m: [10, 1, 4]\n"
+                    "  method: {b: {optim.lr: 0.1}, a: {optim.lr: 0.2}}\nseeds: 1\n")
+    spec = load_space(path)
+    write_manifest(spec, spec.expand(), sweep_layout(tmp_path / "s", spec.name))
+    lines = render(sweep_status(str(tmp_path / "s" / "o")))
+    arms = [ln.strip().split(":")[0] for ln in lines if ln.startswith("  maxup.m=")]
+    assert arms == [f"maxup.m={m}, method={x}" for m in (1, 4, 10) for x in ("a", "b")]

@@ -234,7 +234,13 @@ def render(st: SweepStatus, now: _dt.datetime | None = None) -> list[str]:
     if st.overrides:
         out.append(f"overrides: {store.override_args(st.overrides)}")
     shown = [a for a in st.axes if a != "seed"]
-    for group in arms.values():
+
+    def natural(group: list[TrialState]) -> tuple:  # m = 1, 4, 10: numbers by value
+        values = [group[0].axes.get(a) for a in shown]
+        return tuple((0, float(v), "") if isinstance(v, int | float) and not isinstance(v, bool)
+                     else (1, 0.0, str(v)) for v in values)
+
+    for group in sorted(arms.values(), key=natural):
         label = ", ".join(f"{a}={group[0].axes.get(a)}" for a in shown) or group[0].arm_id
         parts = []
         for status in ("completed", "running", "failed", "pending", store.CORRUPT):
