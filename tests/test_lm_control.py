@@ -102,3 +102,28 @@ def test_default_m1_step_is_still_one_mask_for_the_batch():
     scale = seen["scale"]
     for w in range(6):  # awd-lstm-lm: one (V, 1) mask, so a word has one value everywhere
         assert scale[words == w].unique().numel() == 1
+
+
+@pytest.mark.parametrize("name", ["lm_kjv", "table6_ptb", "table7_wt2"])
+def test_lm_spaces_gain_the_control_and_keep_their_other_trial_ids(name):
+    """Each LM space plans reference m = 1, the per-sequence control and MaxUp; the reference
+    and MaxUp trials are the ones a plan without the new key makes (the key removed by hand)."""
+    from maxup.config import set_dotted
+    from maxup.platform.space import REPO_ROOT, load_space
+
+    trials = load_space(REPO_ROOT / "search_spaces" / f"{name}.yaml").expand()
+    arms = {}
+    for t in trials:
+        lm, m = t.config["lm"], t.config["maxup"]["m"]
+        arms.setdefault(t.axes["arm"], set()).add((m, lm["mask_per_sequence"]))
+        if not lm["mask_per_sequence"]:
+            old = json.loads(json.dumps(t.config))
+            del old["lm"]["mask_per_sequence"]
+            assert identity.trial_id(old) == t.trial_id
+        else:
+            plain = json.loads(json.dumps(t.config))
+            set_dotted(plain, "lm.mask_per_sequence", False)
+            assert identity.trial_id(plain) != t.trial_id
+    assert arms["reference"] == {(1, False)} and arms["control"] == {(1, True)}
+    assert {m for a, v in arms.items() if a.startswith("maxup") for m, _ in v} >= {2}
+    assert len(trials) == 5 * len(arms)
