@@ -127,3 +127,36 @@ def test_lm_spaces_gain_the_control_and_keep_their_other_trial_ids(name):
     assert arms["reference"] == {(1, False)} and arms["control"] == {(1, True)}
     assert {m for a, v in arms.items() if a.startswith("maxup") for m, _ in v} >= {2}
     assert len(trials) == 5 * len(arms)
+
+
+def test_finetune_windows_are_capped_at_bptt_plus_10(tmp_path, monkeypatch):
+    """finetune.py caps the drawn window at bptt + 10; main.py does not. Every drawn length
+    is forced to 40 here: the main stage trains 40-row windows, fine-tuning bptt + 10 = 18."""
+    from test_lm_engine import lm_config, write_corpus
+
+    import maxup.lm.task as task_mod
+    from maxup.engine import train
+
+    lengths: dict[int, set] = {}
+    inner = task_mod.train_step
+    stage = {"epoch": 0}
+
+    def spy(model, words, *args, **kwargs):
+        lengths.setdefault(stage["epoch"], set()).add(words.shape[0])
+        return inner(model, words, *args, **kwargs)
+
+    real_epoch = task_mod.LMTask.train_epoch
+
+    def epoch_spy(self, model, epoch, *a, **k):
+        stage["epoch"] = epoch
+        return real_epoch(self, model, epoch, *a, **k)
+
+    monkeypatch.setattr(task_mod, "train_step", spy)
+    monkeypatch.setattr(task_mod, "draw_seq_len", lambda bptt, gen: 40)
+    monkeypatch.setattr(task_mod.LMTask, "train_epoch", epoch_spy)
+    root = write_corpus(tmp_path / "corpus", n_train=400)
+    cfg = lm_config(root, train={"epochs": 2}, maxup={"m": 1, "warmup_epochs": 0})
+    cfg["lm"].update(finetune_epochs=[1], asgd="off")
+    train(cfg, tmp_path / "r", log=None)
+    assert max(lengths[0]) == 40  # main stage: uncapped
+    assert max(lengths[1]) == 8 + 10 and 8 + 10 in lengths[1]  # fine-tuning: bptt + 10

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import io
 import json
 import os
 import re
@@ -121,7 +122,10 @@ def read_token_files(name: str, paths: list[Path]) -> Corpus:
             raise DataError(f"data.root: {path} is not UTF-8 text ({exc.reason} at byte "
                             f"{exc.start}); {_HOWTO[name]}") from None
         ids: list[int] = []
-        for line in text.splitlines():
+        # Lines as awd-lstm-lm's data.py reads them (a text file's iteration: universal
+        # newlines, \n, \r, \r\n), not str.splitlines(), which also ends a line at \v, \f,
+        # \x1c-\x1e, \x85, \u2028 and \u2029 and would add an <eos> there (issue 29).
+        for line in io.StringIO(text, newline=None):
             for word in line.split() + [EOS]:
                 i = index.get(word)
                 if i is None:

@@ -51,6 +51,9 @@ from maxup.lm.objective import train_step
 from maxup.models.awd_lstm import AWDLSTM, count_parameters, lm_token_losses
 from maxup.schedule import copies_at
 
+#: A fine-tuning window is at most bptt + this (awd-lstm-lm's finetune.py; main.py has none).
+FINETUNE_EXTRA = 10
+
 
 def batchify(stream: torch.Tensor, columns: int) -> torch.Tensor:
     """Cut a token stream into ``columns`` contiguous sequences (awd-lstm-lm's ``batchify``).
@@ -319,6 +322,8 @@ class LMTask:
         total_rows = data.shape[0]
         while i < total_rows - 1 - 1:
             seq_len = draw_seq_len(lm.bptt, len_gen)
+            if stage > 0:  # finetune.py caps the window at bptt + 10 (main.py does not)
+                seq_len = min(seq_len, lm.bptt + FINETUNE_EXTRA)
             words, targets = window(data, i, seq_len)
             # awd-lstm-lm scales the step by the window's share of bptt (the drawn length).
             for group in self.optimizer.param_groups:
