@@ -183,19 +183,19 @@ def plot_accuracy_vs_m(df: pd.DataFrame, out_dir: str, name: str,
     groups = list(agg.groupby(others, dropna=False, sort=True)) if others else [((), agg)]
     seeds = (list(done.groupby(others, dropna=False, sort=True)) if others
              else [((), done)])
-    spread = 1.06 ** np.linspace(-1, 1, len(groups)) if len(groups) > 1 else [1.0]
+    # Seeds' points nudged apart per line on the log axis, so lines do not hide each other's.
+    spread = 1.04 ** np.linspace(-1, 1, len(groups)) if len(groups) > 1 else [1.0]
     for i, (key, g) in enumerate(groups):
         key = key if isinstance(key, tuple) else (key,)
         g = g.sort_values("config.maxup.m")
-        # Every seed as a point (x nudged per line on the log axis so lines do not hide each
-        # other's), the mean with its 95 % CI over them; a line joins the means only where
-        # there are at least three m values to join.
+        # Every seed as a point, the mean with its 95 % CI over them; a line joins the means
+        # only where there are at least three m values to join.
         each = seeds[i][1]
         ax.scatter(each["config.maxup.m"] * spread[i], each[metric], s=6, color="0.55",
                    alpha=0.8, zorder=1, linewidths=0)
         # Lines are arms of other settings (x is m itself), so they differ by style, in
         # black: colours stay reserved for methods (m) across figures.
-        ax.errorbar(g["config.maxup.m"] * spread[i], g["mean"],
+        ax.errorbar(g["config.maxup.m"], g["mean"],
                     yerr=_half_width(g["std"], g["n"]), marker=MARKERS[i % len(MARKERS)],
                     markersize=4, linestyle=STYLES[i % len(STYLES)] if len(g) >= 3 else "none",
                     color="black", capsize=2, zorder=2, label=_label(others, key) or None)
@@ -229,10 +229,12 @@ def certified_curve(cert: dict, grid: np.ndarray) -> np.ndarray:
         radii = np.array([float(r["radius"]) if r.get("correct") and r.get("radius") is not None
                           else -1.0 for r in rows])
         return 100.0 * (radii[None, :] >= grid[:, None]).sum(axis=1) / len(rows)
-    r = np.array([float(x) for x in cert.get("radii") or []])
-    a = np.array([float(x) for x in cert.get("certified_accuracy") or []])
-    if r.size == 0:
+    pairs = sorted((float(x), float(y)) for x, y in zip(cert.get("radii") or [],
+                                                         cert.get("certified_accuracy") or [])
+                   if x is not None and y is not None)
+    if not pairs:
         return np.zeros_like(grid)
+    r, a = np.array([x for x, _ in pairs]), np.array([y for _, y in pairs])
     idx = np.searchsorted(r, grid, side="right") - 1  # the last summary radius <= r
     return np.where(idx >= 0, a[np.clip(idx, 0, None)], a[0])
 
@@ -246,7 +248,9 @@ def _radius_grid(certs) -> np.ndarray:
             points.update(float(r["radius"]) for r in rows
                           if r.get("correct") and r.get("radius") is not None)
         else:
-            points.update(float(x) for x in cert.get("radii") or [])
+            points.update(float(x) for x, y in zip(cert.get("radii") or [],
+                                                   cert.get("certified_accuracy") or [])
+                          if x is not None and y is not None)
     return np.array(sorted(points))
 
 
