@@ -326,6 +326,9 @@ def test_heartbeat_prints_after_a_silence_and_not_while_lines_come():
     assert beat.beat(18.0) and lines[-1] == "... 9.0 s" and len(lines) == 2
     beat._last = 20.0  # the command printed
     assert beat.beat(28.9) and len(lines) == 2
+    # Counted from the command's first line when that came before the heartbeat started.
+    late = Heartbeat(lambda silent: "late", lines.append, every=10.0, last_line_at=100.0)
+    assert late.last_line_at == 100.0 and late.beat(109.0) and lines[-1] == "late"
 
 
 def test_run_describer_names_the_epoch_in_progress(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 EXAMPLE = """examples:
   maxup sweep search_spaces/quickstart.yaml                 # embedded local Ray, ./results
@@ -116,6 +117,7 @@ def _command(args: argparse.Namespace) -> int:
     print(f"sweep {spec.name}: {len(trials)} trials ({arms} arms × {len(spec.seeds)} seeds), "
           f"storage {str(storage).rstrip('/')}/{spec.name}; reading its records, checking the "
           "data", flush=True)
+    args.first_line_at = time.monotonic()
     check_space(spec, trials, cpus, gpus)
     from maxup.platform.views import check_mlflow
 
@@ -129,26 +131,31 @@ def _command(args: argparse.Namespace) -> int:
 
 def _run(args, spec, trials, storage: str, command: str) -> int:
     from maxup.errors import UsageError
+    from maxup.platform.liveness import Heartbeat
     from maxup.platform.sweep import read_stored, run_sweep, sweep_layout
 
     stored = None
-    if not args.address:
-        from maxup.platform.preflight import preflight
+    # A line at least every 10 s from the first one on, also while the data is opened.
+    with Heartbeat(lambda silent: "... reading the records, checking the data, reaching Ray",
+                   last_line_at=args.first_line_at) as beat:
+        if not args.address:
+            from maxup.platform.preflight import preflight
 
-        # The one reading of the stored records: the preflight and the sweep both use it.
-        stored = read_stored(trials, sweep_layout(storage, spec.name))
-        preflight(_to_train(spec, trials, storage, args.rerun_failed, stored))
-    else:  # a bounded wait and one line, before the manifest is written or Ray joined
-        from maxup.platform.distributed import probe_cluster
+            # The one reading of the stored records: the preflight and the sweep both use it.
+            stored = read_stored(trials, sweep_layout(storage, spec.name))
+            preflight(_to_train(spec, trials, storage, args.rerun_failed, stored))
+        else:  # a bounded wait and one line, before the manifest is written or Ray joined
+            from maxup.platform.distributed import probe_cluster
 
-        try:
-            probe_cluster(args.address)
-        except UsageError as exc:
-            raise UsageError(f"--{exc}") from None
+            try:
+                probe_cluster(args.address)
+            except UsageError as exc:
+                raise UsageError(f"--{exc}") from None
     summary = run_sweep(spec, trials, storage, address=args.address,
                         rerun_failed=args.rerun_failed, verbose=args.verbose,
                         order="longest_first" if args.order == "longest-first" else "given",
-                        mlflow=args.mlflow, stored=stored, command=command)
+                        mlflow=args.mlflow, stored=stored, command=command,
+                        last_line_at=beat.last_line_at)
     results = sweep_layout(storage, spec.name).results
     if not args.no_table and summary.completed + summary.skipped:
         _print_table(results)

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 
 from maxup.cli import check_output_dir
@@ -69,9 +70,10 @@ def _command(args: argparse.Namespace) -> int:
     print(f"train {args.config} -> {out}: {cfg.train.epochs} epochs of {cfg.model.name} on "
           f"{cfg.data.name}, maxup m = {cfg.maxup.m}{workers}"
           + ("; resuming" if args.resume else ""), flush=True)
+    first_line_at = time.monotonic()
     check_registered_names(cfg)
     try:
-        record = _train(cfg, out, run_files, args.resume)
+        record = _train(cfg, out, run_files, args.resume, first_line_at)
     except KeyboardInterrupt:
         return _interrupted(args, cfg, out, overrides)
     final = record.get("final") or {}
@@ -86,10 +88,11 @@ def _command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(cfg, out: Path, run_files: TrialDir, resume: bool) -> dict:
+def _train(cfg, out: Path, run_files: TrialDir, resume: bool, first_line_at: float) -> dict:
     from maxup.platform.liveness import Heartbeat, run_describer
 
-    with Heartbeat(run_describer(run_files.record, cfg.train.epochs)) as beat:
+    with Heartbeat(run_describer(run_files.record, cfg.train.epochs),
+                   last_line_at=first_line_at) as beat:
         return _train_run(cfg, out, run_files, resume, beat)
 
 

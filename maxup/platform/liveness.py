@@ -25,13 +25,16 @@ class Heartbeat:
         describe: what is in progress, given the seconds since the last line.
         echo: where the line goes (default: stdout, flushed).
         every: the longest silence.
+        last_line_at: when the command printed its last line (``time.monotonic()``), if
+            before this heartbeat starts.
     """
 
     def __init__(self, describe: Callable[[float], str], echo: Callable[[str], None] | None = None,
-                 every: float = EVERY_S):
+                 every: float = EVERY_S, last_line_at: float | None = None):
         self.describe, self.every = describe, every
         self.echo = echo or (lambda line: print(line, flush=True))
-        self._last = time.monotonic()
+        # when the command last printed (time.monotonic()); default: now
+        self._last = time.monotonic() if last_line_at is None else last_line_at
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="maxup-heartbeat", daemon=True)
@@ -42,6 +45,12 @@ class Heartbeat:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+    @property
+    def last_line_at(self) -> float:
+        """When the last line was printed (``time.monotonic()``)."""
+        with self._lock:
+            return self._last
 
     def printed(self) -> None:
         """The command printed a line: the silence starts again."""

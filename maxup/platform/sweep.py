@@ -401,7 +401,7 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *,
               echo: Callable[[str], None] = print, verbose: bool = False,
               order: str = "longest_first", mlflow: str | None = None,
               stored: dict[str, store.StoredTrial] | None = None,
-              command: str | None = None) -> SweepSummary:
+              command: str | None = None, last_line_at: float | None = None) -> SweepSummary:
     """Run the sweep's pending trials on Ray Tune and return how each ended.
 
     Each record is read once before training (``stored``, or here) and that one reading
@@ -421,6 +421,8 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *,
         mlflow: MLflow tracking URI each trial also logs to (:mod:`maxup.platform.views`).
         stored: :func:`read_stored` of these trials when the caller already read them.
         command: the command that runs this sweep again (kept in the manifest).
+        last_line_at: when the caller last printed (``time.monotonic()``): the periodic
+            status line (at least every 10 s) counts from there.
     """
     from maxup.platform.liveness import Heartbeat
 
@@ -431,7 +433,7 @@ def run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *,
             return phase["progress"].heartbeat()
         return f"... {phase['what']} ({time.monotonic() - phase['since']:.0f} s)"
 
-    beat = Heartbeat(describe, echo)
+    beat = Heartbeat(describe, echo, last_line_at=last_line_at)
     say = echo
 
     def echo(line: str) -> None:
@@ -541,6 +543,11 @@ def _run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *, add
         ),
     )
     phase["progress"] = progress
+    # Tune reads its own result files back when fit() ends; they are off (above), so it
+    # warned "Failed to fetch metrics" for every trial: the records are read below instead.
+    import logging
+
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     tuner.fit()
     phase.update(progress=None, what="reading the trials' records", since=time.monotonic())
     interrupt.check()
