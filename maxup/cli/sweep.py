@@ -170,16 +170,10 @@ def _interrupted(spec, trials, storage: str, command: str) -> int:
     saved and the exact command that continues the sweep (exit status 130)."""
 
     from maxup import records
-    from maxup.platform.interrupt import resume_words, trial_progress
+    from maxup.platform.interrupt import resume_words, stop_ray, trial_progress
     from maxup.platform.sweep import read_stored, statuses_of, sweep_layout
 
-    try:
-        import ray
-
-        if ray.is_initialized():
-            ray.shutdown()
-    except ImportError:
-        pass
+    stop_ray()
     layout = sweep_layout(storage, spec.name)
     stored = read_stored(trials, layout)
     status = statuses_of(stored)

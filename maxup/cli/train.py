@@ -137,17 +137,11 @@ def _interrupted(args: argparse.Namespace, cfg, out: Path, overrides: dict) -> i
     command that continues the run (exit status 130)."""
     import shlex
 
-    from maxup.platform.interrupt import resume_words, trial_progress
+    from maxup.platform.interrupt import resume_words, stop_ray, trial_progress
     from maxup.store import override_args
 
     if cfg.train.workers > 1:
-        try:
-            import ray
-
-            if ray.is_initialized():
-                ray.shutdown()
-        except ImportError:
-            pass
+        stop_ray()
     got, after = trial_progress(out)
     saved = resume_words(got, after, cfg.train.epochs)
     if cfg.train.workers > 1 and after is not None:  # Ray Train resumes from its own copy

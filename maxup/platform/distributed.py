@@ -298,9 +298,13 @@ def start_local_ray(start_timeout_s: float = 60.0) -> None:
                "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")}
     os.environ.update(env)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    from maxup.platform import interrupt
+
     try:
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
-                 log_to_driver=False, logging_level="WARNING", runtime_env={"env_vars": env})
+        with interrupt.deferred():  # a Ctrl-C now waits until Ray is whole, then stops it
+            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+                     log_to_driver=False, logging_level="WARNING",
+                     runtime_env={"env_vars": env})
     except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception when its node
         # does not register within its fixed 30 s (seen with three Ray test files at once
         # on two cores); a 30-line traceback said no more than this line does.

@@ -27,7 +27,7 @@ import signal
 import sys
 import threading
 
-_state = {"installed": False, "hit": 0}
+_state = {"installed": False, "hit": 0, "deferred": False}
 
 
 @contextlib.contextmanager
@@ -56,14 +56,38 @@ def catching():
 
 def _handler(signum, frame) -> None:
     _state["hit"] += 1
+    if _state.get("deferred"):
+        if _state["hit"] == 1:
+            _say("maxup: stopping as soon as Ray has started (stopping it half-started "
+                 "would leave its agents running)...")
+        return
     if _state["hit"] == 1:
         raise KeyboardInterrupt
+    _say("maxup: stopping (saving what was done; nothing will be left running)...")
+
+
+def _say(line: str) -> None:
     try:
-        sys.stderr.write("maxup: stopping (saving what was done; nothing will be left "
-                         "running)...\n")
+        sys.stderr.write(line + "\n")
         sys.stderr.flush()
     except (OSError, ValueError):
         pass
+
+
+@contextlib.contextmanager
+def deferred():
+    """While the block runs (Ray starting its processes), a Ctrl-C is noted, not raised; it
+    is raised when the block ends. A ``KeyboardInterrupt`` inside ``ray.init`` stopped it
+    half-way, and the dashboard and runtime-env agents it had just started outlived
+    everything (their raylet gone, they were no longer the driver's descendants)."""
+    before = _state.get("deferred", False)
+    _state["deferred"] = True
+    try:
+        yield
+    finally:
+        _state["deferred"] = before
+    if not before:
+        check()
 
 
 def interrupted() -> bool:
@@ -75,6 +99,20 @@ def check() -> None:
     """Raise ``KeyboardInterrupt`` if a Ctrl-C arrived (library code may have swallowed it)."""
     if _state["hit"]:
         raise KeyboardInterrupt
+
+
+def stop_ray() -> None:
+    """Shut down this process's Ray after a Ctrl-C, once its watchdog has seen every process
+    of it (:func:`maxup.platform.reaper.settle`); the watchdog kills what outlives this."""
+    try:
+        import ray
+    except ImportError:
+        return
+    if ray.is_initialized():
+        from maxup.platform import reaper
+
+        reaper.settle()
+        ray.shutdown()
 
 
 def trial_progress(trial_dir: str | os.PathLike) -> tuple[int, int | None]:

@@ -187,11 +187,20 @@ def start(at_exit: Callable[[], object] | None = None) -> None:
     atexit.register(_disarm, _reaper, _owner, at_exit)
 
 
+def settle() -> None:
+    """Wait until the watchdog's snapshot holds every process the driver has now (one full
+    period): a process Ray started in the last 0.2 s, then orphaned by a shutdown (its
+    raylet gone), would otherwise be out of its reach. A no-op without a watchdog."""
+    if _reaper is not None and _owner == os.getpid() and _reaper.poll() is None:
+        time.sleep(1.5 * PERIOD_S)
+
+
 def _disarm(proc: subprocess.Popen, owner: int, at_exit: Callable[[], object] | None) -> None:
     """At a normal exit (not from a fork): run ``at_exit`` (Ray's shutdown), then tell the
     watchdog to kill what outlived it (after :data:`GRACE_S`) and leave."""
     if os.getpid() != owner or proc.poll() is not None:
         return
+    settle()
     try:
         if at_exit is not None:
             at_exit()
