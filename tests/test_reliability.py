@@ -224,6 +224,7 @@ time.sleep(0.5)
 watchdog = [reaper._reaper.pid] if reaper._reaper else []
 print(kids[0].pid, kids[1].pid, orphan, *watchdog, flush=True)
 if sys.argv[1] == "exit":
+    sys.stdin.readline()  # the test has read the process table: exit now
     sys.exit(0)
 time.sleep(60)
 """
@@ -235,10 +236,15 @@ def _watchdog_case(mode: str):
     from maxup.platform.reaper import process_table
 
     driver = subprocess.Popen([sys.executable, "-c", _FAKE_DRIVER, mode], text=True,
-                              stdout=subprocess.PIPE, start_new_session=True)
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              start_new_session=True)
     pids = [int(p) for p in driver.stdout.readline().split()]
     table = process_table()
     assert len(pids) >= 3 and all(p in table for p in pids), pids
+    # Only now may an "exit" driver exit: its watchdog's grace period (0.5 s) could otherwise
+    # end before a loaded machine gets to read the table above.
+    driver.stdin.write("go\n")
+    driver.stdin.close()
     return driver, {p: table[p][1] for p in pids}
 
 
