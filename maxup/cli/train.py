@@ -133,15 +133,17 @@ def _train_run(cfg, out: Path, run_files: TrialDir, resume: bool, beat) -> dict:
 
 
 def _interrupted(args: argparse.Namespace, cfg, out: Path, overrides: dict) -> int:
-    """After a Ctrl-C: stop Ray if this run started it, then say what was saved and the exact
-    command that continues the run (exit status 130)."""
+    """After a Ctrl-C: say what was saved and the exact command that continues the run (exit
+    status 130); a Ray Train run then exits at once, its Ray processes left to the watchdog."""
     import shlex
 
-    from maxup.platform.interrupt import resume_words, stop_ray, trial_progress
+    from maxup.platform.interrupt import (
+        exit_leaving_ray_to_the_watchdog,
+        resume_words,
+        trial_progress,
+    )
     from maxup.store import override_args
 
-    if cfg.train.workers > 1:
-        stop_ray()
     got, after = trial_progress(out)
     saved = resume_words(got, after, cfg.train.epochs)
     if cfg.train.workers > 1 and after is not None:  # Ray Train resumes from its own copy
@@ -155,6 +157,11 @@ def _interrupted(args: argparse.Namespace, cfg, out: Path, overrides: dict) -> i
     print(f"maxup: interrupted; run {out}: {saved} "
           f"(record: {TrialDir(out).record}). Nothing of this run is left running. "
           f"To continue: {command}", file=sys.stderr, flush=True)
+    if cfg.train.workers > 1:
+        # Not ray.shutdown(): Ray Train's fit() still waits in its own thread, and its next
+        # touch of a shut-down Ray ends the process with status 1 ("The core worker has
+        # already been shutdown"). Exit at once instead; the watchdog stops Ray's processes.
+        exit_leaving_ray_to_the_watchdog(130)
     return 130
 
 

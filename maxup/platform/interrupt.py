@@ -115,6 +115,22 @@ def stop_ray() -> None:
         ray.shutdown()
 
 
+def exit_leaving_ray_to_the_watchdog(status: int) -> None:
+    """End the process now with ``status``, once the embedded Ray's watchdog has seen every
+    process of it (:func:`maxup.platform.reaper.settle`): the watchdog kills them when this
+    process is gone. For a command whose Ray work still runs in another thread, where
+    ``ray.shutdown()`` would race it (see ``maxup train --workers``)."""
+    try:
+        from maxup.platform import reaper
+
+        reaper.settle()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        os._exit(status)
+
+
 def trial_progress(trial_dir: str | os.PathLike) -> tuple[int, int | None]:
     """``(epochs recorded, epoch its checkpoint resumes after)`` of a trial or run folder;
     the second is None without a usable checkpoint. Reads the checkpoint's ``epoch`` only
