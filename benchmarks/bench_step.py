@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -47,7 +48,8 @@ def configs() -> list[str]:
 
 
 def build_step(name: str, *, model_name: str = "resnet20", batch: int = BATCH,
-               device: str = "cpu", precision: str = "fp32", channels_last: bool = False):
+               device: str = "cpu", precision: str = "fp32", channels_last: bool = False,
+               size: int = SIZE, compile_mode: str | None = None):
     """Build one configuration's model, data and optimiser; return ``step()`` (no arguments).
 
     ``step()`` returns the seconds the selection pass took (0 for configurations without one).
@@ -55,13 +57,17 @@ def build_step(name: str, *, model_name: str = "resnet20", batch: int = BATCH,
     step on a GPU (the engine's way: data, model and augmentation generator on the device).
 
     Args:
-        name: one of :func:`configs` (any ``m``: ``naive-m7`` works too).
-        model_name: a ``maxup.models`` name taking 3x32x32 input.
+        name: one of :func:`configs` (any ``m``: ``naive-m7`` works too; ``efficient-m4-c1``
+            selects one copy per forward, ``-cN`` N copies; the default is 2, ``-all`` all).
+        model_name: a ``maxup.models`` name taking 3 x size x size input.
         batch: examples per step.
         device: where the model, the batch and the augmentation generator live.
         precision: ``"fp32"`` or ``"bf16"`` (every forward under bf16 autocast on ``device``,
             as the engine's ``train.precision: bf16``).
         channels_last: model and batch in channels-last memory format (``train.channels_last``).
+        size: image side (Cutout's hole is half of it: 16 at 32).
+        compile_mode: forwards through ``torch.compile`` in this mode (``train.compile_mode``:
+            ``default``, ``reduce-overhead``, ``max-autotune``); None: eager.
     """
     import torch
 
@@ -72,8 +78,8 @@ def build_step(name: str, *, model_name: str = "resnet20", batch: int = BATCH,
     dev = torch.device(device)
     torch.manual_seed(0)
     model = build_model(model_name, num_classes=CLASSES, in_channels=3, mean=(0.5,) * 3,
-                        std=(0.25,) * 3, image_size=(SIZE, SIZE)).to(dev)
-    x = torch.rand(batch, 3, SIZE, SIZE).to(dev)
+                        std=(0.25,) * 3, image_size=(size, size)).to(dev)
+    x = torch.rand(batch, 3, size, size).to(dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
@@ -81,7 +87,12 @@ def build_step(name: str, *, model_name: str = "resnet20", batch: int = BATCH,
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     y = torch.randint(0, CLASSES, (batch,)).to(dev)
     gen = torch.Generator(device=dev).manual_seed(0)
-    aug = Compose([CropFlip(4, CLASSES), Cutout(16, CLASSES)])
+    aug = Compose([CropFlip(4, CLASSES), Cutout(size // 2, CLASSES)])
+    forward = model
+    if compile_mode is not None:
+        from maxup.engine.compiling import compile_model
+
+        forward = compile_model(model, compile_mode)
     autocast = None
     if precision == "bf16":
         def autocast():
@@ -94,19 +105,20 @@ def build_step(name: str, *, model_name: str = "resnet20", batch: int = BATCH,
 
         def step():
             with torch.no_grad(), frozen_batchnorm_stats(model), ctx():
-                model(x)
+                forward(x)
             return 0.0
         return step
     parts = name.split("-")
     m = 1 if parts[0] == "erm" else int(parts[1][1:])
     mode = "naive" if parts[0] == "naive" else "efficient"
-    chunk = None if parts[-1] == "all" else 2
+    last = parts[-1]
+    chunk = None if last == "all" else int(last[1:]) if re.fullmatch(r"c\d+", last) else 2
     objective = MaxUpLoss(aug, m=m, num_classes=CLASSES, mode=mode, chunk=chunk,
                           autocast=autocast)
 
     def step():
         opt.zero_grad(set_to_none=True)
-        out = objective(model, x, y, gen)
+        out = objective(forward, x, y, gen)
         out.loss.backward()
         opt.step()
         return out.selection_s

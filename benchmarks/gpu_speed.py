@@ -48,6 +48,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_step  # noqa: E402
 import torch  # noqa: E402
 from _common import median_time  # noqa: E402
 
@@ -101,49 +102,21 @@ def _model(name: str, size: int, device: torch.device, channels_last: bool):
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
-def _autocast(precision: str, device: torch.device):
-    if precision == "bf16":
-        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-    return None
-
-
 def build_step(config: str, plan: Plan, device: torch.device, *, precision: str,
                channels_last: bool, compiled: str | bool, model: str | None = None,
                size: int | None = None, batch: int | None = None):
-    """One training step (augment, MaxUp loss, backward, SGD) as the engine takes it.
+    """One training step (augment, MaxUp loss, backward, SGD) as the engine takes it:
+    ``bench_step.build_step`` at this plan's sizes.
 
     Args:
         config: ``erm``, ``naive-m4``, ``efficient-m4-c1``, ``efficient-m4-c2``,
             ``efficient-m4-all`` (any m).
+        compiled: False (eager) or a ``train.compile_mode``.
     """
-    from maxup.augment import Compose, CropFlip, Cutout
-    from maxup.engine.compiling import compile_model
-    from maxup.objective import MaxUpLoss
-
-    size, batch = size or plan.size, batch or plan.batch
-    net = _model(model or plan.model, size, device, channels_last)
-    forward = compile_model(net, compiled) if compiled else net
-    gen = torch.Generator(device=device).manual_seed(0)
-    x = torch.rand(batch, 3, size, size, generator=gen, device=device)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, CLASSES, (batch,), generator=gen, device=device)
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-    parts = config.split("-")
-    m = 1 if parts[0] == "erm" else int(parts[1][1:])
-    mode = "naive" if parts[0] == "naive" else "efficient"
-    chunk = None if parts[-1] == "all" else int(parts[-1][1:]) if parts[-1].startswith("c") else 2
-    objective = MaxUpLoss(Compose([CropFlip(4, CLASSES), Cutout(size // 2, CLASSES)]), m=m,
-                          num_classes=CLASSES, mode=mode, chunk=chunk,
-                          autocast=_autocast(precision, device))
-    net.train()
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        out = objective(forward, x, y, gen)
-        out.loss.backward()
-        opt.step()
-    return step
+    return bench_step.build_step(config, model_name=model or plan.model,
+                                 batch=batch or plan.batch, device=str(device),
+                                 precision=precision, channels_last=channels_last,
+                                 size=size or plan.size, compile_mode=compiled or None)
 
 
 def _time(step, plan: Plan, cuda: bool) -> dict:

@@ -152,32 +152,35 @@ def train_epoch(run: Run, model: nn.Module, epoch: int, dist: DistContext, progr
     # Per-step values stay on the device and come back FINITE_CHECK_EVERY steps at a time:
     # no host synchronisation inside the step. The sums are then taken on the host in step
     # order, so the metrics are the same numbers a per-step float() would give.
-    pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (loss, gap) per step, on device
-    values: list[float] = []  # per-step losses on the host, in step order
-    gaps: list[float] = []
-    sizes: list[int] = []
+    pending: list[tuple[torch.Tensor, torch.Tensor, int]] = []  # (loss, gap, batch) per step
+    done = seen = 0  # steps and examples brought to the host so far
+    loss_sum = gap_sum = 0.0
     correct = torch.zeros((), dtype=torch.long, device=device)
     wins = torch.zeros(m, dtype=torch.long, device=device)
     selection_s = 0.0
 
     def drain() -> None:
-        """Bring the pending steps' values to the host; raise on a non-finite loss there."""
+        """Bring the pending steps' values to the host and add them to the sums in step
+        order; raise on a non-finite loss there."""
+        nonlocal done, seen, loss_sum, gap_sum
         if not pending:
             return
-        first = len(values)
-        loss_gap = torch.stack([torch.stack(pair) for pair in pending]).double()
+        losses = torch.stack([loss for loss, _, _ in pending]).double()
+        gaps = torch.stack([gap for _, gap, _ in pending]).double().tolist()
+        sizes = [b for _, _, b in pending]
         pending.clear()
-        mine = loss_gap[:, 0].tolist()
+        mine = losses.tolist()
         # All ranks stop at the same step: one stopping alone would leave the others
         # waiting in DDP's gradient all-reduce until the collective timeout.
-        totals = (all_reduce_sum(loss_gap[:, 0].cpu(), device).tolist() if distributed
-                  else mine)
+        totals = all_reduce_sum(losses, device).tolist() if distributed else mine
         for i, (value, total) in enumerate(zip(mine, totals, strict=True)):
             if not math.isfinite(total):
-                raise NonFiniteLoss(epoch + 1, first + i,
+                raise NonFiniteLoss(epoch + 1, done + i,
                                     value if not math.isfinite(value) else total)
-        values.extend(mine)
-        gaps.extend(loss_gap[:, 1].tolist())
+        for value, gap, b in zip(mine, gaps, sizes, strict=True):
+            loss_sum += value * b
+            gap_sum += gap * b
+        done, seen = done + len(sizes), seen + sum(sizes)
 
     t0 = time.perf_counter()
     for step, (x, y) in enumerate(batches):
@@ -188,25 +191,17 @@ def train_epoch(run: Run, model: nn.Module, epoch: int, dist: DistContext, progr
         run.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         run.optimizer.step()
-        pending.append((out.loss.detach().float(), out.gap.float()))
-        sizes.append(x.shape[0])
+        pending.append((out.loss.detach().float(), out.gap.float(), x.shape[0]))
         correct += (out.logits.argmax(1) == out.targets.argmax(1)).sum()
         wins += out.wins
         selection_s += out.selection_s
-        if len(pending) == FINITE_CHECK_EVERY:
-            drain()
-        if bar.enabled:
-            drain()  # a terminal is watching: show the running loss every step
-            bar.update(step + 1, sum(v * b for v, b in zip(values, sizes, strict=False))
-                       / max(sum(sizes[:len(values)]), 1))
+        if len(pending) == FINITE_CHECK_EVERY or bar.enabled:
+            drain()  # a watching terminal sees the running loss every step
+            bar.update(step + 1, loss_sum / max(seen, 1))
     drain()
     bar.close()
     train_s = time.perf_counter() - t0
-    loss_sum = gap_sum = 0.0
-    for value, gap, b in zip(values, gaps, sizes, strict=True):
-        loss_sum += value * b
-        gap_sum += gap * b
-    seen, correct, wins = float(sum(sizes)), float(correct), wins.cpu()
+    seen, correct, wins = float(seen), float(correct), wins.cpu()
     if distributed:
         # Training metrics over the whole global batch, not rank 0's shard.
         sums = torch.tensor([loss_sum, correct, seen, gap_sum], dtype=torch.float64)
