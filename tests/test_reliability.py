@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -204,6 +205,70 @@ def test_sweep_survives_losing_a_node_mid_sweep(three_node_cluster, tmp_path):
     df = load_records(layout.root)
     s = summary(df)
     assert (s["completed"], s["failed"], s["running"], s["not_run"]) == (4, 0, 0, 0)
+
+
+class _Killed(BaseException):
+    """Ends a trial the way a SIGKILL or a lost node does: no handler sees it, no record
+    is marked failed."""
+
+
+@pytest.mark.parametrize("retries", [1, 0])
+def test_regression_trial_lost_after_tunes_retries_is_resumed_in_a_further_pass(
+        tmp_path, monkeypatch, retries):
+    """CI saw a node-loss sweep end "completed 3, interrupted 1" with retries 3: Tune spent a
+    trial's retries while the dead node was not yet known dead. A trial that ends a Tune run
+    neither completed nor failed now gets one more pass (when the space allows retries),
+    which resumes it from its checkpoint. Tune is replaced here by a pass that runs each
+    trial in-process and, in the first pass, kills one after its first epoch."""
+    from maxup import records
+    from maxup.platform import sweep as sweep_mod
+    from maxup.platform.space import load_space
+
+    space = tmp_path / "lost.yaml"
+    space.write_text(
+        "name: lost\n"
+        "base: {model: {name: mlp}, data: {name: digits, subset: 200}, "
+        "augment: {ops: [gaussian], sigma: 0.3}, maxup: {m: 2, warmup_epochs: 0}, "
+        "train: {epochs: 3, batch_size: 50, device: cpu, progress: false}}\n"
+        f"grid: {{maxup.m: [1, 2]}}\nseeds: 1\nretries: {retries}\n")
+    spec = load_space(space)
+    trials = spec.expand()
+    victim = trials[1].trial_id
+    calls: list[tuple[int, list[str]]] = []
+
+    def fake_pass(spec, todo, layout, progress, *, attempt, **_):
+        calls.append((attempt, [t.trial_id for t in todo]))
+        sweep = {"name": spec.name, "paper_table": spec.paper_table, "cpus_per_worker": 1.0,
+                 "mlflow": None}
+        for t in todo:
+            def die_after_epoch_1(metrics, _checkpoint_dir, t=t):
+                if attempt == 0 and t.trial_id == victim and metrics["epoch"] == 1:
+                    raise _Killed
+            try:
+                sweep_mod.run_trial(sweep_mod._trial_payload(t), str(layout.root), sweep,
+                                    log_to=die_after_epoch_1)
+            except _Killed:
+                pass
+
+    monkeypatch.setattr(sweep_mod, "start_ray", lambda *a, **k: (2.0, 0.0))
+    monkeypatch.setattr(sweep_mod, "_tune_pass", fake_pass)
+    lines: list[str] = []
+    result = sweep_mod.run_sweep(spec, trials, tmp_path / "st", echo=lines.append)
+    layout = sweep_mod.sweep_layout(tmp_path / "st", spec.name)
+    rec = records.load_record(layout.record(victim))
+    everyone = [t.trial_id for t in trials]
+    if retries == 0:  # no retries asked for: the lost trial is reported, not rerun
+        assert calls == [(0, everyone)]
+        assert result.interrupted == [victim], result.line()
+        assert rec.status is records.Status.RUNNING and len(rec.history) == 1
+        return
+    assert calls == [(0, everyone), (1, [victim])]
+    assert any("1 trial(s) ended without a final record" in line and "pass 2" in line
+               for line in lines), lines
+    assert sorted(result.completed) == sorted(everyone) and not result.interrupted
+    assert [h["epoch"] for h in rec.history] == [1, 2, 3]
+    log = layout.trial(victim).log.read_text()
+    assert re.findall(r"^resumed from .* after epoch (\d+)$", log, re.M) == ["1"], log
 
 
 # --------------------------------------------------------------------------- the watchdog

@@ -154,6 +154,15 @@ def log_epochs(storage: Path, name: str, tid: str) -> list[int]:
     return [int(m.group(1)) for m in EPOCH_LINE.finditer(f.read_text())] if f.exists() else []
 
 
+def _checkpoint_epoch(storage: Path, tid: str) -> int | None:
+    """The number of finished epochs in a trial's ``checkpoints/last.pt`` (None: none yet)."""
+    from maxup.checkpoint import load_checkpoint
+    from maxup.store import Storage
+
+    f = Storage(storage).trial_dir(tid).checkpoint
+    return load_checkpoint(f, require=("epoch",))["epoch"] if f.exists() else None
+
+
 def check_record(rec: dict, trial, sweep: str, epochs: int, status: str = "completed") -> None:
     """A record per docs/records.md for ``trial`` of ``sweep``."""
     keys = {"schema", "sweep", "trial_id", "status", "config", "seed", "axes", "paper_table",
@@ -345,6 +354,7 @@ def test_resume_after_driver_sigkill(tmp_path, ray_tmp):
 
     # The snapshot taken at the kill is what the rerun starts from: nothing wrote after it.
     at_kill = read_records(storage, "res")
+    saved_at_kill = {k: _checkpoint_epoch(storage, k) for k in trials}
     logs_at_kill = {k: log_epochs(storage, "res", k) for k in trials}
     time.sleep(1.5)
     assert storage_state(storage) == files
@@ -369,11 +379,16 @@ def test_resume_after_driver_sigkill(tmp_path, ray_tmp):
         assert "resumed" not in (trial_dir(storage, tid) / "log.txt").read_text()
     for tid in interrupted:  # resumed from its checkpoint, not from scratch
         last = at_kill[tid]["history"][-1]["epoch"]
+        # The checkpoint is written before the record: a kill between the two leaves the
+        # checkpoint one epoch ahead of the record, and the run resumes from the checkpoint.
+        saved = saved_at_kill[tid]
+        assert saved in (last, last + 1), (saved, last)
         log = (trial_dir(storage, tid) / "log.txt").read_text()
         resumed = re.findall(r"^resumed from .*last\.pt after epoch (\d+)$", log, re.M)
-        assert [int(e) for e in resumed] == [last], log
-        after = log_epochs(storage, "res", tid)[len(logs_at_kill[tid]):]
-        assert after == list(range(last + 1, epochs + 1)), log
+        assert [int(e) for e in resumed] == [saved], log
+        after_resume = log[log.index("resumed from"):]
+        assert [int(m.group(1)) for m in EPOCH_LINE.finditer(after_resume)] == list(
+            range(saved + 1, epochs + 1)), log
         assert recs[tid]["created"] == at_kill[tid]["created"]
 
 

@@ -493,9 +493,7 @@ def _run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *, add
     echo(f"sweep {spec.name}: {len(pending)} trial(s) to train; {phase['what']}")
     cpus, gpus = start_ray(address, max(t.config["train"]["start_timeout_s"] for t in pending))
     interrupt.check()  # a Ctrl-C during Ray's start-up may have been swallowed there
-    from ray import tune
-
-    from maxup.platform.progress import SweepProgress, status_reporter
+    from maxup.platform.progress import SweepProgress
 
     if address is not None:
         from maxup.platform.preflight import preflight_remote
@@ -515,11 +513,51 @@ def _run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *, add
                  else {"cpu": per_trial, "gpu": spec.gpus_per_trial})
     echo(f"sweep {spec.name}: {len(pending)} trial(s) to run, {slots} at a time "
          f"({per_trial:g} CPU each, cluster {cpus:g} CPU / {gpus:g} GPU)")
-    phase.update(what="starting the trials", since=time.monotonic())
-    progress = SweepProgress(layout, echo, {t.trial_id: estimates[t.trial_id] for t in pending},
-                             slots, verbose=verbose, on_line=on_line,
-                             epochs={t.trial_id: t.config["train"]["epochs"] for t in pending})
-    payload = {t.trial_id: _trial_payload(t) for t in pending}
+    todo = pending
+    for attempt in range(1 + (RESCUE_PASSES if spec.retries > 0 else 0)):
+        if attempt:
+            echo(f"sweep {spec.name}: {len(todo)} trial(s) ended without a final record after "
+                 f"Tune's retries (a node or worker was lost); pass {attempt + 1} resumes them "
+                 "from their checkpoints")
+        phase.update(what="starting the trials", since=time.monotonic())
+        progress = SweepProgress(layout, echo, {t.trial_id: estimates[t.trial_id] for t in todo},
+                                 slots, verbose=verbose, on_line=on_line,
+                                 epochs={t.trial_id: t.config["train"]["epochs"] for t in todo})
+        phase["progress"] = progress
+        _tune_pass(spec, todo, layout, progress, slots=slots, resources=resources,
+                   per_trial=per_trial, mlflow=mlflow, verbose=verbose, attempt=attempt)
+        phase.update(progress=None, what="reading the trials' records", since=time.monotonic())
+        interrupt.check()
+        # The trials that trained changed their records (on other nodes too): read them again.
+        stored = {**stored, **layout.read_trials([t.trial_id for t in todo], pull=True)}
+        todo = [t for t in todo if _lost(stored[t.trial_id])]
+        if not todo:
+            break
+    _certify_phase(spec, trials, layout, address, echo, stored)
+    summary.wall_s = time.perf_counter() - t_start
+    return _finish(summary, pending, stored, echo)
+
+
+#: Extra passes over trials that Tune gave up on without their run ending (its retries can
+#: all land on a node that has died but is not yet known dead): see docs/reliability.md.
+RESCUE_PASSES = 1
+
+
+def _lost(st: store.StoredTrial) -> bool:
+    """A trial whose run neither completed nor failed: its process or node died under it."""
+    rec = st.record
+    return rec is None or rec.status not in (records.Status.COMPLETED, records.Status.FAILED)
+
+
+def _tune_pass(spec: SweepSpec, todo: list[Trial], layout: SweepLayout, progress, *,
+               slots: int, resources: dict, per_trial: float, mlflow: str | None,
+               verbose: bool, attempt: int) -> None:
+    """One Tune run over ``todo``: each trial resumes from its checkpoint when it has one."""
+    from ray import tune
+
+    from maxup.platform.progress import status_reporter
+
+    payload = {t.trial_id: _trial_payload(t) for t in todo}
     trainable = tune.with_resources(
         tune.with_parameters(_tune_trial, trials=payload, layout_root=str(layout.root),
                              sweep={"name": spec.name, "paper_table": spec.paper_table,
@@ -528,13 +566,14 @@ def _run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *, add
                              cpus=per_trial, remote=layout.remote),
         resources)
     axes = spec.varying_axes()
-    grid = [{"id": t.trial_id, **{a: str(t.axes[a]) for a in axes}} for t in pending]
+    grid = [{"id": t.trial_id, **{a: str(t.axes[a]) for a in axes}} for t in todo]
     tuner = tune.Tuner(
         trainable,
         param_space={"trial": tune.grid_search(grid)},
         tune_config=tune.TuneConfig(max_concurrent_trials=slots, reuse_actors=True),
         run_config=tune.RunConfig(
-            name=f"run-{time.strftime('%Y%m%d-%H%M%S')}",
+            name=f"run-{time.strftime('%Y%m%d-%H%M%S')}" + (f"-pass{attempt + 1}" if attempt
+                                                            else ""),
             storage_path=f"{layout.remote}/tune" if layout.remote else str(layout.root / "tune"),
             failure_config=tune.FailureConfig(max_failures=spec.retries),
             progress_reporter=status_reporter(axes),
@@ -542,20 +581,12 @@ def _run_sweep(spec: SweepSpec, trials: list[Trial], storage: str | Path, *, add
             verbose=1 if verbose else 0,
         ),
     )
-    phase["progress"] = progress
-    # Tune reads its own result files back when fit() ends; they are off (above), so it
-    # warned "Failed to fetch metrics" for every trial: the records are read below instead.
+    # Tune reads its own result files back when fit() ends; they are off (in _run_sweep), so
+    # it warned "Failed to fetch metrics" for every trial: the records are read instead.
     import logging
 
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     tuner.fit()
-    phase.update(progress=None, what="reading the trials' records", since=time.monotonic())
-    interrupt.check()
-    # The trials that trained changed their records (on other nodes too): read them once more.
-    stored = {**stored, **layout.read_trials([t.trial_id for t in pending], pull=True)}
-    _certify_phase(spec, trials, layout, address, echo, stored)
-    summary.wall_s = time.perf_counter() - t_start
-    return _finish(summary, pending, stored, echo)
 
 
 def read_stored(trials: list[Trial], layout: SweepLayout, *, remote: bool = False
