@@ -535,13 +535,37 @@ _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
                                  _UniqueKeyLoader.construct_mapping)
 
 
+#: The largest YAML document (config, search space, cluster file) read, in bytes. The shipped
+#: ones are at most 7 KB (cluster.yaml); PyYAML takes about 0.35 s per MB even of comments, so a
+#: 50 MB file of comments ran for 18 s (90 s on a slower machine) before anything was said.
+MAX_YAML_BYTES = 1 << 20
+
+
+def _check_yaml_size(size: int, source: str, more: bool = False) -> None:
+    """Refuse a YAML document over :data:`MAX_YAML_BYTES` before it is read whole or parsed.
+
+    Args:
+        size: the document's length in bytes (characters for text).
+        source: what the message calls the document.
+        more: ``size`` is only a lower bound (a file read up to the limit).
+    """
+    if size > MAX_YAML_BYTES:
+        got = (f"more than {MAX_YAML_BYTES} bytes" if more
+               else f"{size} bytes ({size / (1 << 20):.1f} MiB)")
+        raise UsageError(f"{source}: got {got}; allowed: "
+                         f"at most {MAX_YAML_BYTES} bytes (1 MiB; the shipped configs and "
+                         "search spaces are at most 7 KB)")
+
+
 def parse_yaml(text: str | bytes, source: str) -> Any:
-    """Parse a YAML document with duplicate keys refused; any failure is one UsageError line.
+    """Parse a YAML document with duplicate keys refused; any failure (a document over
+    :data:`MAX_YAML_BYTES` included) is one UsageError line.
 
     Args:
         text: the document (bytes must be UTF-8).
         source: what the message calls the document (``config file 'x.yaml'``).
     """
+    _check_yaml_size(len(text), source)
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")
@@ -565,15 +589,19 @@ def parse_yaml(text: str | bytes, source: str) -> Any:
 
 
 def read_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping; a missing, unreadable or unparsable file is a one-line UsageError."""
+    """Read a YAML mapping; a missing, unreadable, too large or unparsable file is a one-line
+    UsageError (the size is refused before the file is read)."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"config file {str(path)!r} not found")
     source = f"config file {str(path)!r}"
     try:
-        raw = path.read_bytes()
+        _check_yaml_size(path.stat().st_size, source)
+        with path.open("rb") as f:  # at most one byte past the limit, whatever stat() said
+            raw = f.read(MAX_YAML_BYTES + 1)
     except OSError as exc:
         raise UsageError(f"{source}: cannot be read ({exc.strerror})") from None
+    _check_yaml_size(len(raw), source, more=True)  # a file whose size stat() does not know
     data = parse_yaml(raw, source)
     if data is None:
         return {}

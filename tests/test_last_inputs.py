@@ -85,6 +85,9 @@ def test_regression_train_of_a_search_space_says_it_is_one(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+MAX_YAML_BYTES = 2**20  # the documented limit on a YAML file (1 MiB)
+
+
 def _laughs(levels: int = 9) -> str:
     """A YAML flow list holding an alias chain: each level nine references to the one below
     (9**9 leaves in the last)."""
@@ -107,6 +110,34 @@ def test_regression_a_yaml_alias_chain_is_one_short_line(tmp_path, capsys, field
     line = _refused(capsys, ["sweep", str(space), "--storage", str(tmp_path / "o"),
                              "--dry-run"])
     assert len(line) < 1000 and "more than 10000 characters" in line, line[:300]
+
+
+@pytest.mark.parametrize("command", ["train", "sweep", "base_config"])
+def test_regression_a_yaml_file_over_a_mebibyte_is_refused_before_it_is_parsed(
+        tmp_path, capsys, command):
+    """A 50 MB YAML of comments ran 18 s here (over 90 s on a slower machine) before it was
+    said to be empty: the size is now refused before the file is read. A search space's
+    `base_config` is read the same way."""
+    big = tmp_path / "big.yaml"
+    big.write_text(("# " + "x" * 77 + "\n") * (MAX_YAML_BYTES // 80 + 1))
+    size = big.stat().st_size
+    target = str(big)
+    if command == "base_config":
+        target = str(tmp_path / "s.yaml")
+        Path(target).write_text(f"name: s\nbase_config: {big}\nseeds: 1\n")
+    where = ["--out" if command == "train" else "--storage", str(tmp_path / "o")]
+    line = _refused(capsys, ["sweep" if command != "train" else "train", target, *where])
+    assert line == (f"config file {str(big)!r}: got {size} bytes ({size / 2**20:.1f} MiB); "
+                    f"allowed: at most {MAX_YAML_BYTES} bytes (1 MiB; the shipped configs and "
+                    "search spaces are at most 7 KB)")
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_yaml_size_limit_is_far_above_every_shipped_file():
+    shipped = [*ROOT.glob("configs/*.yaml"), *ROOT.glob("search_spaces/*.yaml"),
+               ROOT / "cluster.yaml"]
+    assert len(shipped) > 10
+    assert max(f.stat().st_size for f in shipped) <= 7 * 1024 <= MAX_YAML_BYTES // 100
 
 
 @pytest.mark.parametrize("where", ["/proc/maxup-x", "/sys/maxup-x"])
