@@ -490,6 +490,10 @@ def load_model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     from maxup.models import build_model
 
     info = dataset_info(data_name)
+    if info.kind != "image":
+        raise DataError(f"checkpoint {str(path)!r}: a model of the {info.kind} dataset "
+                        f"{data_name!r}; expected an image classifier's checkpoint (randomized "
+                        "smoothing certifies image classifiers)")
     model = build_model(
         model_name,
         num_classes=num_classes_of(config),

@@ -176,3 +176,92 @@ def test_regression_a_raw_pickle_checkpoint_is_refused_without_torch_warnings(tm
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"maxup: error: checkpoint {str(raw)!r}: "
                                                    "cannot be loaded with weights_only=True")
+
+
+def _checkpoint(tmp_path: Path, data_name: str, model_name: str) -> Path:
+    """A freshly initialised ``model_name`` saved as a checkpoint of a run on ``data_name``."""
+    import torch
+
+    from maxup.data import dataset_info
+    from maxup.models import build_model
+
+    info = dataset_info(data_name)
+    torch.manual_seed(0)
+    model = build_model(model_name, num_classes=info.num_classes, in_channels=info.in_channels,
+                        mean=info.mean, std=info.std, dropout=0.0,
+                        image_size=tuple(info.image_size))
+    path = tmp_path / f"{data_name}.pt"
+    torch.save({"config": {"model": {"name": model_name, "num_classes": None, "dropout": 0.0},
+                           "data": {"name": data_name, "root": None}, "seed": 0},
+                "model": model.state_dict(), "epoch": 1}, path)
+    return path
+
+
+CERTIFY = ["--sigma", "0.25", "--n", "20", "--n0", "4", "--batch", "20", "--max-images", "2",
+           "--device", "cpu"]
+
+
+def test_regression_certify_on_another_dataset_than_the_checkpoints_is_refused(tmp_path,
+                                                                               capsys):
+    """`maxup certify` of a CIFAR-10 model on another dataset of 10 classes of colour images
+    ran and printed radii that mean nothing: it is refused unless --allow-other-dataset."""
+    ckpt = _checkpoint(tmp_path, "cifar10", "resnet20")
+    out = tmp_path / "o" / "c.json"
+    line = _refused(capsys, ["certify", str(ckpt), *CERTIFY, "--data.name", "synthetic",
+                             "--out", str(out)])
+    assert line == ("--data.name: got 'synthetic'; allowed: 'cifar10', the dataset the "
+                    "checkpoint's stored config names (add --allow-other-dataset to certify it "
+                    "on another)")
+    assert not (tmp_path / "o").exists()
+
+
+def test_certify_on_another_dataset_when_allowed_says_so_and_stores_both(tmp_path, capsys):
+    import json
+
+    ckpt = _checkpoint(tmp_path, "cifar10", "resnet20")
+    out = tmp_path / "c.json"
+    assert main(["certify", str(ckpt), *CERTIFY, "--data.name", "synthetic",
+                 "--allow-other-dataset", "--skip", "100", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert ("maxup: warning: certifying a model trained on 'cifar10' on the test split of "
+            "'synthetic' (--allow-other-dataset)") in captured.err
+    assert "2 test images of 'synthetic'" in captured.out
+    summary = json.loads(out.read_text())
+    assert (summary["dataset"], summary["trained_on"]) == ("synthetic", "cifar10")
+    assert [row["index"] for row in summary["rows"]] == [0, 100]
+
+
+@pytest.mark.parametrize("data_name, model_name, other, says", [
+    ("cifar10", "resnet20", "cifar100",
+     "--data.name: got 'cifar100' (3-channel images, 100 classes); allowed: with "
+     "--allow-other-dataset, a dataset of 3-channel images and 10 classes, as the checkpoint's "
+     "'cifar10'"),
+    ("fashion_mnist", "mlp", "synthetic",
+     "--data.name: got 'synthetic' (3-channel images, 10 classes); allowed: with "
+     "--allow-other-dataset, a dataset of 1-channel images and 10 classes, as the checkpoint's "
+     "'fashion_mnist'"),
+    ("fashion_mnist", "mlp", "kjv",
+     "--data.name: got 'kjv'; allowed: an image dataset, one of cifar10, cifar100, digits, "
+     "fashion_mnist, imagenet, synthetic"),
+])
+def test_certify_on_a_dataset_of_other_channels_or_classes_is_refused_even_if_allowed(
+        tmp_path, capsys, data_name, model_name, other, says):
+    ckpt = _checkpoint(tmp_path, data_name, model_name)
+    out = tmp_path / "o" / "c.json"
+    line = _refused(capsys, ["certify", str(ckpt), *CERTIFY, "--data.name", other,
+                             "--allow-other-dataset", "--out", str(out)])
+    assert line == says
+    assert not (tmp_path / "o").exists()
+
+
+def test_certify_of_a_language_model_checkpoint_says_so(tmp_path, capsys):
+    """It said `model.in_channels: got 0`, which names nothing the user gave."""
+    import torch
+
+    ckpt = tmp_path / "lm.pt"
+    torch.save({"config": {"model": {"name": "awd_lstm"}, "data": {"name": "kjv"}},
+                "model": {}}, ckpt)
+    line = _refused(capsys, ["certify", str(ckpt), *CERTIFY])
+    assert line == (f"checkpoint {str(ckpt)!r}: a model of the text dataset 'kjv'; expected an "
+                    "image classifier's checkpoint (randomized smoothing certifies image "
+                    "classifiers)")

@@ -34,8 +34,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-images", dest="max_images", type=int, default=None,
                         help="certify at most K images")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (0)")
+    parser.add_argument("--data.name", dest="data_name", default=None,
+                        help="the dataset to certify on (default: the one the checkpoint's "
+                             "stored config names); another is refused unless "
+                             "--allow-other-dataset")
+    parser.add_argument("--allow-other-dataset", dest="allow_other_dataset",
+                        action="store_true",
+                        help="certify on a --data.name other than the checkpoint's own dataset "
+                             "(its images must have the same channels and classes; the model "
+                             "was not trained on them, so read the radii as such)")
     parser.add_argument("--data.root", dest="data_root", default=None,
-                        help="dataset root (default: the checkpoint config's data.root)")
+                        help="dataset root (default: the checkpoint config's data.root for "
+                             "its own dataset, else the dataset's default)")
     parser.add_argument("--out", default=None,
                         help="write the certification summary JSON here, and beside it (.tsv) "
                              "the per-image file Cohen et al.'s certify.py writes")
@@ -112,14 +122,15 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--device: got {args.device!r}; allowed: cpu or auto (no CUDA device)")
 
     model, config = load_model_from_checkpoint(args.checkpoint)
+    name, root = certified_dataset(args, config)
     warning = sigma_mismatch(config, args.sigma)
     if warning:
         print(f"maxup: warning: {warning}", file=sys.stderr, flush=True)
-    data_cfg = config.get("data") or {}
-    dataset = build_dataset(
-        data_cfg["name"], split="test", root=args.data_root or data_cfg.get("root"),
-        download=False,
-    )
+    trained_on = config["data"]["name"]
+    if name != trained_on:
+        print(f"maxup: warning: certifying a model trained on {trained_on!r} on the test split "
+              f"of {name!r} (--allow-other-dataset)", file=sys.stderr, flush=True)
+    dataset = build_dataset(name, split="test", root=root, download=False)
     stop = None
     if args.max_images is not None:
         stop = min(len(dataset), args.max_images * args.skip)
@@ -141,7 +152,8 @@ def run(args: argparse.Namespace) -> int:
         rows, sigma=args.sigma, n0=args.n0, n=args.n, alpha=args.alpha, skip=args.skip,
         batch=args.batch,
     )
-    print(f"certified accuracy, sigma={args.sigma}, {len(rows)} images:")
+    summary["dataset"], summary["trained_on"] = name, trained_on
+    print(f"certified accuracy, sigma={args.sigma}, {len(rows)} test images of {name!r}:")
     for r, acc in zip(summary["radii"], summary["certified_accuracy"]):
         print(f"  radius {r:.2f}: {acc:.1f}%")
     if args.out is not None:
@@ -150,6 +162,46 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_text(tsv, cohen_tsv(rows))
         print(f"wrote {args.out} and {tsv} (Cohen et al.'s format)")
     return 0
+
+
+def certified_dataset(args: argparse.Namespace, config: dict) -> tuple[str, str | None]:
+    """The dataset to certify on and its root: the checkpoint's own unless ``--data.name``
+    names another, which is refused (a model certified on images it was never trained on gives
+    radii that mean nothing) unless ``--allow-other-dataset``, and then only for images of
+    the checkpoint's channels and classes (every model here pools to its own image size, so
+    another size runs).
+
+    Args:
+        args: parsed arguments from :func:`configure`.
+        config: the checkpoint's stored run config.
+
+    Returns:
+        ``(dataset name, data root or None for the dataset's default)``.
+    """
+    from maxup.certify import num_classes_of
+    from maxup.data import dataset_info, list_datasets
+
+    own = config["data"]["name"]
+    name = own if args.data_name is None else args.data_name
+    if name == own:
+        return own, args.data_root or config["data"].get("root")
+    images = [n for n in list_datasets() if dataset_info(n).kind == "image"]
+    if name not in images:
+        raise UsageError(f"--data.name: got {name!r}; allowed: an image dataset, one of "
+                         + ", ".join(images))
+    if not args.allow_other_dataset:
+        raise UsageError(f"--data.name: got {name!r}; allowed: {own!r}, the dataset the "
+                         "checkpoint's stored config names (add --allow-other-dataset to "
+                         "certify it on another)")
+    mine, theirs = dataset_info(own), dataset_info(name)
+    classes = num_classes_of(config)
+    if (theirs.in_channels, theirs.num_classes) != (mine.in_channels, classes):
+        raise UsageError(
+            f"--data.name: got {name!r} ({theirs.in_channels}-channel images, "
+            f"{theirs.num_classes} classes); allowed: with --allow-other-dataset, a dataset of "
+            f"{mine.in_channels}-channel images and {classes} classes, as the checkpoint's "
+            f"{own!r}")
+    return name, args.data_root
 
 
 def sigma_mismatch(config: dict, sigma: float) -> str | None:
