@@ -84,6 +84,15 @@ A100_TFLOPS = {
     **{(f"efficientnet_b{i}", "imagenet"): (4.0, "bandwidth") for i in range(8)},
 }
 CIFAR = "cifar10"
+#: Language models (``lm`` of each profile): awd-lstm-lm's README, "Speed": on an NVIDIA Quadro
+#: GP100 "Penn Treebank (batch size 20): LSTM takes 65 seconds per epoch" — its PTB model
+#: (3 layers, nhid 1150, emsize 400, V 10,000) training over ptb.train.txt at batch 20 and
+#: evaluating ptb.valid.txt at batch 10. GP100: 720 GB/s (datasheet). At batch 20 an LSTM's
+#: recurrent matrices are read again at every time step, so a GPU's rate is the GP100's ×
+#: the memory-bandwidth ratio (no GPU LM was measured here).
+LM_GP100 = {"bandwidth_gbs": 720.0, "epoch_s": 65.0,
+            "lm": {"emsize": 400, "nhid": 1150, "nlayers": 3}, "vocab": 10_000,
+            "batch": 20, "eval_batch": 10}
 
 
 def ratio(device: str, bound: str, ref: str = H200) -> float | None:
@@ -179,6 +188,26 @@ def derive(h200: cost.Profile, flops: dict[str, float]) -> dict[str, dict[str, c
     return out
 
 
+def lm_rates(device: str) -> cost.LMRates:
+    """A GPU's AWD-LSTM rates: the GP100's published PTB epoch (:data:`LM_GP100`) in counted
+    FLOPs (``cost.lm_forward_flops``) per second, × this GPU's ÷ the GP100's bandwidth."""
+    g = LM_GP100
+    f = cost.lm_forward_flops(g["lm"], g["vocab"])
+    train, valid, _test = cost.LM_TOKENS[("ptb", 1)]
+    flops = (cost.batchified_tokens(train, g["batch"]) * 3 * f
+             + cost.batchified_tokens(valid, g["eval_batch"]) * f)
+    gp100 = flops / g["epoch_s"]
+    r = SPECS[device][0] / g["bandwidth_gbs"]
+    rate = float(f"{gp100 * r:.3g}")
+    return cost.LMRates(rate, rate, (
+        f"ESTIMATE: awd-lstm-lm's README (Quadro GP100, PTB at batch 20: 65 s per epoch, "
+        f"{flops / 1e12:.1f} TFLOPs of training and validation = {gp100 / 1e12:.3g} TFLOP/s) "
+        f"× this GPU's memory bandwidth ÷ the GP100's ({SPECS[device][0]:g} ÷ "
+        f"{g['bandwidth_gbs']:g} GB/s); a batch-20 LSTM is bound by per-step latency as much "
+        "as bandwidth on the newest GPUs, so it is likely optimistic there; training and "
+        "evaluation alike. scripts/estimate_gpu_profiles.py"))
+
+
 def h200_source() -> str:
     return (f"{MEASUREMENT}; batch 256, torch's default fp32 (TF32 convolutions); issue 25's "
             "measurement (shared gpu/nvidia-h200.json): resnet110, preact_resnet110 and "
@@ -230,6 +259,7 @@ def main() -> None:
         else:
             prof = cost.Profile(device, "gpu", device_source(device), True, models,
                                 OVERHEAD_S, "gpu" if device == DEFAULT else None)
+        prof.lm = lm_rates(device)
         path = OUT / f"{cost.device_slug(device)}.json"
         path.write_text(json.dumps(prof.to_dict(), indent=1) + "\n")
         print(f"wrote {path}")

@@ -29,6 +29,22 @@ user calibrated (``$MAXUP_PROFILES``, default ``~/.config/maxup/profiles``) win 
 ones for the same device. Finished records refine the estimate: their measured epoch times
 over the model's prediction give a correction factor per model (:func:`refinement`).
 
+**Language models** (AWD-LSTM on a word-level corpus) are priced by tokens and FLOPs, since a
+profile's per-image times do not apply::
+
+    overhead + Σ_epochs [ train_tokens × (3 + (m if m > 1 else 0)) × f ÷ R_train
+                          + (valid_tokens + test_tokens) × f ÷ R_eval ]  (+ dynamic evaluation)
+
+with ``f`` the forward FLOPs of one token (:func:`lm_forward_flops`: the LSTMs' and the tied
+decoder's multiply-adds, so the model's size), a training step three forwards (forward and
+backward) plus m no-grad selection forwards when m > 1 (the image rule), the tokens those of
+the corpus (:data:`LM_TOKENS`, ``data.subset``) read as the task batchifies them, and ``R`` a
+device's effective FLOP/s for AWD-LSTM — the profile's ``lm`` entry (:class:`LMRates`, with
+its ``basis``: the CPU's from the stored ``reproduction/lm_kjv`` records, the GPUs' from
+awd-lstm-lm's published GP100 epoch time by memory bandwidth), else the shipped one of the
+device or its kind. The test split is evaluated when validation improves, priced in every
+epoch (an upper bound). Finished LM records refine it like any other (:func:`refinement`).
+
 This module imports neither torch nor Ray; dataset facts come from ``maxup.data`` (torch) only
 when a trial is priced.
 """
@@ -89,6 +105,20 @@ class Packing:
         return self.models.get(key, self.factor) if key else self.factor
 
 
+@dataclass(frozen=True)
+class LMRates:
+    """A device's effective FLOP/s for AWD-LSTM (FLOPs as :func:`lm_forward_flops` counts):
+    its training steps and its no-grad evaluation, and where the figures come from."""
+
+    train_flop_s: float
+    eval_flop_s: float
+    basis: str
+
+    def to_dict(self) -> dict:
+        return {"train_flop_s": self.train_flop_s, "eval_flop_s": self.eval_flop_s,
+                "basis": self.basis}
+
+
 @dataclass
 class Profile:
     """A device's timings (``models``: ``"<model>@CxHxW"`` → :class:`Timing`)."""
@@ -103,6 +133,7 @@ class Profile:
     created: str | None = None
     path: str | None = None
     packing: dict[int, Packing] = field(default_factory=dict)  # trials per device → factor
+    lm: LMRates | None = None  # language models (AWD-LSTM), priced by FLOPs
 
     def to_dict(self) -> dict:
         doc = {
@@ -118,6 +149,8 @@ class Profile:
                                        **({"models": dict(sorted(p.models.items()))}
                                           if p.models else {})}
                               for n, p in sorted(self.packing.items())}
+        if self.lm is not None:
+            doc["lm"] = self.lm.to_dict()
         return doc
 
     def timing(self, model: str, shape: tuple[int, int, int]) -> tuple[Timing, float] | None:
@@ -205,7 +238,22 @@ def parse_profile(data: dict, where: str) -> Profile:
                    estimate=bool(data.get("estimate", False)), models=out,
                    trial_overhead_s=float(overhead), default_for=default_for,
                    created=data.get("created"), path=where,
-                   packing=_parse_packing(data.get("packing", {}), bad))
+                   packing=_parse_packing(data.get("packing", {}), bad),
+                   lm=_parse_lm(data.get("lm"), bad))
+
+
+def _parse_lm(lm, bad) -> LMRates | None:
+    """The optional ``lm`` object: ``{train_flop_s, eval_flop_s, basis}``."""
+    if lm is None:
+        return None
+    if not isinstance(lm, dict):
+        raise bad("lm", lm, "an object {train_flop_s, eval_flop_s, basis}")
+    for name in ("train_flop_s", "eval_flop_s"):
+        if not _number(lm.get(name)) or not lm[name] > 0:
+            raise bad(f"lm.{name}", lm.get(name), "a number > 0 (FLOP/s)")
+    if not isinstance(lm.get("basis"), str) or not lm["basis"]:
+        raise bad("lm.basis", lm.get("basis"), "a non-empty statement of the figures' source")
+    return LMRates(float(lm["train_flop_s"]), float(lm["eval_flop_s"]), lm["basis"])
 
 
 def _parse_packing(packing, bad) -> dict[int, Packing]:
@@ -404,6 +452,8 @@ def estimate(config: dict, profile: Profile, facts=None, *, share: int = 1) -> E
         share: trials sharing the device (:func:`trials_sharing`); their compute is priced
             with the profile's packing factor (:func:`packing_factor`).
     """
+    if is_language_model(config):
+        return lm_estimate(config, profile, share=share)
     facts = data_facts(config) if facts is None else facts
     if facts is None:
         return Estimate(None, note=f"dataset {config['data']['name']!r} is not priced")
@@ -429,6 +479,8 @@ def predicted_epochs(config: dict, profile: Profile, epochs: Iterable[int], shar
                      ) -> float | None:
     """Predicted seconds of the listed (1-based) epochs of a config, overhead excluded, with
     ``share`` trials on the device (:func:`estimate`)."""
+    if is_language_model(config):
+        return lm_predicted_epochs(config, profile, epochs, share)
     facts = data_facts(config)
     if facts is None:
         return None
@@ -448,6 +500,228 @@ def _copies_per_epoch(config: dict, epochs: Iterable[int]) -> list[int]:
     """MaxUp copies of each listed 0-based epoch (the engine's warm-up rule)."""
     m, warm = config["maxup"]["m"], config["maxup"]["warmup_epochs"]
     return [copies_at(e, m=m, warmup_epochs=warm) for e in epochs]
+
+
+# --------------------------------------------------------------------------- language models
+
+#: Tokens (train, valid, test) of each word-level corpus and version as ``maxup.data.corpus``
+#: reads it: words plus one ``<eos>`` per line. PTB (887,521 words in 42,068 lines of
+#: ptb.train.txt, 70,390 in 3,370, 78,669 in 3,761) and WikiText-2 (2,051,910 words in 36,718
+#: lines, 213,886 in 3,760, 241,211 in 4,358) as awd-lstm-lm's data.py counts them; the KJV
+#: as built from Debian's bible-kjv (docs/lm.md, "Measured here").
+LM_TOKENS: dict[tuple[str, int], tuple[int, int, int]] = {
+    ("ptb", 1): (929_589, 73_760, 82_430),
+    ("wikitext2", 1): (2_088_628, 217_646, 245_569),
+    ("kjv", 1): (748_366, 35_251, 38_935),
+    ("kjv", 2): (743_332, 39_176, 40_044),
+}
+
+
+def is_language_model(config: dict) -> bool:
+    """Whether a config trains a language model (a text dataset)."""
+    from maxup.data import dataset_info
+
+    return getattr(dataset_info(config["data"]["name"]), "kind", "image") == "text"
+
+
+def lm_forward_flops(lm: dict, vocab: int) -> float:
+    """FLOPs of one token's forward through AWD-LSTM: twice the multiply-adds of each LSTM
+    (4·H_out·(H_in + H_out): its input and recurrent matrices) and of the tied decoder (E·V).
+
+    Args:
+        lm: the config's ``lm`` section (``emsize``, ``nhid``, ``nlayers``).
+        vocab: the corpus's vocabulary size V.
+    """
+    e, h, n = int(lm["emsize"]), int(lm["nhid"]), int(lm["nlayers"])
+    sizes = [e] + [h] * (n - 1) + [e]
+    macs = sum(4 * out * (inp + out) for inp, out in zip(sizes, sizes[1:])) + e * vocab
+    return 2.0 * macs
+
+
+def lm_tokens(config: dict) -> tuple[int, int, int] | None:
+    """(train, valid, test) tokens of a config's corpus (``data.subset`` of the training
+    split; the corpus version in ``data.version``, 1 without it); None when unknown."""
+    name = config["data"]["name"]
+    known = LM_TOKENS.get((name, int(config["data"].get("version") or 1)))
+    if known is None:
+        return None
+    train, valid, test = known
+    subset = config["data"].get("subset")
+    return (min(train, int(subset)) if subset else train), valid, test
+
+
+def batchified_tokens(tokens: int, columns: int) -> int:
+    """Tokens a pass predicts over a split of ``tokens`` batchified into ``columns`` (the
+    remainder is dropped, and the last row is only a target)."""
+    return max(tokens // max(1, columns) - 1, 0) * max(1, columns)
+
+
+def lm_epoch_flops(config: dict, tokens: tuple[int, int, int], m: int, *,
+                   last: bool = False) -> tuple[float, float]:
+    """(training FLOPs, evaluation FLOPs) of one LM epoch at ``m`` copies (module docstring).
+
+    Args:
+        config: resolved run config.
+        tokens: :func:`lm_tokens`.
+        m: MaxUp copies in this epoch.
+        last: the trial's last epoch, which adds dynamic evaluation when ``lm.dyneval``.
+    """
+    from maxup.data import dataset_info
+
+    lm = config["lm"]
+    f = lm_forward_flops(lm, dataset_info(config["data"]["name"]).num_classes)
+    train_n, valid_n, test_n = tokens
+    trained = batchified_tokens(train_n, int(config["train"]["batch_size"]))
+    train = trained * (3 + (m if m > 1 else 0)) * f
+    evaluated = (batchified_tokens(valid_n, int(lm["eval_batch_size"]))
+                 + batchified_tokens(test_n, int(lm["test_batch_size"])))
+    if last and lm.get("dyneval"):
+        evaluated += 3 * _dyneval_tokens(config, tokens)  # forward, backward and update
+    return train, evaluated * f
+
+
+def _dyneval_tokens(config: dict, tokens: tuple[int, int, int]) -> int:
+    """Tokens dynamic evaluation reads: gradient statistics over the whole training split (or
+    ``dyneval_batches`` windows), validation and test, and each point of a grid search."""
+    from maxup.lm.dyneval import GRID_LAMB, GRID_LR, GRIDFAST_TOKENS
+
+    lm = config["lm"]
+    name, version = config["data"]["name"], int(config["data"].get("version") or 1)
+    full_train, valid_n, test_n = LM_TOKENS.get((name, version), tokens)
+    stats = batchified_tokens(full_train, int(lm.get("dyneval_batch_size", 100)))
+    if lm.get("dyneval_batches"):
+        stats = min(stats, int(lm["dyneval_batches"]) * int(lm.get("dyneval_bptt", 5))
+                    * int(lm.get("dyneval_batch_size", 100)))
+    n = stats + batchified_tokens(valid_n, 1) + batchified_tokens(test_n, 1)
+    search = lm.get("dyneval_search", "off")
+    if search != "off":
+        grid_n = min(valid_n, GRIDFAST_TOKENS) if search == "gridfast" else valid_n
+        n += len(GRID_LR) * len(GRID_LAMB) * batchified_tokens(grid_n, 1)
+    return n
+
+
+def lm_rates(profile: Profile) -> tuple[LMRates | None, str | None]:
+    """(the AWD-LSTM rates for ``profile``'s device, a note when they come from elsewhere):
+    the profile's own ``lm``, else the shipped profile's of that device, else the shipped
+    default's of its kind (a profile ``maxup calibrate`` wrote has none)."""
+    if profile.lm is not None:
+        return profile.lm, None
+    shipped = SHIPPED_DIR / f"{device_slug(profile.device)}.json"
+    candidates = [shipped] if shipped.is_file() else []
+    candidates += [p for p in sorted(SHIPPED_DIR.glob("*.json")) if p != shipped]
+    for path in candidates:
+        prof = load_profile(path)
+        if prof.lm is not None and (path == shipped or prof.default_for == profile.kind):
+            return prof.lm, (f"no language-model figures for {profile.device!r} in "
+                             f"{profile.path or 'its profile'}; using {prof.device!r}'s "
+                             f"from {path.name}")
+    return None, None
+
+
+def lm_rates_from_records(records) -> tuple[float, float, int]:
+    """(training FLOP/s, evaluation FLOP/s, epochs) measured by finished LM records: Σ FLOPs
+    of their epochs ÷ Σ their ``train_s`` and ``eval_s`` (the test split counted in the
+    epochs whose validation improved, when the task evaluates it). Each record's corpus is
+    the one its ``environment.corpus`` states.
+
+    Args:
+        records: :class:`maxup.records.TrialRecord` objects or their dicts.
+    """
+    flops = [0.0, 0.0]
+    seconds = [0.0, 0.0]
+    epochs = 0
+    for rec in records:
+        rec = rec if isinstance(rec, dict) else rec.to_dict()
+        corpus = (rec.get("environment") or {}).get("corpus") or {}
+        split = corpus.get("tokens") or {}
+        if not is_language_model(rec["config"]) or not split:
+            continue
+        full = (split["train"], split["valid"], split["test"])
+        subset = rec["config"]["data"].get("subset")
+        tokens = ((min(full[0], int(subset)) if subset else full[0]), full[1], full[2])
+        last = int(rec["config"]["train"]["epochs"])
+        for h in rec.get("history") or []:
+            if not (_number(h.get("train_s")) and _number(h.get("eval_s"))):
+                continue
+            train, evaluated = lm_epoch_flops(rec["config"], tokens, int(h["maxup_m"]),
+                                              last=h["epoch"] == last)
+            if h.get("best_epoch") != h["epoch"]:  # the test split was not evaluated
+                f = lm_forward_flops(rec["config"]["lm"], int(corpus["vocab_size"]))
+                test_batch = int(rec["config"]["lm"]["test_batch_size"])
+                evaluated -= batchified_tokens(full[2], test_batch) * f
+            flops[0] += train
+            flops[1] += evaluated
+            seconds[0] += h["train_s"]
+            seconds[1] += h["eval_s"]
+            epochs += 1
+    if not epochs or not all(seconds):
+        return 0.0, 0.0, 0
+    return flops[0] / seconds[0], flops[1] / seconds[1], epochs
+
+
+def _lm_seconds(config: dict, tokens, rates: LMRates, epochs: Iterable[int]) -> float:
+    """Seconds of the listed 0-based epochs of an LM config at ``rates`` (overhead excluded)."""
+    total = 0.0
+    last = int(config["train"]["epochs"]) - 1
+    for e in epochs:
+        m = _copies_per_epoch(config, [e])[0]
+        train, evaluated = lm_epoch_flops(config, tokens, m, last=e == last)
+        total += train / rates.train_flop_s + evaluated / rates.eval_flop_s
+    return total
+
+
+def lm_estimate(config: dict, profile: Profile, *, share: int = 1) -> Estimate:
+    """The estimated cost of one language-model trial on ``profile``'s device (the module
+    docstring's LM formula).
+
+    Args:
+        config: resolved run config of a text dataset.
+        profile: the device profile (its ``lm`` rates, or the shipped ones).
+        share: trials sharing the device (:func:`packing_factor`).
+    """
+    tokens = lm_tokens(config)
+    if tokens is None:
+        return Estimate(None, note=f"corpus {config['data']['name']!r} version "
+                                   f"{config['data'].get('version') or 1} is not priced "
+                                   "(its token counts are not in cost.LM_TOKENS)")
+    rates, note = lm_rates(profile)
+    if rates is None:
+        return Estimate(None, note=f"no language-model figures for {profile.device!r} and "
+                                   "none shipped for its kind")
+    factor, pack_note = packing_factor(profile, share, config["model"]["name"])
+    slow = share / factor
+    epochs = int(config["train"]["epochs"])
+    main_m = int(config["maxup"]["m"])
+    train, evaluated = lm_epoch_flops(config, tokens, main_m)
+    epoch_s = slow * (train / rates.train_flop_s + evaluated / rates.eval_flop_s)
+    total = profile.trial_overhead_s + slow * _lm_seconds(config, tokens, rates, range(epochs))
+    notes = [n for n in (note, pack_note) if n]
+    return Estimate(total, epoch_s, "; ".join(notes) or None)
+
+
+def lm_predicted_epochs(config: dict, profile: Profile, epochs: Iterable[int], share: int = 1
+                        ) -> float | None:
+    """:func:`predicted_epochs` of a language model (1-based ``epochs``)."""
+    tokens = lm_tokens(config)
+    rates, _ = lm_rates(profile)
+    if tokens is None or rates is None:
+        return None
+    factor, _ = packing_factor(profile, share, config["model"]["name"])
+    return share / factor * _lm_seconds(config, tokens, rates, (e - 1 for e in epochs))
+
+
+def _flop_s(rate: float) -> str:
+    return f"{rate / 1e12:.3g} TFLOP/s" if rate >= 1e12 else f"{rate / 1e9:.3g} GFLOP/s"
+
+
+def lm_note(profile: Profile) -> str | None:
+    """The line a plan prints about its language-model figures for ``profile``'s device."""
+    rates, note = lm_rates(profile)
+    if rates is None:
+        return None
+    return (f"{profile.device}: language models at {_flop_s(rates.train_flop_s)} training, "
+            f"{_flop_s(rates.eval_flop_s)} evaluation ({rates.basis})"
+            + (f"; {note}" if note else ""))
 
 
 def refinement(history_records, profile: Profile, device: str | None = None,

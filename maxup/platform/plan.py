@@ -224,6 +224,8 @@ def price(spec, trials, target: Target, statuses: dict, records_seen=(),
         _f, pack_note = cost.packing_factor(prof, share)
         if pack_note:
             notes.append(f"{dev}: {pack_note}")
+        if any(cost.is_language_model(t.config) for t in trials):
+            notes.append(cost.lm_note(prof) or f"{dev}: no language-model figures")
         for e in ests:
             if e.note and e.seconds is None and e.note not in notes:
                 notes.append(e.note)
