@@ -80,6 +80,18 @@ class ModelConfig:
         _check_ranges(self, "model.")
 
 
+#: The versions ``data.version`` may name per dataset, oldest first; the last is what a config
+#: that leaves the key out gets. A dataset not listed has one version, 1. A version is what the
+#: dataset's files hold (``maxup.data.corpus``: kjv 1 splits by verse, contiguously; kjv 2 by
+#: chapter, spread through the Bible); stored records made before the key existed are version 1.
+DATA_VERSIONS: dict[str, tuple[int, ...]] = {"kjv": (1, 2)}
+
+
+def data_versions(name: str) -> tuple[int, ...]:
+    """The versions of dataset ``name`` (oldest first; the last is the default)."""
+    return DATA_VERSIONS.get(name, (1,))
+
+
 @dataclass
 class DataConfig:
     """The dataset: a registry name (``maxup.data``), where it lives, and how much of it."""
@@ -90,9 +102,23 @@ class DataConfig:
     download: bool = False
     num_workers: int = _num(0, 0, 256)
     train_transform: Literal["standard", "none"] = "standard"
+    # The dataset's version (DATA_VERSIONS); None resolves to its newest, so a resolved config
+    # always names the version it trained on.
+    version: int | None = _num(None, 1, 99)
+
+    def __post_init__(self) -> None:
+        if self.version is None:
+            self.version = data_versions(self.name)[-1]
 
     def validate(self) -> None:
         _check_ranges(self, "data.")
+        versions = data_versions(self.name)
+        if len(versions) == 1:
+            allowed = f"{versions[0]} ({self.name} has one version)"
+        else:
+            allowed = (" or ".join(map(str, versions)) + f" (the {self.name} versions; null: "
+                       f"{versions[-1]})")
+        _check(self.version in versions, "data.version", self.version, allowed)
 
 
 @dataclass

@@ -12,7 +12,8 @@ changes what training computes and is part of the identity — the seed, the mod
 subset, every augmentation, MaxUp, optimiser and training-loop setting (workers included: each
 rank draws its own data). A key added after trials were stored (:data:`ADDED_KEYS`) is left
 out while it holds the value that does what the code did before it existed, so stored records
-keep their ids; at any other value it is part of the identity.
+keep their ids; at any other value it is part of the identity. A config rebuilt from a record
+made before such a key existed takes the old value (:func:`as_stored`), not today's default.
 
 - **trial id** — 12 hex digits of sha256 over the canonical JSON (sorted keys, no spaces) of
   the identity config, seed included. Two runs with the same trial id train the same model
@@ -60,6 +61,7 @@ NON_IDENTITY_KEYS: tuple[str, ...] = (
 ADDED_KEYS: dict[str, Any] = {
     "lm.dyneval_search": "off",  # issue 29: validation grid search over eta and lambda
     "lm.mask_per_sequence": False,  # issue 29: per-column word-dropout mask at m = 1
+    "data.version": 1,  # issue 29: kjv 2 splits by chapter; every earlier record read version 1
 }
 #: The config section of post-hoc certification: part of the certification id only.
 CERTIFY_SECTION = "certify"
@@ -104,6 +106,29 @@ def identity_config(config: dict) -> dict:
         if node is not _ABSENT and node == old and type(node) is type(old):
             at_old_value.append(key)
     return _drop(out, at_old_value)
+
+
+def as_stored(config: dict) -> dict:
+    """A stored config as it ran: each :data:`ADDED_KEYS` key it lacks set to the old value.
+
+    A record written before a key existed ran what that value does; a config rebuilt from it
+    (``maxup verify``'s rerun) must say so, since a key left out of a fresh config takes its
+    current default (``data.version`` 2 for the KJV, where every earlier record is version 1).
+    A key whose section the config lacks (``lm`` of an image run) stays absent. The trial id
+    is unchanged: at the old value the key is left out of the identity.
+
+    Args:
+        config: nested config, as a record or checkpoint stores it (input untouched).
+    """
+    out = copy.deepcopy(config)
+    for key, old in ADDED_KEYS.items():
+        *parents, leaf = key.split(".")
+        node: Any = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf not in node:
+            node[leaf] = copy.deepcopy(old)
+    return out
 
 
 def trial_id(config: dict) -> str:

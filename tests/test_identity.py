@@ -34,6 +34,8 @@ def by_hand(cfg: dict, *, seed: bool = True) -> str:
                          ("train", "eval_batch_size"), ("train", "checkpoint_every"),
                          ("train", "start_timeout_s")]:
         del ident[section][key]
+    if ident["data"]["version"] == 1:  # added after records were stored (kjv 2 splits by chapter)
+        del ident["data"]["version"]
     if "lm" in ident:  # a language-modelling run
         del ident["lm"]["checkpoint_windows"]
         # keys added after records were stored: out of the id at their old behaviour
@@ -50,7 +52,8 @@ def by_hand(cfg: dict, *, seed: bool = True) -> str:
 
 @pytest.mark.parametrize("make", [config, lm_config,
                                   lambda: lm_config(**{"lm.mask_per_sequence": True}),
-                                  lambda: lm_config(**{"lm.dyneval_search": "grid"})])
+                                  lambda: lm_config(**{"lm.dyneval_search": "grid"}),
+                                  lambda: lm_config(**{"data.version": 1})])
 def test_trial_and_arm_ids_follow_the_documented_rule(make):
     cfg = make()
     assert identity.trial_id(cfg) == by_hand(cfg) == records.trial_id(cfg)

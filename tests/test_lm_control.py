@@ -24,22 +24,29 @@ def _stored_lm_records():
 
 
 def test_added_keys_keep_the_ids_of_stored_lm_records():
-    """Resolving a stored KJV record's config through today's config adds the new keys at
-    their defaults; its id must still be the folder it is stored under."""
+    """Resolving a stored KJV record's config as it ran (identity.as_stored: data.version 1,
+    the corpus it was trained on) through today's config adds the new keys at their old
+    values; its id must still be the folder it is stored under. Resolved without that, the
+    missing data.version takes today's default, 2: another corpus, another trial."""
     stored = _stored_lm_records()
     assert len(stored) >= 10
     for folder, config in stored:
-        resolved = to_dict(from_dict(config))
+        assert "version" not in config["data"]
+        resolved = to_dict(from_dict(identity.as_stored(config)))
         assert "mask_per_sequence" in resolved["lm"] and "dyneval_search" in resolved["lm"]
+        assert resolved["data"]["version"] == 1
         assert identity.trial_id(resolved) == folder == identity.trial_id(config)
         assert identity.identity_differences(config, resolved) == []
+        fresh = to_dict(from_dict(config))
+        assert fresh["data"]["version"] == 2 and identity.trial_id(fresh) != folder
+        assert identity.identity_differences(config, fresh) == ["data.version"]
 
 
 @pytest.mark.parametrize("key, value", [("lm.mask_per_sequence", True),
                                         ("lm.dyneval_search", "grid")])
 def test_added_keys_at_another_value_are_another_trial(key, value):
     folder, config = _stored_lm_records()[0]
-    changed = identity.with_value(to_dict(from_dict(config)), key, value)
+    changed = identity.with_value(to_dict(from_dict(identity.as_stored(config))), key, value)
     assert identity.trial_id(changed) != folder
     assert identity.identity_differences(config, changed) == [key]
 

@@ -111,21 +111,22 @@ def test_kjv_without_the_bible_command_is_one_line(tmp_path, monkeypatch):
 def test_kjv_build_is_cached_and_a_tampered_cache_refused(tmp_path, monkeypatch):
     lines = [f"Ge1:{i} w{i % 7} x{i % 3}." for i in range(1, 41)]
     monkeypatch.setattr(C, "_kjv_lines", lambda: lines)
-    a = C.load_corpus("kjv", tmp_path)
+    a = C.load_corpus("kjv", tmp_path, version=1)
     meta = json.loads((tmp_path / "kjv.json").read_text())
-    assert meta["sha256"] == a.sha256 and meta["version"] == C.KJV_PREPROCESS_VERSION
+    assert meta["sha256"] == a.sha256 and meta["version"] == C.KJV_PREPROCESS_VERSION == 1
     monkeypatch.setattr(C, "_kjv_lines", lambda: pytest.fail("rebuilt a valid cache"))
-    b = C.load_corpus("kjv", tmp_path)
+    b = C.load_corpus("kjv", tmp_path, version=1)
     assert b.sha256 == a.sha256 and torch.equal(a.splits["test"], b.splits["test"])
     with open(tmp_path / "kjv.valid.txt", "a") as f:
         f.write("w1\n")
     with pytest.raises(DataError, match="checksum"):
-        C.load_corpus("kjv", tmp_path)
+        C.load_corpus("kjv", tmp_path, version=1)
 
 
 @pytest.mark.skipif(shutil.which("bible") is None, reason="needs Debian's bible-kjv")
 def test_real_kjv_corpus(tmp_path):
-    corpus = C.load_corpus("kjv", tmp_path)
+    """Version 1 (the stored reproduction's corpus): the contiguous split by verse."""
+    corpus = C.load_corpus("kjv", tmp_path, version=1)
     n = {k: int(v.numel()) for k, v in corpus.splits.items()}
     total = sum(n.values())
     # 31,102 verses (one <eos> each) and ~790k words
@@ -138,7 +139,7 @@ def test_real_kjv_corpus(tmp_path):
     coverage = 1 - sum(int((v == unk).sum()) for v in corpus.splits.values()) / total
     assert 0.99 < coverage < 1.0
     # deterministic: a second build elsewhere gives the same checksum
-    assert C.load_corpus("kjv", tmp_path / "again").sha256 == corpus.sha256
+    assert C.load_corpus("kjv", tmp_path / "again", version=1).sha256 == corpus.sha256
     first = [corpus.words[i] for i in corpus.splits["train"][:11].tolist()]
     assert first == ["in", "the", "beginning", "god", "created", "the", "heaven", "and", "the",
                      "earth", "<eos>"]

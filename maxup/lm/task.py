@@ -138,20 +138,29 @@ class LMTask:
     save_mid_epoch: Callable[[int], None] | None = None
     #: After :meth:`load_checkpoint_state` of a mid-epoch checkpoint: where training resumes.
     resume_note: str | None = None
+    #: With ``data.subset``: the subset's size, chapters and unseen shares (the record's).
+    subset_facts: dict | None = None
 
     def __init__(self, cfg: RunConfig, device: torch.device, rank: int = 0,
                  world_size: int = 1, corpus: Corpus | None = None):
         lm = cfg.lm
         self.cfg, self.lm, self.device = cfg, lm, device
         self.rank, self.world_size = rank, world_size
-        self.corpus = corpus or load_corpus(cfg.data.name, cfg.data.root)
+        self.corpus = corpus or load_corpus(cfg.data.name, cfg.data.root, cfg.data.version)
         train = self.corpus.splits["train"]
         if cfg.data.subset is not None:
-            # A language model needs contiguous text: the subset is the first N tokens.
+            # A language model needs contiguous text: the subset is the first N tokens, or
+            # (a corpus with a chapter index, KJV v2) whole chapters spread through the split.
             if cfg.data.subset > train.numel():
                 raise ConfigError("data.subset", cfg.data.subset,
-                                  f"1..{train.numel()} (training tokens of {cfg.data.name})")
-            train = train[: cfg.data.subset]
+                                  f"1..{train.numel()} (training tokens of {cfg.data.name} "
+                                  f"version {self.corpus.version})")
+            train = self.corpus.train_subset(cfg.data.subset)
+            self.subset_facts = {
+                "tokens": int(train.numel()),
+                "chapters": (None if self.corpus.chapters is None
+                             else len(self.corpus.subset_chapters(cfg.data.subset))),
+                "unseen_after_mapping": self.corpus.unseen_after_mapping(train)}
         if cfg.train.batch_size % world_size:
             # Unequal shards would drop columns, and the mean of the ranks' mean losses would
             # no longer be the global mean (the gradient average assumes equal shapes).
@@ -241,8 +250,13 @@ class LMTask:
                               f"words ({source}); this corpus has {self.corpus.vocab_size}")
 
     def record_facts(self) -> dict:
-        """Facts for the record's environment: the corpus (checksum) and the model size."""
-        return {"corpus": self.corpus.facts(), "parameters": count_parameters(self.model)}
+        """Facts for the record's environment: the corpus (checksum; with ``data.subset``, the
+        subset's size, chapters and the share of each held-out split's tokens it never shows)
+        and the model size."""
+        corpus = self.corpus.facts()
+        if self.subset_facts is not None:
+            corpus["subset"] = self.subset_facts
+        return {"corpus": corpus, "parameters": count_parameters(self.model)}
 
     # ------------------------------------------------------------------ training
 

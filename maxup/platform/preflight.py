@@ -31,22 +31,27 @@ def preflight(trials) -> None:
             with ``config`` and ``axes``.
     """
     from maxup.data import build_dataset
+    from maxup.data.corpus import is_text_dataset, load_corpus
 
     groups: dict[tuple, list] = {}
     weights: dict[str, list] = {}
     for t in trials:
         d = t.config["data"]
         if not d.get("download"):
-            groups.setdefault((d["name"], d.get("root"), d.get("train_transform")), []).append(t)
+            key = (d["name"], d.get("root"), d.get("train_transform"), d.get("version"))
+            groups.setdefault(key, []).append(t)
         w = t.config["model"].get("weights")
         if w:
             weights.setdefault(w, []).append(t)
-    for (name, root, transform), group in groups.items():
-        for split in ("train", "test"):
-            try:
+    for (name, root, transform, version), group in groups.items():
+        try:
+            if is_text_dataset(name):  # the corpus version the trials read (KJV: 1 or 2)
+                load_corpus(name, root, version)
+                continue
+            for split in ("train", "test"):
                 build_dataset(name, split=split, root=root, train_transform=transform or "none")
-            except DataError as exc:
-                raise DataError(f"{exc}{_where(group)}") from None
+        except DataError as exc:
+            raise DataError(f"{exc}{_where(group)}") from None
     import os
 
     for path, group in weights.items():

@@ -22,7 +22,6 @@ the first epoch where the runs part, and does not fail.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import shutil
@@ -31,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from maxup import records, store
+from maxup import identity, records, store
 from maxup.errors import UsageError
 from maxup.store import TrialDir
 
@@ -238,7 +237,8 @@ def verify_trial(cand: Candidate, *, epochs: int | None = None, scratch: Path | 
     from maxup.engine import resolve_device, train
 
     rec = cand.record
-    cfg = copy.deepcopy(rec.config)
+    # Keys added since the record was made take the value it ran with (data.version 1).
+    cfg = identity.as_stored(rec.config)
     stored = list(rec.history)
     n = len(stored) if epochs is None else min(epochs, len(stored))
     env = rec.environment or {}
