@@ -132,6 +132,13 @@ PW_KNOWN = f"{T_PW}::test_welch_known_answers"
 PW_ZERO_VAR = f"{T_PW}::test_welch_with_one_arm_without_variance_is_a_one_sample_t_test"
 PW_NAN = f"{T_PW}::test_welch_is_nan_where_undefined"
 PW_NONFINITE = f"{T_PW}::test_welch_drops_non_finite_values"
+T_PAIR = "tests/test_paired.py"
+PAIR_SCIPY = f"{T_PAIR}::test_paired_difference_is_scipys_ttest_rel"
+PAIR_COMMON = f"{T_PAIR}::test_paired_difference_pairs_only_the_common_finite_seeds"
+PAIR_ZERO_VAR = f"{T_PAIR}::test_paired_difference_without_variance_is_undefined_not_p_zero"
+PAIR_WELCH = f"{T_PAIR}::test_welch_difference_is_scipys_ttest_ind"
+PAIR_FALLBACK = f"{T_PAIR}::test_one_common_seed_falls_back_to_welch_on_every_seed"
+PAIR_CONTROL = f"{T_PAIR}::test_compare_against_reference_and_control_paired_by_seed"
 
 
 @dataclass(frozen=True)
@@ -303,7 +310,7 @@ MUTANTS: list[Mutant] = [
       "    return key not in NON_IDENTITY_KEYS\n",
       (ID_LOCAL,), "certify.* keys count as identity keys (resume refused, arms split)"),
     M("id-counterpart-is-self", IDN, "maxup/identity.py",
-      "    return arm_id(with_value(config, key, value))\n", "    return arm_id(config)\n",
+      "    return arm_id(out)\n", "    return arm_id(config)\n",
       (AN_BASE, AN_AGG), "an arm's baseline is itself: Δ = 0 everywhere"),
     M("id-differences-all-keys", IDN, "maxup/identity.py",
       "        elif va != vb and is_identity_key(name):\n", "        elif va != vb:\n",
@@ -329,7 +336,31 @@ MUTANTS: list[Mutant] = [
     M("stats-pooled-t", TAB, "maxup/analysis/stats.py",
       "    return float(sps.ttest_ind(a, b, equal_var=False).pvalue)\n",
       "    return float(sps.ttest_ind(a, b, equal_var=True).pvalue)\n",
-      (AN_AGG, AN_BASE), "Student's pooled t-test instead of Welch's"),
+      (PW_KNOWN,), "Student's pooled t-test instead of Welch's"),
+    M("welch-pooled-dof", TAB, "maxup/analysis/stats.py",
+      "    dof = float((va + vb) ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1)))\n",
+      "    dof = float(a.size + b.size - 2)\n",
+      (AN_AGG, PAIR_WELCH), "Welch's test of the tables with the pooled test's degrees of "
+      "freedom"),
+    M("paired-dof-n", TAB, "maxup/analysis/stats.py",
+      "    dof = float(d.size - 1)\n", "    dof = float(d.size)\n",
+      (PAIR_SCIPY,), "the paired t-test with n instead of n - 1 degrees of freedom"),
+    M("paired-keeps-one-sided-seeds", TAB, "maxup/analysis/stats.py",
+      "    common = sorted((s for s in a if s in b and math.isfinite(a[s]) and "
+      "math.isfinite(b[s])),\n",
+      "    common = sorted((s for s in a if s in b and math.isfinite(a[s])),\n",
+      (PAIR_COMMON,), "a seed whose baseline value is NaN enters the pairs"),
+    M("paired-zero-variance-p0", TAB, "maxup/analysis/stats.py",
+      "    if sd == 0:\n", "    if sd < 0:\n",
+      (PAIR_ZERO_VAR,), "differences without variance give an infinite t (p = 0), not "
+      "'no test possible'"),
+    M("paired-with-one-seed", TAB, "maxup/analysis/stats.py",
+      "MIN_PAIRS = 2\n", "MIN_PAIRS = 1\n",
+      (PAIR_FALLBACK,), "one common seed is 'paired' (no test) instead of Welch on all seeds"),
+    M("control-is-the-reference", TAB, "maxup/analysis/arms.py",
+      "CONTROL = Baseline(\"maxup.m\", 1, ((\"lm.mask_per_sequence\", True),),\n",
+      "CONTROL = Baseline(\"maxup.m\", 1, ((\"lm.mask_per_sequence\", False),),\n",
+      (PAIR_CONTROL,), "the per-sequence control looked up as the reference step (issue 29)"),
     M("stats-double-count", TAB, "maxup/analysis/stats.py",
       "    done = unique_trials(completed(df))\n    keys = list(arm_columns(done) if by is None "
       "else by)\n    rows = []\n",
@@ -343,10 +374,14 @@ MUTANTS: list[Mutant] = [
       "                    n_diverged=diverged_fail + int(len(done) - finite.size),\n",
       "                    n_diverged=diverged_fail,\n",
       (AN_NAN,), "a completed seed with a NaN metric silently dropped from the counts"),
-    M("arms-delta-sign", TAB, "maxup/analysis/arms.py",
-      "    return Comparison(base, arm.mean - base.mean, welch(arm.values, base.values))\n",
-      "    return Comparison(base, base.mean - arm.mean, welch(arm.values, base.values))\n",
-      (AN_AGG, AN_BASE), "Δ vs baseline with the wrong sign"),
+    M("welch-delta-sign", TAB, "maxup/analysis/stats.py",
+      "    diff = float(a.mean() - b.mean()) if a.size and b.size else math.nan\n",
+      "    diff = float(b.mean() - a.mean()) if a.size and b.size else math.nan\n",
+      (AN_AGG,), "Δ vs baseline (Welch) with the wrong sign"),
+    M("paired-delta-sign", TAB, "maxup/analysis/stats.py",
+      "    d = np.asarray([float(a[s]) - float(b[s]) for s in common], dtype=float)\n",
+      "    d = np.asarray([float(b[s]) - float(a[s]) for s in common], dtype=float)\n",
+      (AN_BASE, PAIR_SCIPY), "Δ vs baseline (paired) with the wrong sign"),
     M("cell-shows-worst-arm", TAB, "maxup/analysis/tables.py",
       "    arms = arms_of(csub, metric, spec.scale)\n    if not arms:\n",
       "    arms = sorted(arms_of(csub, metric, spec.scale), key=lambda a: a.mean)[:1]\n"

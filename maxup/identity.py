@@ -24,8 +24,9 @@ made before such a key existed takes the old value (:func:`as_stored`), not toda
 - **certification id** — the trial id together with the certification settings: one
   trained model certified with other settings is another certification, not another trial.
 - **counterpart arm** — the arm equal to a given one in every key except one ablated key
-  (:func:`counterpart_arm_id`): a MaxUp arm's baseline is its counterpart at ``maxup.m = 1``,
-  nothing about it pooled.
+  (:func:`counterpart_arm_id`), or except a few (:func:`counterpart_of`): a MaxUp arm's
+  baseline is its counterpart at ``maxup.m = 1``, a language model's control its counterpart
+  at ``maxup.m = 1`` and ``lm.mask_per_sequence = true``, nothing about either pooled.
 
 Nothing else in the project hashes configs; this module imports neither torch nor Ray, so
 the analysis package can use it.
@@ -36,7 +37,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 #: Dotted keys that say where, how fast or how verbosely a run executes, not what it trains.
@@ -181,7 +182,23 @@ def counterpart_arm_id(config: dict, key: str, value: Any) -> str:
         key: the ablated dotted key (``"maxup.m"``).
         value: its value in the counterpart (the baseline's ``1``).
     """
-    return arm_id(with_value(config, key, value))
+    return counterpart_of(config, {key: value})
+
+
+def counterpart_of(config: dict, changes: Mapping[str, Any]) -> str:
+    """The arm id of the arm equal to ``config``'s in every key except those of ``changes``.
+
+    A baseline may differ in more than one key: a language model's per-sequence control is
+    ``{"maxup.m": 1, "lm.mask_per_sequence": True}``.
+
+    Args:
+        config: nested resolved run config.
+        changes: dotted key -> its value in the counterpart.
+    """
+    out = config
+    for key, value in changes.items():
+        out = with_value(out, key, value)
+    return arm_id(out)
 
 
 def is_identity_key(key: str) -> bool:

@@ -214,7 +214,8 @@ def test_aggregate_known_answer_against_numpy_scipy(tmp_path):
     base = [94.81, 94.95, 94.70, 94.88, 94.86]
     maxup = [95.40, 95.51, 95.33, 95.45, 95.37, 95.29]
     recs = [make_record(None, seed=i, test_acc=v) for i, v in enumerate(base)]
-    recs += [make_record(None, seed=i, m=4, test_acc=v) for i, v in enumerate(maxup)]
+    # Seeds the baseline does not have: nothing to pair, so Welch's test.
+    recs += [make_record(None, seed=10 + i, m=4, test_acc=v) for i, v in enumerate(maxup)]
     df = load_records(write_all(tmp_path, recs))
     agg = aggregate(df, "final.test_acc").set_index("config.maxup.m")
     for m, vals in ((1, base), (4, maxup)):
@@ -229,8 +230,12 @@ def test_aggregate_known_answer_against_numpy_scipy(tmp_path):
     cmp = compare(df, "final.test_acc")
     assert len(cmp) == 1
     assert cmp["diff"].iloc[0] == pytest.approx(np.mean(maxup) - np.mean(base))
-    p = stats.ttest_ind(maxup, base, equal_var=False).pvalue
-    assert cmp["p_value"].iloc[0] == pytest.approx(p)
+    welch = stats.ttest_ind(maxup, base, equal_var=False)
+    assert cmp["p_value"].iloc[0] == pytest.approx(welch.pvalue)
+    assert cmp["test"].iloc[0] == "Welch" and cmp["n_pairs"].iloc[0] == 0
+    ci = welch.confidence_interval(0.95)
+    assert (cmp["diff_ci_low"].iloc[0], cmp["diff_ci_high"].iloc[0]) == (
+        pytest.approx(ci.low), pytest.approx(ci.high))
 
 
 def test_equal_values_are_two_observations(tmp_path):
@@ -269,8 +274,9 @@ def test_compare_matches_baseline_on_other_columns(tmp_path):
         b = [90 + off + s * 0.1 for s in range(3)]
         a = [91 + off + s * 0.3 for s in range(3)]
         assert cmp.loc[model, "diff"] == pytest.approx(np.mean(a) - np.mean(b))
-        assert cmp.loc[model, "p_value"] == pytest.approx(
-            stats.ttest_ind(a, b, equal_var=False).pvalue)
+        # Seeds 0-2 in both arms: paired by seed.
+        assert cmp.loc[model, "test"] == "paired" and cmp.loc[model, "n_pairs"] == 3
+        assert cmp.loc[model, "p_value"] == pytest.approx(stats.ttest_rel(a, b).pvalue)
 
 
 # ------------------------------------------------------------------------------------ tables
@@ -411,9 +417,12 @@ def test_perplexity_lower_is_better(tmp_path):
                         ops=["gaussian"], val_ppl=v + s * 0.1, test_ppl=v - 2 + s * 0.1)
             for m, v in ((1, 57.2), (2, 56.3)) for s in range(3)]
     table = build_table(load_records(write_all(tmp_path, recs)), "6")
-    # columns: Params (M), Valid, Test, Valid + dyn. eval, Test + dyn. eval
-    assert table.best(1) == {1} and table.best(2) == {1}
-    assert table.cell(1, 2).mean == pytest.approx(54.3 + 0.1)
+    # rows: m = 1, the per-sequence control (no records here), MaxUp; columns: Params (M),
+    # Valid, Test, Valid + dyn. eval, Test + dyn. eval
+    assert [v for v, _ in table.rows] == ["baseline", "control", "maxup"]
+    assert table.cell(1, 2).missing
+    assert table.best(1) == {2} and table.best(2) == {2}
+    assert table.cell(2, 2).mean == pytest.approx(54.3 + 0.1)
 
 
 def test_generic_sweep_table(tmp_path):
@@ -431,7 +440,11 @@ def test_generic_sweep_table(tmp_path):
     t = tables[0]
     assert [lab for _, lab in t.rows] == ["m=1", "m=4"]
     assert t.cell(1, 4).mean == pytest.approx(np.mean(mx) - np.mean(base))
-    assert t.cell(1, 5).mean == pytest.approx(stats.ttest_ind(mx, base, equal_var=False).pvalue)
+    paired = stats.ttest_rel(mx, base)  # seeds 0-2 in both arms
+    assert t.cell(1, 5).mean == pytest.approx(paired.pvalue)
+    ci = paired.confidence_interval(0.95)
+    assert (t.cell(1, 4).ci_low, t.cell(1, 4).ci_high) == (pytest.approx(ci.low),
+                                                           pytest.approx(ci.high))
     assert t.cell(1, 1).mean == pytest.approx(np.mean(mx) + 1)
     half = stats.t.ppf(0.975, len(mx) - 1) * np.std(mx, ddof=1) / np.sqrt(len(mx))
     assert t.cell(1, 3).ci_low == pytest.approx(np.mean(mx) - half)
@@ -440,7 +453,8 @@ def test_generic_sweep_table(tmp_path):
     assert f"| 3 | [{np.mean(mx) - half:.2f}, {np.mean(mx) + half:.2f}] |" in md
     assert "Sweep quick" in md
     assert f"{np.mean(mx):.2f} ± {np.std(mx, ddof=1):.2f} (n = 3) †" in md
-    assert f"{np.mean(mx) - np.mean(base):+.2f}" in md
+    assert (f"{np.mean(mx) - np.mean(base):+.2f} [{ci.low:+.2f}, {ci.high:+.2f}]" in md)
+    assert f"{paired.pvalue:.3g} (paired, n = 3)" in md
     assert sweep_table(df, "quick").rows == t.rows
 
 
@@ -771,8 +785,8 @@ def test_regression_shared_trials_count_once_in_every_table(tmp_path):
     assert agg.loc[4, "n"] == 5 and agg.loc[4, "std"] == pytest.approx(np.std(mx, ddof=1))
     cmp = compare(df)
     assert cmp["n"].tolist() == [5] and cmp["base_n"].tolist() == [5]
-    assert cmp["p_value"].iloc[0] == pytest.approx(stats.ttest_ind(mx, base,
-                                                                   equal_var=False).pvalue)
+    assert cmp["n_pairs"].tolist() == [5]  # a shared trial is one seed, paired once
+    assert cmp["p_value"].iloc[0] == pytest.approx(stats.ttest_rel(mx, base).pvalue)
 
 
 def test_regression_baseline_is_the_exact_counterpart_never_pooled(tmp_path):
@@ -786,13 +800,15 @@ def test_regression_baseline_is_the_exact_counterpart_never_pooled(tmp_path):
                                 ops=["gaussian"], test_acc=v)
                 r["config"]["maxup"]["bn"] = bn
                 recs.append(restamp(r))
-        truth[bn] = (np.mean(m_vals) - np.mean(b_vals),
-                     stats.ttest_ind(m_vals, b_vals, equal_var=False).pvalue)
+        truth[bn] = np.mean(m_vals) - np.mean(b_vals)
     df = load_records(write_all(tmp_path, recs))
     cmp = compare(df).set_index("config.maxup.bn")
-    for bn, (diff, p) in truth.items():
+    for bn, diff in truth.items():
         assert cmp.loc[bn, "diff"] == pytest.approx(diff)  # +1.0 and -9.0
-        assert cmp.loc[bn, "p_value"] == pytest.approx(p) and cmp.loc[bn, "base_n"] == 3
+        assert cmp.loc[bn, "base_n"] == 3 and cmp.loc[bn, "n_pairs"] == 3
+        # Every seed differs by exactly the same amount: the paired t is undefined.
+        assert math.isnan(cmp.loc[bn, "p_value"])
+        assert "no variance" in cmp.loc[bn, "undefined"]
     t = sweep_table(df)
     deltas = {label: t.cell(i, 4).mean for i, (_, label) in enumerate(t.rows)
               if not t.cell(i, 4).text}

@@ -22,8 +22,10 @@ def test_table6_from_lm_records(tmp_path):
                         record_extra={"paper_table": "6"})
             finals.setdefault(m, []).append(rec["final"])
     table = build_table(load_records(tmp_path / "runs"), "6")
-    # rows: baseline (m = 1), MaxUp; columns: Params, Valid, Test, Valid + dyn, Test + dyn
-    for row, m in ((0, 1), (1, 2)):
+    # rows: baseline (m = 1), the per-sequence control (not trained here), MaxUp; columns:
+    # Params, Valid, Test, Valid + dyn, Test + dyn
+    assert all(table.cell(1, col).missing for col in range(5))
+    for row, m in ((0, 1), (2, 2)):
         for col, key in enumerate(("params_m", "val_ppl", "test_ppl", "dyn_val_ppl",
                                    "dyn_test_ppl")):
             cell = table.cell(row, col)

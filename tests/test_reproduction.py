@@ -61,9 +61,10 @@ def test_stored_reproduction_is_five_seeds_per_arm_and_carries_no_checkpoints():
     assert not list(STORED.rglob("*.pt"))
 
 
-def _two_arms(tmp_path: Path, base, mx, name="s") -> Path:
-    recs = [make_record(None, seed=s, m=m, dataset="digits", model="small_cnn",
-                        ops=["gaussian"], test_acc=v)
+def _two_arms(tmp_path: Path, base, mx, name="s", mx_seed0=0) -> Path:
+    """Arms m = 1 (seeds 0, 1, ...) and m = 4 (seeds ``mx_seed0``, ...)."""
+    recs = [make_record(None, seed=s + (mx_seed0 if m == 4 else 0), m=m, dataset="digits",
+                        model="small_cnn", ops=["gaussian"], test_acc=v)
             for m, vals in ((1, base), (4, mx)) for s, v in enumerate(vals)]
     _sweep_tree(tmp_path, name, recs)
     return tmp_path
@@ -74,15 +75,35 @@ def _two_arms(tmp_path: Path, base, mx, name="s") -> Path:
     ([91.2, 90.1, 91.9, 90.3, 91.0], "does not beat its m = 1 baseline"),
     ([85.0, 85.5, 85.2, 84.9, 85.1], "is worse than its m = 1 baseline"),
 ])
-def test_verdict_words_and_numbers_follow_welch(tmp_path, mx, word):
+def test_verdict_words_and_numbers_follow_the_paired_test(tmp_path, mx, word):
+    """Both arms have seeds 0-4: the verdict rests on the paired t-test."""
     base = [90.0, 90.4, 90.9, 91.1, 91.6]
     df = load_records(_two_arms(tmp_path, base, mx))
     (line,) = verdicts(df, "final.test_acc", lower_is_better=False)
-    p = stats.ttest_ind(mx, base, equal_var=False).pvalue
-    assert word in line
+    res = stats.ttest_rel(mx, base)
+    assert f"m = 4 {word}" in line
+    assert f"Δ = {np.mean(np.subtract(mx, base)):+.2f}" in line
+    ci = res.confidence_interval(0.95)
+    assert f"95 % CI [{ci.low:+.2f}, {ci.high:+.2f}]" in line
+    p_text = f"{res.pvalue:.2g}" if res.pvalue < 0.001 else f"{res.pvalue:.3f}"
+    assert f"paired t-test p = {p_text} over 5 common seeds," in line and "n = 5 vs 5" in line
+
+
+@pytest.mark.parametrize("mx, word", [
+    ([93.0, 93.4, 93.1, 93.9, 93.5], "beats its m = 1 baseline"),
+    ([91.2, 90.1, 91.9, 90.3, 91.0], "does not beat its m = 1 baseline"),
+])
+def test_verdict_falls_back_to_welch_without_common_seeds(tmp_path, mx, word):
+    """Seeds 10-14 against 0-4: nothing to pair, so Welch's test on all ten."""
+    base = [90.0, 90.4, 90.9, 91.1, 91.6]
+    df = load_records(_two_arms(tmp_path, base, mx, mx_seed0=10))
+    (line,) = verdicts(df, "final.test_acc", lower_is_better=False)
+    res = stats.ttest_ind(mx, base, equal_var=False)
     assert f"m = 4 {word}" in line
     assert f"Δ = {np.mean(mx) - np.mean(base):+.2f}" in line
-    p_text = f"{p:.2g}" if p < 0.001 else f"{p:.3f}"
+    ci = res.confidence_interval(0.95)
+    assert f"95 % CI [{ci.low:+.2f}, {ci.high:+.2f}]" in line
+    p_text = f"{res.pvalue:.2g}" if res.pvalue < 0.001 else f"{res.pvalue:.3f}"
     assert f"Welch p = {p_text}," in line and "n = 5 vs 5" in line
 
 

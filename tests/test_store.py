@@ -369,14 +369,15 @@ def test_regression_certification_sweep_prints_its_accuracy_table(tmp_path, caps
     root = tmp_path / "st"
     recs = [_certified("digits", "small_cnn", m, s, [90.0] * 12) for m in (1, 4)
             for s in range(3)]
-    for i, r in enumerate(recs):
-        r["final"]["test_acc"] = r["history"][-1]["test_acc"] = 90.0 + i
+    acc = [90.0 + i + 0.1 * i * i for i in range(6)]  # m = 1: seeds 0-2; m = 4: seeds 0-2
+    for r, a in zip(recs, acc):
+        r["final"]["test_acc"] = r["history"][-1]["test_acc"] = a
     _store(root, "cd", recs, paper_table="8")
     assert run_tables(_args(root / "cd")) == 0
     out = capsys.readouterr().out
     assert "**Table 8" in out and "**Sweep cd: test_acc per arm**" in out
-    p = stats.ttest_ind([93, 94, 95], [90, 91, 92], equal_var=False).pvalue
-    assert f"| {p:.3g} |" in out
+    p = stats.ttest_rel(acc[3:], acc[:3]).pvalue  # the same seeds: paired
+    assert f"| {p:.3g} (paired, n = 3) |" in out
 
 
 def test_regression_csv_is_one_tidy_frame(tmp_path, capsys):
@@ -428,8 +429,11 @@ def test_regression_report_says_no_test_possible_and_names_diverged_seeds(tmp_pa
     m8 = next(x for x in lines if x.startswith("- m = 8"))
     assert "no test possible" in m8 and "n = 1 vs 5" in m8 and "does not beat" not in m8
     m4 = next(x for x in lines if x.startswith("- m = 4"))
-    p = stats.ttest_ind(mx, base, equal_var=False).pvalue
-    assert f"Welch p = {p:.2g}" in m4 or f"Welch p = {p:.3f}" in m4
+    # Seed 4 diverged in the m = 4 arm: seeds 0-3 are paired, seed 4 of the baseline is not.
+    p = stats.ttest_rel(mx, base[:4]).pvalue
+    assert (f"paired t-test p = {p:.2g} over 4 common seeds" in m4
+            or f"paired t-test p = {p:.3f} over 4 common seeds" in m4)
+    assert f"Δ = {np.mean(np.subtract(mx, base[:4])):+.2f}" in m4
     assert "beats its m = 1 baseline" in m4 and "n = 4 vs 5; this arm: 1 diverged" in m4
 
 

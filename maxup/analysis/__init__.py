@@ -5,7 +5,9 @@ Never imports ray or torch. Public API::
     df = load_records("results/")            # one row per trial (see docs/records.md)
     summary(df)                               # completed / failed (reasons) / running / skipped
     aggregate(df, "final.test_acc")           # per-arm n, mean, std, 95% t-CI, min, max
-    compare(df, "final.test_acc")             # each MaxUp arm vs its m = 1 arm: diff, Welch p
+    compare(df, "final.test_acc")             # each MaxUp arm vs its m = 1 arm: diff, CI, p
+                                              # (paired by seed, else Welch); CONTROL: an LM
+                                              # arm vs its per-sequence m = 1 control
     render(build_table(df, "3"), "latex", vs_paper=True)
     for t in tables_for(df): print(render(t))
     write_figures(df, "figures/")             # PNG + PDF (matplotlib imported lazily)

@@ -4,8 +4,10 @@
 content-addressed trials, :mod:`maxup.store`, read once) and returns the document: per sweep its
 description, the exact command that produced it and how to rerun it, its measured compute
 (the sum of its trials' own wall times, each trial once) and the machine the records name,
-then its tables (mean ± std, n, 95 % CI, Δ and Welch p against the matching baseline), a
-plain-words verdict for every compared arm, and links to its figures.
+then its tables (mean ± std, n, 95 % CI, Δ with its CI and p against the matching baseline:
+the paired t-test over common seeds, else Welch's), a plain-words verdict for every compared
+arm (a language model's also against its per-sequence m = 1 control), and links to its
+figures.
 
 The text depends on the stored records only (no clock, no absolute paths, sorted output), so
 regenerating it from unchanged records gives the same bytes: ``tests/test_reproduction.py``
@@ -24,13 +26,14 @@ from pathlib import Path
 import pandas as pd
 
 from maxup import store
-from maxup.analysis.arms import arms_of, compare
+from maxup.analysis.arms import CONTROL, REFERENCE, arms_of, compare
 from maxup.analysis.load import completed, frame_of, unique_trials
+from maxup.analysis.stats import PAIRED
 from maxup.analysis.tables import Cell, render, sweep_table, tables_for
 from maxup.io import atomic_write_text
 from maxup.records import provenance
 
-#: Significance level of the verdicts (two-sided Welch test).
+#: Significance level of the verdicts (two-sided paired or Welch t-test).
 ALPHA = 0.05
 #: Per-sweep file with how it was run (:data:`maxup.store.SWEEP_RUN`).
 RUN_FILE = store.SWEEP_RUN
@@ -60,11 +63,14 @@ def _p(p: float) -> str:
 
 
 def verdicts(df: pd.DataFrame, metric: str, lower_is_better: bool) -> list[str]:
-    """One sentence per arm compared with its m = 1 counterpart, in plain words.
+    """One sentence per arm compared with its m = 1 counterpart, and per language-model arm
+    compared with its per-sequence m = 1 control, in plain words.
 
-    An arm "beats" its baseline only when the difference has the right sign and Welch's
-    two-sided p is below :data:`ALPHA`; with fewer than two finished seeds on either side no
-    test is possible and the sentence says so; seeds of either arm outside the means
+    The test is the paired t-test over the seeds both arms finished when they share at least
+    two, else Welch's (:func:`maxup.analysis.arms.difference`); the sentence names it, with
+    Δ's 95 % CI. An arm "beats" its baseline only when the difference has the right sign and
+    the two-sided p is below :data:`ALPHA`; where no test is possible (fewer than two seeds,
+    no variance) the sentence says so and why; seeds of either arm outside the means
     (diverged, failed, running, corrupt, not run) are named.
 
     Args:
@@ -72,31 +78,44 @@ def verdicts(df: pd.DataFrame, metric: str, lower_is_better: bool) -> list[str]:
         metric: the compared column (``final.test_acc``, ``final.test_ppl``).
         lower_is_better: the metric's direction.
     """
-    cmp = compare(df, metric)
-    keys = [c for c in cmp.columns if c.startswith("config.")]
     cells = {a.arm_id: Cell.of_arm(a) for a in arms_of(df, metric)}
     out = []
-    for _, r in cmp.iterrows():
-        better = r["diff"] < 0 if lower_is_better else r["diff"] > 0
-        testable = int(r["n"]) >= 2 and int(r["base_n"]) >= 2
-        significant = math.isfinite(r["p_value"]) and r["p_value"] < ALPHA
-        if not testable:
-            word = "cannot be compared with its m = 1 baseline (no test possible)"
-        elif better and significant:
-            word = "beats its m = 1 baseline"
-        elif significant:
-            word = "is worse than its m = 1 baseline"
-        else:
-            word = "does not beat its m = 1 baseline (no significant difference)"
-        p_text = (f"Welch p = {_p(r['p_value'])}" if testable
-                  else "no Welch test with fewer than 2 seeds a side")
-        seeds = "; ".join(part for part in (_others("this arm", cells.get(r["arm_id"])),
-                                            _others("the baseline",
-                                                    cells.get(r["base_arm_id"]))) if part)
-        out.append(f"- {_arm_words(r, keys)} {word}: {_fmt(r['mean'])} vs "
-                   f"{_fmt(r['base_mean'])} (Δ = {r['diff']:+.2f}, {p_text}, n = "
-                   f"{int(r['n'])} vs {int(r['base_n'])}{'; ' + seeds if seeds else ''}).")
+    for baseline, name in ((REFERENCE, "its m = 1 baseline"),
+                           (CONTROL, "its per-sequence m = 1 control")):
+        cmp = compare(df, metric, baseline)
+        keys = [c for c in cmp.columns if c.startswith("config.")]
+        for _, r in cmp.iterrows():
+            out.append(_verdict(r, keys, name, lower_is_better, cells))
     return out
+
+
+def _verdict(r: pd.Series, keys: list[str], name: str, lower_is_better: bool,
+             cells: dict) -> str:
+    better = r["diff"] < 0 if lower_is_better else r["diff"] > 0
+    tested = math.isfinite(r["p_value"])
+    significant = tested and r["p_value"] < ALPHA
+    paired = r["test"] == PAIRED
+    if not tested:
+        word = f"cannot be compared with {name} (no test possible: {r['undefined']})"
+    elif better and significant:
+        word = f"beats {name}"
+    elif significant:
+        word = f"is worse than {name}"
+    else:
+        word = f"does not beat {name} (no significant difference)"
+    ci = (f", 95 % CI [{r['diff_ci_low']:+.2f}, {r['diff_ci_high']:+.2f}]"
+          if math.isfinite(r["diff_ci_low"]) else "")
+    if paired:
+        test = ("paired t-test" + (f" p = {_p(r['p_value'])}" if tested else "")
+                + f" over {int(r['n_pairs'])} common seeds")
+    else:
+        test = f"Welch p = {_p(r['p_value'])}" if tested else "no Welch test"
+    seeds = "; ".join(part for part in (_others("this arm", cells.get(r["arm_id"])),
+                                        _others("the baseline", cells.get(r["base_arm_id"])))
+                      if part)
+    return (f"- {_arm_words(r, keys)} {word}: {_fmt(r['mean'])} vs {_fmt(r['base_mean'])} "
+            f"(Δ = {r['diff']:+.2f}{ci}, {test}, n = {int(r['n'])} vs {int(r['base_n'])}"
+            f"{'; ' + seeds if seeds else ''}).")
 
 
 def _others(who: str, cell: Cell | None) -> str:
@@ -229,8 +248,12 @@ def build_report(root: str | os.PathLike, figures_dir: str | os.PathLike | None 
                        "disagree. " if _is_shipped(root) else
                        "the same records always give the same document. ") + "`maxup tables "
              f"{root.name}/<sweep>` shows any one sweep's tables offline. Cells: mean ± std "
-             "over seeds (n finished seeds); 95 % CI: Student t; Δ and Welch p: an arm against "
-             "its m = 1 counterpart, equal to it in every other setting.", ""]
+             "over seeds (n finished seeds); 95 % CI: Student t; Δ and p: an arm against its "
+             "m = 1 counterpart, equal to it in every other setting (a language model's also "
+             "against its per-sequence m = 1 control), by the paired t-test over the seeds "
+             "both arms finished where they share at least two (one seed gives both the same "
+             "initialisation, data subset and order, and a language model's BPTT window "
+             "lengths), else by Welch's t-test.", ""]
     for name in names:
         lines += _sweep_section(root, view.sweeps[name].manifest, frame, figures)
     return "\n".join(lines).rstrip("\n") + "\n"

@@ -4,8 +4,9 @@ Each table is one :class:`TableSpec`; :func:`maxup.analysis.tables.build_table` 
 from stored records (in the style of locuslab/smoothing's ``analyze.py``). Axis keys are record
 columns (``"config.model.name"``, ``"config.maxup.m"``) or one of the derived keys:
 
-- ``"method"``: ``"baseline"`` when ``config.maxup.m == 1`` (standard augmentation), else
-  ``"maxup"``;
+- ``"method"``: ``"baseline"`` when ``config.maxup.m == 1`` (standard augmentation),
+  ``"control"`` when it is also ``config.lm.mask_per_sequence`` (a language model's m = 1 with
+  one word-dropout mask per sequence), else ``"maxup"``;
 - ``"metric"``: the columns are metrics (record column names), e.g. valid/test perplexity;
 - ``"radius"``: certified-accuracy radii read from each record's ``certification``.
 """
@@ -72,8 +73,9 @@ class TableSpec:
         scale: factor applied to the metric before printing.
         lower_is_better: which end of each column is bolded (perplexity: lower).
         ablation: ``(dotted config key, baseline value)``: each arm is compared with the arm
-            equal to it in every other key and holding the baseline value (Δ, Welch p);
-            the ``method`` axis splits on it. None: the table has no baseline.
+            equal to it in every other key and holding the baseline value (Δ, its CI and p:
+            paired by seed, else Welch; for ``maxup.m`` a language model's arm also with its
+            per-sequence control); the ``method`` axis splits on it. None: no baseline.
         expected_n: seeds per cell in the paper (None: the paper reports single runs).
         unit: printed unit of the metric.
         dataset: the paper's dataset of the table; an envelope table is built per dataset and
@@ -165,8 +167,10 @@ def has_certification(df: pd.DataFrame) -> pd.Series:
     return cert.apply(lambda c: isinstance(c, dict) and bool(c.get("radii"))).astype(bool)
 
 
-def _methods(base: str, maxup: str) -> Axis:
-    return Axis(METHOD, (("baseline", base), ("maxup", maxup)), title="Method", extra=False)
+def _methods(base: str, maxup: str, control: str | None = None) -> Axis:
+    values = (("baseline", base), *((("control", control),) if control else ()),
+              ("maxup", maxup))
+    return Axis(METHOD, values, title="Method", extra=False)
 
 
 SPECS: dict[str, TableSpec] = {}
@@ -219,7 +223,10 @@ for _tid, _ds, _name in (("6", "ptb", "Penn Treebank"), ("7", "wikitext2", "Wiki
         id=_tid, title=f"Perplexities on the validation and test sets of {_name} "
                        "(lower is better)",
         filter=paper_table(_tid, _dataset(_ds, _ds.replace("wikitext2", "wt2"))),
-        rows=_methods("ADV-AWD-LSTM (m = 1)", "ADV-AWD-LSTM + MaxUp"),
+        # The control (m = 1, one word-dropout mask per sequence) is not in the paper: MaxUp
+        # differs from it only in the max, from the reference step also in the masks.
+        rows=_methods("ADV-AWD-LSTM (m = 1)", "ADV-AWD-LSTM + MaxUp",
+                      control="ADV-AWD-LSTM, per-sequence masks (m = 1)"),
         # Valid/Test of the kept best-validation model, then the same model under dynamic
         # evaluation (the paper's "+ dynamic evaluation" rows), and the Params column (M).
         cols=Axis(METRIC, (("final.params_m", "Params (M)"), ("final.val_ppl", "Valid"),

@@ -1,16 +1,26 @@
-"""Per-arm statistics over seeds: n, mean, sample std, Student-t 95% CI; Welch tests vs baseline.
+"""Per-arm statistics over seeds: n, mean, sample std, Student-t 95% CI; an arm against its
+baseline by the paired t-test over common seeds (:func:`compare_seeds`), else Welch's test.
 
 An *arm* is one setting of every config column except the seed and the run-local columns in
 :data:`EXCLUDED_COLUMNS`; its seeds are its observations. Only completed trials count: failed
 trials and interim ("running") records never enter a mean. A trial two sweeps planned is one
 observation; equal values of different trials are never de-duplicated (two seeds that reach
 the same accuracy are two observations).
+
+Two arms are compared by :func:`compare_seeds`: a seed fixes a trial's initialisation, data
+subset and batch order (and a language model's BPTT window lengths) whatever its arm, so arms
+that ran the same seeds are paired by design. With at least :data:`MIN_PAIRS` common seeds
+the paired t-test on the per-seed differences is used (:func:`paired_difference`: mean
+difference, its 95 % t-interval, p, the number of pairs); otherwise Welch's unequal-variance
+test on all values (:func:`welch_difference`). The choice depends on which seeds exist, never
+on the values.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -157,3 +167,131 @@ def welch(a: Iterable[float], b: Iterable[float]) -> float:
     if a.var(ddof=1) == 0 and b.var(ddof=1) == 0:
         return math.nan  # undefined: no within-arm variance on either side
     return float(sps.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+#: The tests :func:`compare_seeds` chooses between.
+PAIRED = "paired"
+WELCH = "Welch"
+#: Common seeds two arms need for the paired test (fewer: Welch on all their seeds).
+MIN_PAIRS = 2
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One arm against another: the difference of their means, its 95 % CI and the test.
+
+    Args:
+        test: :data:`PAIRED` (per-seed differences over the seeds both arms finished) or
+            :data:`WELCH` (the two arms' seeds as independent samples).
+        diff: paired: the mean of the per-seed differences (a − b); Welch: mean(a) − mean(b).
+        ci_low: lower bound of the two-sided 95 % Student-t interval of ``diff`` (paired:
+            n_pairs − 1 dof; Welch: Welch-Satterthwaite dof); NaN where the test is undefined.
+        ci_high: upper bound.
+        p_value: two-sided p of the test; NaN where it is undefined.
+        n_pairs: the pairs behind a paired test (0 for Welch).
+        n_a, n_b: each arm's finite observations.
+        dof: degrees of freedom of the t distribution used (NaN where undefined).
+        undefined: why no p-value exists (empty when there is one).
+    """
+
+    test: str
+    diff: float
+    ci_low: float = math.nan
+    ci_high: float = math.nan
+    p_value: float = math.nan
+    n_pairs: int = 0
+    n_a: int = 0
+    n_b: int = 0
+    dof: float = math.nan
+    undefined: str = ""
+
+
+def _finite(values: Iterable[float]) -> np.ndarray:
+    arr = np.asarray(list(values), dtype=float)
+    return arr[np.isfinite(arr)]
+
+
+def _t_test(diff: float, se: float, dof: float, confidence: float) -> tuple[float, ...]:
+    """(ci_low, ci_high, p) of a t statistic diff / se at ``dof`` degrees of freedom."""
+    half = float(sps.t.ppf(0.5 + confidence / 2, dof)) * se
+    p = float(2 * sps.t.sf(abs(diff) / se, dof))
+    return diff - half, diff + half, p
+
+
+def welch_difference(a: Iterable[float], b: Iterable[float],
+                     confidence: float = CONFIDENCE) -> Difference:
+    """Welch's unequal-variance t-test of mean(a) − mean(b) with its CI.
+
+    Undefined (NaN p and CI) when either side has fewer than 2 finite values or neither has
+    any variance, as :func:`welch`.
+
+    Args:
+        a: observations of one arm (non-finite values dropped).
+        b: observations of the other arm.
+        confidence: two-sided coverage of the interval.
+    """
+    a, b = _finite(a), _finite(b)
+    diff = float(a.mean() - b.mean()) if a.size and b.size else math.nan
+    out = Difference(WELCH, diff, n_a=int(a.size), n_b=int(b.size))
+    if a.size < 2 or b.size < 2:
+        return replace(out, undefined="fewer than 2 seeds a side")
+    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+    if va == 0 and vb == 0:
+        return replace(out, undefined="no within-arm variance on either side")
+    dof = float((va + vb) ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1)))
+    lo, hi, p = _t_test(diff, math.sqrt(va + vb), dof, confidence)
+    return replace(out, ci_low=lo, ci_high=hi, p_value=p, dof=dof)
+
+
+def paired_difference(a: Mapping[object, float], b: Mapping[object, float],
+                      confidence: float = CONFIDENCE) -> Difference:
+    """The paired t-test over the seeds both arms have: mean of (a[s] − b[s]), its CI, p.
+
+    Only seeds with a finite value on both sides are paired; the others are left out (the
+    result's ``n_pairs`` says how many remain). Undefined (NaN p and CI) with fewer than 2
+    pairs or when every pair differs by the same amount (no variance of the differences: the
+    t statistic is 0/0 or infinite).
+
+    Args:
+        a: seed -> value of one arm.
+        b: seed -> value of the other arm.
+        confidence: two-sided coverage of the interval.
+    """
+    common = sorted((s for s in a if s in b and math.isfinite(a[s]) and math.isfinite(b[s])),
+                    key=_sort_key_one)
+    d = np.asarray([float(a[s]) - float(b[s]) for s in common], dtype=float)
+    n_a = sum(1 for v in a.values() if math.isfinite(v))
+    n_b = sum(1 for v in b.values() if math.isfinite(v))
+    out = Difference(PAIRED, float(d.mean()) if d.size else math.nan, n_pairs=int(d.size),
+                     n_a=n_a, n_b=n_b)
+    if d.size < 2:
+        return replace(out, undefined="fewer than 2 common seeds")
+    sd = float(d.std(ddof=1))
+    if sd == 0:
+        return replace(out, undefined="the paired differences have no variance")
+    dof = float(d.size - 1)
+    lo, hi, p = _t_test(float(d.mean()), sd / math.sqrt(d.size), dof, confidence)
+    return replace(out, ci_low=lo, ci_high=hi, p_value=p, dof=dof)
+
+
+def _sort_key_one(x):
+    return _sort_key((x,))
+
+
+def compare_seeds(a: Mapping[object, float], b: Mapping[object, float],
+                  min_pairs: int = MIN_PAIRS, confidence: float = CONFIDENCE) -> Difference:
+    """Arm ``a`` against arm ``b``: paired by seed when they share at least ``min_pairs``
+    seeds with finite values (the same seed gives both arms the same initialisation, data
+    subset and batch order, and a language model the same BPTT window lengths), else Welch
+    on all their values.
+
+    Args:
+        a: seed -> value of one arm (its finished seeds).
+        b: seed -> value of the other arm.
+        min_pairs: common seeds needed for the paired test.
+        confidence: two-sided coverage of the interval.
+    """
+    common = [s for s in a if s in b and math.isfinite(a[s]) and math.isfinite(b[s])]
+    if len(common) >= min_pairs:
+        return paired_difference(a, b, confidence)
+    return welch_difference(a.values(), b.values(), confidence)

@@ -17,12 +17,16 @@ import pandas as pd
 
 from maxup import identity, records
 from maxup.analysis.arms import (
+    CONTROL,
     MIN_SEEDS,
+    REFERENCE,
     ArmStats,
+    Baseline,
     Comparison,
+    against,
     arm_stats,
     arms_of,
-    baseline_of,
+    baselines,
     config_value,
     first_of_arm,
 )
@@ -30,7 +34,7 @@ from maxup.analysis.load import completed, unique_trials
 from maxup.analysis.published import PUBLISHED, Published
 from maxup.analysis.published import published as lookup_published
 from maxup.analysis.specs import METHOD, METRIC, RADIUS, SPECS, TableSpec
-from maxup.analysis.stats import _sort_key, arm_columns
+from maxup.analysis.stats import PAIRED, _sort_key, arm_columns
 from maxup.errors import UsageError
 
 FORMATS = ("md", "latex", "csv")
@@ -57,6 +61,8 @@ class Cell:
         arms: when several arms fall into the cell, each of them (shown side by side, none
             chosen); empty otherwise.
         comparison: the arm against its baseline (None for a baseline arm or no ablation).
+        control: a language-model arm against its per-sequence m = 1 control
+            (:data:`~maxup.analysis.arms.CONTROL`; None where that does not apply).
         text: a fixed text shown instead of a number (``"no baseline"``).
         not_comparable: why the published value is withheld (empty when it is shown).
     """
@@ -76,6 +82,7 @@ class Cell:
     n_pending: int = 0
     arms: list[ArmStats] = field(default_factory=list)
     comparison: Comparison | None = None
+    control: Comparison | None = None
     text: str = ""
     not_comparable: str = ""
 
@@ -187,12 +194,22 @@ class Table:
 
 
 # ----------------------------------------------------------------------------------- building
+#: The record column of the language model's per-sequence control (:data:`CONTROL`).
+_CONTROL_COLUMN = "config.lm.mask_per_sequence"
+
+
 def _method_series(df: pd.DataFrame, baseline: dict) -> pd.Series:
+    """``"baseline"``, ``"control"`` (a baseline with per-sequence word-dropout masks, the
+    language model's control) or ``"maxup"`` per row."""
     is_base = pd.Series(True, index=df.index)
     for k, v in baseline.items():
         col = df[k] if k in df else pd.Series(np.nan, index=df.index)
         is_base &= (col == v).fillna(False).astype(bool)
-    return pd.Series(np.where(is_base, "baseline", "maxup"), index=df.index, dtype=object)
+    per_seq = df[_CONTROL_COLUMN] if _CONTROL_COLUMN in df else pd.Series(
+        False, index=df.index)
+    is_control = is_base & per_seq.map(lambda v: v is True).astype(bool)
+    return pd.Series(np.where(is_control, "control", np.where(is_base, "baseline", "maxup")),
+                     index=df.index, dtype=object)
 
 
 def _key_series(df: pd.DataFrame, key: str, spec: TableSpec) -> pd.Series:
@@ -279,20 +296,35 @@ class _Pool:
         return self._by[metric]
 
 
-def _compare(arm: ArmStats, metric: str, ablation, pool: _Pool) -> Comparison | None:
-    if ablation is None:
-        return None
-    return baseline_of(arm, ablation[0], ablation[1], pool(metric))
+def _baselines(ablation) -> list[Baseline]:
+    return [] if ablation is None else baselines(ablation[0], ablation[1])
 
 
-def _comparison_note(where: str, cmp: Comparison, ablation, digits: int) -> str:
-    key, value = ablation
+def _changes_text(baseline: Baseline) -> str:
+    return ", ".join(f"{k} = {_fmt_key(v)}" for k, v in baseline.changes.items())
+
+
+def _ci_text(cmp: Comparison, digits: int) -> str:
+    if not (math.isfinite(cmp.ci_low) and math.isfinite(cmp.ci_high)):
+        return ""
+    return f" [{cmp.ci_low:+.{digits}f}, {cmp.ci_high:+.{digits}f}]"
+
+
+def p_text(cmp: Comparison) -> str:
+    """``"p = 0.12 (paired t-test, 5 seeds)"``, ``"p = 0.12 (Welch)"`` or ``"p n/a (why)"``."""
+    if not math.isfinite(cmp.p_value):
+        return f"p n/a ({cmp.test_text()}: {cmp.undefined or 'undefined'})"
+    return f"p = {cmp.p_value:.3g} ({cmp.test_text()})"
+
+
+def _comparison_note(where: str, cmp: Comparison, digits: int) -> str:
+    baseline = cmp.baseline or REFERENCE
     if not cmp.found:
-        return (f"{where}: no baseline (no arm with {key} = {value} equal to it in every "
-                "other key)")
-    p = f"{cmp.p_value:.3g}" if math.isfinite(cmp.p_value) else "n/a"
-    return (f"{where}: Δ {cmp.diff:+.{digits}f} vs its {key} = {value} arm "
-            f"(n = {cmp.base.n}), Welch p = {p}")
+        what = "baseline" if baseline is not CONTROL else "control"
+        return (f"{where}: no {what} (no arm with {_changes_text(baseline)} equal to it in "
+                "every other key)")
+    return (f"{where}: Δ {cmp.diff:+.{digits}f}{_ci_text(cmp, digits)} vs its "
+            f"{baseline.name()} arm (n = {cmp.base.n}), {p_text(cmp)}")
 
 
 def _mean_cell(csub: pd.DataFrame, metric: str, spec: TableSpec, pool: _Pool, where: str,
@@ -310,9 +342,18 @@ def _mean_cell(csub: pd.DataFrame, metric: str, spec: TableSpec, pool: _Pool, wh
                      + "; ".join(labels))
         return Cell(arms=arms, n=sum(a.n for a in arms))
     cell = Cell.of_arm(arms[0])
-    cell.comparison = _compare(arms[0], metric, spec.ablation, pool)
-    if cell.comparison is not None and cell.n:
-        notes.append(_comparison_note(where, cell.comparison, spec.ablation, spec.digits))
+    for baseline in _baselines(spec.ablation):
+        cmp = against(arms[0], baseline, pool(metric))
+        if baseline is CONTROL:
+            cell.control = cmp
+        else:
+            cell.comparison = cmp
+        if cmp is not None and cell.n:
+            notes.append(_comparison_note(where, cmp, spec.digits))
+            if cmp.found or TEST_NOTE in notes:  # once, after every comparison's note
+                if TEST_NOTE in notes:
+                    notes.remove(TEST_NOTE)
+                notes.append(TEST_NOTE)
     return cell
 
 
@@ -509,9 +550,16 @@ def sweep_table(df: pd.DataFrame, sweep: str | None = None, expected_n: int = 5,
                Column(best_label, best_metric, rank=False, lower_is_better=lower),
                Column("n", "n", kind="n", rank=False),
                Column("95% CI (final)", "ci", kind="ci", rank=False)]
+    versus = {b: [against(a, b, pool) for a in arms] for b in (REFERENCE, CONTROL)} \
+        if has_m else {}
+    # The control's columns appear where some arm has its control among the records.
+    with_control = any(c is not None and c.found for c in versus.get(CONTROL, []))
     if has_m:
         columns += [Column("Δ vs m=1", "diff", kind="delta", rank=False),
-                    Column("Welch p", "p_value", kind="p", rank=False)]
+                    Column("p vs m=1", "p_value", kind="p", rank=False)]
+    if with_control:
+        columns += [Column("Δ vs control", "control_diff", kind="delta", rank=False),
+                    Column("p vs control", "control_p_value", kind="p", rank=False)]
     rows, cells = [], {}
     for i, arm in enumerate(arms):
         row = first.loc[arm.arm_id]
@@ -520,22 +568,24 @@ def sweep_table(df: pd.DataFrame, sweep: str | None = None, expected_n: int = 5,
         arm_rows = df[df["arm_id"] == arm.arm_id]
         cells[(i, 1)] = Cell.of_arm(arm_stats(arm_rows, best_metric, same_seeds_as=metric))
         if has_m:
-            cmp = baseline_of(arm, "maxup.m", 1, pool)
-            if cmp is None:
-                cells[(i, 4)] = cells[(i, 5)] = Cell(text="baseline")
-            elif not cmp.found:
-                cells[(i, 4)] = cells[(i, 5)] = Cell(text="no baseline")
-            elif arm.n:
-                cells[(i, 4)] = Cell(cmp.diff, n=arm.n, comparison=cmp)
-                cells[(i, 5)] = Cell(cmp.p_value, n=arm.n, comparison=cmp)
+            _comparison_cells(cells, i, 4, arm, versus[REFERENCE][i], "baseline")
+        if with_control:
+            own = "control" if arm.config and _is_control(arm.config) else ""
+            _comparison_cells(cells, i, 6, arm, versus[CONTROL][i], own)
     label = "(single runs)" if sweep is None and df.get("sweep") is not None and \
         df["sweep"].isna().all() else (sweep or _only_sweep(df))
     notes = []
     if not cols:
         notes.append("no config column varies: one arm")
     if has_m:
-        notes.append("Δ: arm mean − mean of its m = 1 arm, equal to it in every other key "
-                     "(none pooled); p: Welch's t-test")
+        notes.append("Δ vs m=1: against the arm's m = 1 arm, equal to it in every other key "
+                     "(none pooled)")
+    if with_control:
+        notes.append(CONTROL_NOTE)
+    elif any(c is not None for c in versus.get(CONTROL, [])):
+        notes.append(NO_CONTROL_NOTE)
+    if any(c is not None and c.found for cs in versus.values() for c in cs):
+        notes.append(TEST_NOTE)
     if any(0 < a.n < expected_n for a in arms):
         notes.append(f"{FEW} fewer than {expected_n} finished seeds")
     if any(a.n == 0 for a in arms):
@@ -544,6 +594,48 @@ def sweep_table(df: pd.DataFrame, sweep: str | None = None, expected_n: int = 5,
                  digits=2, expected_n=expected_n, notes=notes,
                  n_records=len(unique_trials(completed(df))), sweep=str(label),
                  dataset="+".join(_datasets(df)))
+
+
+#: How Δ and p are computed (tables' notes; every p also names its test).
+TEST_NOTE = ("Δ [95% CI] and p: the paired t-test on the per-seed differences over the seeds "
+             "both arms finished where they share at least 2 (one seed gives both arms the "
+             "same initialisation, data subset and order, and a language model's BPTT window "
+             "lengths), else arm mean − baseline mean and Welch's t-test; each p names its "
+             "test")
+#: The language model's control columns.
+CONTROL_NOTE = ("Δ vs control: against the arm's m = 1 arm with one word-dropout mask per "
+                "sequence (lm.mask_per_sequence = true), equal to it in every other key: "
+                "MaxUp differs from it only in the max over copies; the m = 1 reference step "
+                "draws one mask for the whole batch")
+NO_CONTROL_NOTE = ("no per-sequence m = 1 control among these records (lm.mask_per_sequence "
+                   "= true): the language-model arms are compared with the reference step "
+                   "only, which also differs from MaxUp in drawing one mask per batch")
+
+
+def _is_control(config: dict) -> bool:
+    return config_value(config, REFERENCE.key) == REFERENCE.value and all(
+        config_value(config, k) == v for k, v in CONTROL.also)
+
+
+def _comparison_cells(cells: dict, i: int, j: int, arm: ArmStats, cmp: Comparison | None,
+                      own: str) -> None:
+    """The Δ and p cells (columns ``j``, ``j + 1``) of one arm against one baseline; ``own``:
+    the text of an arm that is not compared (a baseline itself)."""
+    control = cmp is not None and cmp.baseline is CONTROL
+    if cmp is None:
+        if own:
+            cells[(i, j)] = cells[(i, j + 1)] = Cell(text=own)
+        return
+    if not cmp.found:
+        cells[(i, j)] = cells[(i, j + 1)] = Cell(
+            text="no control" if control else "no baseline")
+        return
+    if not arm.n:
+        return
+    n = cmp.n_pairs if cmp.test == PAIRED else arm.n
+    which = {"control": cmp} if control else {"comparison": cmp}
+    cells[(i, j)] = Cell(cmp.diff, n=n, ci_low=cmp.ci_low, ci_high=cmp.ci_high, **which)
+    cells[(i, j + 1)] = Cell(cmp.p_value, n=n, **which)
 
 
 def _labelled(df: pd.DataFrame) -> pd.DataFrame:
@@ -651,10 +743,16 @@ def _cell_text(table: Table, col: Column, cell: Cell, pm: str, dash: str) -> str
         return _stat_text(cell, table.digits, pm, dash)
     if col.kind == "n" and cell.others:
         return cell.counts_text().removeprefix("n = ")
+    cmp = cell.comparison or cell.control
+    if col.kind == "p" and cmp is not None and cell.n:
+        short = f"paired, n = {cmp.n_pairs}" if cmp.test == PAIRED else cmp.test
+        if not math.isfinite(cell.mean):
+            return f"n/a ({short}: {cmp.undefined or 'undefined'})"
+        return f"{cell.mean:.3g} ({short})"
     if cell.missing:
         return dash
     if col.kind == "delta":
-        return f"{cell.mean:+.{table.digits}f}"
+        return f"{cell.mean:+.{table.digits}f}" + (_ci_text(cmp, table.digits) if cmp else "")
     if col.kind == "p":
         return f"{cell.mean:.3g}" if math.isfinite(cell.mean) else "n/a"
     if col.kind == "value":
@@ -788,11 +886,23 @@ def _csv_num(x) -> str:
 CSV_KEYS = ["table", "sweep", "dataset", "row", "column", "statistic", "arm", "arm_id"]
 
 
+#: Per comparison in the CSV (``base_*``: the cell's baseline; ``control_*``: a language
+#: model's per-sequence control): its n, Δ, Δ's 95% CI, p, the test and the seeds paired.
+_CMP_FIELDS = ("n", "diff", "diff_ci_low", "diff_ci_high", "p", "test", "n_pairs")
+
+
+def _cmp_csv(cmp: Comparison | None) -> list:
+    if cmp is None or not cmp.found:
+        return [""] * len(_CMP_FIELDS)
+    return [cmp.base.n, _csv_num(cmp.diff), _csv_num(cmp.ci_low), _csv_num(cmp.ci_high),
+            _csv_num(cmp.p_value), cmp.test, cmp.n_pairs]
+
+
 def csv_header(vs_paper: bool = False) -> list[str]:
     """The columns of :func:`render_csv` (the same for every table, so many concatenate)."""
     head = [*CSV_KEYS, "text", "mean", "std", "n", "n_failed", "n_diverged", "n_running",
-            "n_corrupt", "n_not_run", "n_planned", "ci_low", "ci_high", "best", "base_n",
-            "base_diff", "base_p"]
+            "n_corrupt", "n_not_run", "n_planned", "ci_low", "ci_high", "best",
+            *(f"{who}_{k}" for who in ("base", "control") for k in _CMP_FIELDS)]
     if vs_paper:
         head += ["published", "published_std", "delta", "inside_ci", "not_comparable"]
     return [*head, "notes"]
@@ -804,8 +914,10 @@ def render_csv(table: Table, vs_paper: bool = False, header: bool = True) -> str
     Columns (:func:`csv_header`): ``table, sweep, dataset, row, column, statistic`` (the
     column's kind: ``stat``, ``value``, ``n``, ``ci``, ``delta``, ``p``), ``arm, arm_id``,
     ``text, mean, std, n, n_failed, n_diverged, n_running, n_corrupt, n_not_run, n_planned,
-    ci_low, ci_high, best, base_n, base_diff, base_p`` (the comparison with the cell's
-    baseline arm; empty when it has none), with ``vs_paper`` ``published, published_std,
+    ci_low, ci_high, best``, then the comparison with the cell's baseline arm ``base_n,
+    base_diff, base_diff_ci_low, base_diff_ci_high, base_p, base_test`` (``paired`` or
+    ``Welch``) ``, base_n_pairs`` and the same ``control_*`` for a language model's
+    per-sequence control (empty where there is none), with ``vs_paper`` ``published, published_std,
     delta, inside_ci, not_comparable``, and ``notes`` (the table's notes, `` | ``-joined). A
     cell holding several arms has one line per arm (``arm`` numbering them from 1). Every
     table has the same columns, so the CSV of several tables is one frame
@@ -829,14 +941,12 @@ def render_csv(table: Table, vs_paper: bool = False, header: bool = True) -> str
             parts = [(k + 1, Cell.of_arm(a), a.arm_id) for k, a in enumerate(cell.arms)] or \
                 [("", cell, "")]
             for arm_no, c, arm_id in parts:
-                cmp = c.comparison if c.comparison is not None and c.comparison.found else None
                 line = [table.id, table.sweep, table.dataset, rlabel, col.label, col.kind,
                         arm_no, arm_id, _cell_text(table, col, c, "±", ""),
                         _csv_num(c.mean) if not c.missing else "", _csv_num(c.std), c.n,
                         c.n_failed, c.n_diverged, c.n_running, c.n_corrupt, c.n_pending,
                         c.n_planned, _csv_num(c.ci_low), _csv_num(c.ci_high),
-                        int(i in best[j]), cmp.base.n if cmp else "",
-                        _csv_num(cmp.diff) if cmp else "", _csv_num(cmp.p_value) if cmp else ""]
+                        int(i in best[j]), *_cmp_csv(c.comparison), *_cmp_csv(c.control)]
                 if show:
                     p = cell.published
                     inside = c.inside_ci if not cell.arms else None
