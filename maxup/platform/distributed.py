@@ -388,6 +388,45 @@ def probe_cluster(address: str, timeout_s: float = 10.0) -> str:
     return hostport
 
 
+def live_nodes(address: str, timeout_s: float = 5.0) -> tuple[str, list[dict]]:
+    """The alive nodes of the Ray cluster at ``address``, read from its GCS and nothing else:
+    no driver joins, no job is registered, nothing starts (what a dry run may do).
+
+    Args:
+        address: ``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``.
+        timeout_s: the longest wait for each GCS call.
+
+    Returns:
+        ``(HOST:PORT, nodes)``; each node ``{"address", "head", "instance_type",
+        "resources"}``, ``resources`` Ray's totals (``CPU``, ``GPU``,
+        ``accelerator_type:NAME`` …).
+
+    Raises:
+        UsageError: as :func:`probe_cluster` (no answer, not a GCS, token missing or wrong).
+    """
+    import grpc
+    from ray.core.generated import gcs_pb2, gcs_service_pb2, gcs_service_pb2_grpc
+
+    from maxup.platform.jobs import read_token
+
+    hostport = probe_cluster(address, timeout_s)
+    token = read_token()
+    metadata = (("authorization", f"Bearer {token}"),) if token else None
+    with grpc.insecure_channel(hostport) as channel:
+        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
+        try:
+            reply = stub.GetAllNodeInfo(gcs_service_pb2.GetAllNodeInfoRequest(),
+                                        timeout=timeout_s, metadata=metadata)
+        except grpc.RpcError as exc:
+            raise UsageError(f"address {address!r}: the cluster at {hostport} did not list "
+                             f"its nodes ({exc.code().name})") from None
+    alive = gcs_pb2.GcsNodeInfo.GcsNodeState.Value("ALIVE")
+    return hostport, [{"address": n.node_manager_address, "head": n.is_head_node,
+                       "instance_type": n.instance_type_name or None,
+                       "resources": dict(n.resources_total)}
+                      for n in reply.node_info_list if n.state == alive]
+
+
 def _check_token(address: str, hostport: str, gcs_call) -> None:
     """The cluster wants its token: refuse in one line when none is set here, or when the one
     set is not the cluster's (joining without it was 20 s of ``InvalidAuthToken`` warnings and

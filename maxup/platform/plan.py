@@ -1,8 +1,9 @@
-"""Planning a sweep for the resources it will run on: this machine or a cluster.yaml.
+"""Planning a sweep for where it will run: this machine, a live cluster or a cluster.yaml.
 
 A :class:`Target` is a list of slots (one trial at a time each) with the device each slot
 trains on. :func:`local_target` is this machine (its CPUs and GPUs, the space's per-trial
-resources and ``concurrency``); :func:`cluster_target` reads a Ray cluster-launcher file —
+resources and ``concurrency``); :func:`live_target` a running cluster's alive nodes, read from
+its GCS (``--address``); :func:`cluster_target` reads a Ray cluster-launcher file —
 ``available_node_types`` (``resources`` and ``max_workers`` of each) and the global
 ``max_workers`` — and fills node types in file order up to ``concurrency`` slots. A node
 type's GPU model comes from a ``accelerator_type:NAME`` resource when it declares one, else
@@ -130,6 +131,43 @@ def cluster_target(path: str | Path, spec, trials) -> Target:
                           f"a node type with at least {need_cpu:g} CPU and {need_gpu:g} GPU "
                           "and max_workers >= 1")
     return Target(f"{path} ({len(slots)} slots: {', '.join(parts)})", slots, kinds)
+
+
+def live_target(hostport: str, nodes: list[dict], spec, trials) -> Target | None:
+    """Slots of a live Ray cluster's alive nodes (:func:`maxup.platform.distributed.
+    live_nodes`) for this space, up to ``concurrency``; None when no node can hold a trial.
+
+    A node's GPU model comes from its ``accelerator_type:NAME`` resource (Ray sets it on a
+    node whose GPU it recognises), else it is an unnamed ``cluster GPU``; CPU nodes are
+    ``cluster CPU`` (the GCS does not say their model).
+    """
+    from maxup.platform.space import trial_cpus
+
+    need_cpu = max(trial_cpus(spec, t.config) for t in trials)
+    need_gpu = spec.gpus_per_trial
+    slots: list[str] = []
+    kinds: dict[str, str] = {}
+    parts = []
+    for node in sorted(nodes, key=lambda n: (not n["head"], n["address"])):
+        res = node["resources"]
+        n_cpu, n_gpu = float(res.get("CPU", 0) or 0), float(res.get("GPU", 0) or 0)
+        take = min(_per_node(n_cpu, n_gpu, need_cpu, need_gpu), spec.concurrency - len(slots))
+        if take <= 0:
+            continue
+        if need_gpu > 0:
+            accel = [k.split(":", 1)[1] for k in res if k.startswith("accelerator_type:")]
+            device, kind = (_nvidia_name(accel[0]) if accel else "cluster GPU"), "gpu"
+        else:
+            device, kind = "cluster CPU", "cpu"
+        slots += [device] * take
+        kinds[device] = kind
+        what = f"{n_cpu:g} CPU, {n_gpu:g} GPU" + (f", {device}" if kind == "gpu" else "")
+        parts.append(f"{take} × {node['address']}{' (head)' if node['head'] else ''}: {what}")
+    if not slots:
+        return None
+    return Target(f"the live cluster at {hostport} ({len(slots)} slots on {len(parts)} of its "
+                  f"{len(nodes)} alive node(s): {'; '.join(parts)}; an autoscaling cluster "
+                  "may add nodes)", slots, kinds)
 
 
 def _per_node(n_cpu: float, n_gpu: float, need_cpu: float, need_gpu: float) -> int:
@@ -266,9 +304,12 @@ def plan_and_price(spec, trials, statuses: dict, finished, cpus: float | None,
                    ) -> tuple[Priced, bool] | None:
     """The one pricing of a sweep, shared by ``maxup sweep --dry-run`` and ``maxup status``.
 
-    Where it is planned: ``plan_for`` (a cluster-launcher file); else, when it joins a
-    cluster (``address``) or this machine cannot run it (``needs_cluster``), ``./cluster.yaml``
-    or the repository's; else this machine (``cpus``, ``gpus``).
+    Where it is planned: ``plan_for`` (a cluster-launcher file); else, with ``address``, the
+    live cluster's alive nodes as its GCS lists them (:func:`live_target`; nothing is joined
+    or started); else, when that cluster cannot be read or holds no trial now, or this machine
+    cannot run the space (``needs_cluster``), ``./cluster.yaml`` or the repository's, its
+    description saying why the live cluster was not priced; else this machine (``cpus``,
+    ``gpus``).
 
     Returns:
         (the priced plan, whether it is planned for this machine), or None when it needs a
@@ -276,6 +317,11 @@ def plan_and_price(spec, trials, statuses: dict, finished, cpus: float | None,
     """
     from maxup.platform.space import REPO_ROOT
 
+    unpriced_live = None
+    if plan_for is None and address:
+        target, unpriced_live = _live(address, spec, trials)
+        if target is not None:
+            return price(spec, trials, target, statuses, finished), False
     if plan_for is None and (address or needs_cluster):
         default = Path("cluster.yaml") if Path("cluster.yaml").is_file() \
             else REPO_ROOT / "cluster.yaml"
@@ -284,9 +330,30 @@ def plan_and_price(spec, trials, statuses: dict, finished, cpus: float | None,
         plan_for = str(default)
     if plan_for is not None:
         target = cluster_target(plan_for, spec, trials)
+        if unpriced_live:
+            target.description += f"; not the cluster at --address: {unpriced_live}"
     else:
         target = local_target(spec, trials, cpus, gpus or 0.0)
     return price(spec, trials, target, statuses, finished), plan_for is None
+
+
+def _live(address: str, spec, trials) -> tuple[Target | None, str | None]:
+    """(the live cluster's target, None), or (None, why it cannot be priced) — read from its
+    GCS only (:func:`maxup.platform.distributed.live_nodes`): a dry run joins nothing."""
+    from maxup.platform.distributed import live_nodes
+    from maxup.platform.space import trial_cpus
+
+    try:
+        hostport, nodes = live_nodes(address)
+    except UsageError as exc:  # what the real run would refuse with, without its advice
+        return None, str(exc).split("; allowed:", 1)[0]
+    target = live_target(hostport, nodes, spec, trials)
+    if target is None:
+        need = (f"{max(trial_cpus(spec, t.config) for t in trials):g} CPU and "
+                f"{spec.gpus_per_trial:g} GPU per trial")
+        return None, (f"none of its {len(nodes)} alive node(s) at {hostport} holds a trial "
+                      f"({need}) now")
+    return target, None
 
 
 def cost_line(spec, trials, priced: Priced) -> str:
