@@ -1,18 +1,56 @@
-"""A per-epoch progress bar on stderr."""
+"""Where an epoch is: a progress bar on stderr (a terminal only) and the position that
+:mod:`maxup.platform.liveness`'s heartbeat names while nothing else is printed.
+
+The position of the epoch training in this process is kept here (:func:`position`) whether or
+not the bar is shown; the module imports nothing heavy, so the heartbeat thread can read it.
+"""
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
+
+
+@dataclass
+class Position:
+    """How far the epoch in progress is: ``done`` of ``total`` ``unit``s (batch, window)."""
+
+    epoch: int
+    epochs: int
+    done: int
+    total: int
+    unit: str
+
+
+_current: Position | None = None
+
+
+def position() -> Position | None:
+    """The position of the epoch training in this process (the last one begun), if any."""
+    return _current
 
 
 class Progress:
-    """A minimal per-epoch progress bar on stderr (only when it is a terminal)."""
+    """A minimal per-epoch progress bar on stderr (only when it is a terminal); it also
+    publishes the epoch's :class:`Position`.
 
-    def __init__(self, enabled: bool, total: int, epoch: int, epochs: int):
+    Args:
+        enabled: show the bar (and stderr is a terminal).
+        total: steps in the epoch (``unit``s).
+        epoch: 1-based epoch.
+        epochs: the run's epochs.
+        unit: what a step is called (``batch``; a language model's ``window``).
+    """
+
+    def __init__(self, enabled: bool, total: int, epoch: int, epochs: int,
+                 unit: str = "batch"):
+        global _current
         self.enabled = enabled and sys.stderr.isatty()
         self.total, self.label = total, f"epoch {epoch}/{epochs}"
+        self.position = _current = Position(epoch, epochs, 0, total, unit)
 
     def update(self, done: int, loss: float) -> None:
+        self.position.done = done
         if self.enabled:
             width = 30
             filled = int(width * done / max(self.total, 1))

@@ -94,6 +94,23 @@ def draw_seq_len(bptt: int, generator: torch.Generator) -> int:
     return max(5, int(float(torch.empty(()).normal_(base, 5.0, generator=generator))))
 
 
+def window_len(bptt: int, generator: torch.Generator, stage: int) -> int:
+    """The next training window's length: :func:`draw_seq_len`, capped at bptt + 10 in a
+    fine-tuning stage (``stage`` > 0; finetune.py caps it, main.py does not)."""
+    seq_len = draw_seq_len(bptt, generator)
+    return min(seq_len, bptt + FINETUNE_EXTRA) if stage > 0 else seq_len
+
+
+def count_windows(rows: int, bptt: int, generator: torch.Generator, stage: int) -> int:
+    """The windows an epoch over ``rows`` batchified rows takes, drawing the lengths from
+    ``generator`` as the training loop does (seeded alike, the same count)."""
+    i = n = 0
+    while i < rows - 1 - 1:
+        i += window_len(bptt, generator, stage)
+        n += 1
+    return n
+
+
 @torch.no_grad()
 def evaluate_stream(model: AWDLSTM, source: torch.Tensor, bptt: int) -> tuple[float, int]:
     """Total cross-entropy (nats) and token count of a batchified stream, no dropout.
@@ -305,9 +322,12 @@ class LMTask:
         epoch_seed = derive_seed(cfg.seed, epoch, dist.rank)
         seed_everything(epoch_seed, self.device)
         gen = torch.Generator(device=self.device).manual_seed(derive_seed(epoch_seed, "lm"))
-        len_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, epoch, "bptt"))
-        bar = Progress(progress and dist.is_main, self.train_data.shape[0], epoch + 1,
-                        cfg.train.epochs)
+        len_seed = derive_seed(cfg.seed, epoch, "bptt")
+        len_gen = torch.Generator().manual_seed(len_seed)
+        windows = count_windows(self.train_data.shape[0], lm.bptt,
+                                torch.Generator().manual_seed(len_seed), stage)
+        bar = Progress(progress and dist.is_main, windows, epoch + 1, cfg.train.epochs,
+                       unit="window")
         m = copies_at(epoch, m=cfg.maxup.m, warmup_epochs=cfg.maxup.warmup_epochs)
         maxup_active = m > 1
         lr = cfg.optim.lr
@@ -335,9 +355,7 @@ class LMTask:
         t0 = time.perf_counter()
         total_rows = data.shape[0]
         while i < total_rows - 1 - 1:
-            seq_len = draw_seq_len(lm.bptt, len_gen)
-            if stage > 0:  # finetune.py caps the window at bptt + 10 (main.py does not)
-                seq_len = min(seq_len, lm.bptt + FINETUNE_EXTRA)
+            seq_len = window_len(lm.bptt, len_gen, stage)
             words, targets = window(data, i, seq_len)
             # awd-lstm-lm scales the step by the window's share of bptt (the drawn length).
             for group in self.optimizer.param_groups:
@@ -375,7 +393,7 @@ class LMTask:
             selection_s += step.selection_s
             steps += 1
             i += seq_len
-            bar.update(min(i, total_rows), loss_sum / tokens)
+            bar.update(steps, loss_sum / tokens)
             if every and steps % every == 0 and i < total_rows - 1 - 1:
                 self._save_partial(epoch, dist, start, {
                     "row": i, "windows": steps, "bptt_generator": len_gen.get_state()}, {

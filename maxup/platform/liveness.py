@@ -4,8 +4,9 @@ An epoch line comes once per epoch; a language model's epoch took 8.8 min on the
 run, and a data-parallel run's start-up 39 s, with nothing printed meanwhile (issue 27).
 :class:`Heartbeat` watches when the command last printed and, after :data:`EVERY_S` seconds of
 silence, prints a line saying what is in progress (a caller-supplied function writes it, e.g.
-"epoch 2/15 in progress: 10 s in; the last epoch took 8.2 s"). It runs in a daemon thread and
-prints nothing once stopped. Imports neither torch nor Ray.
+"... epoch 2/15 (window 440 of 1,115) in progress for 2.1 min; the previous epoch took 8.8
+min"). It runs in a daemon thread and prints nothing once stopped. Imports neither torch nor
+Ray.
 """
 
 from __future__ import annotations
@@ -95,9 +96,23 @@ class Heartbeat:
         return True
 
 
+def epoch_position(epoch: int) -> str:
+    """``window 440 of 1,115`` (a language model; ``batch …`` for images): how far epoch
+    ``epoch`` (1-based) is, when it trains in this process (:mod:`maxup.engine.progress`
+    publishes it; read without importing the engine, which would import torch); else ""."""
+    import sys
+
+    progress = sys.modules.get("maxup.engine.progress")
+    pos = progress.position() if progress is not None else None
+    if pos is None or pos.epoch != epoch or not pos.total:
+        return ""
+    return f"{pos.unit} {pos.done:,} of {pos.total:,}"
+
+
 def run_describer(record_path, epochs: int) -> Callable[[float], str]:
-    """What a training run is doing, from its record: the epoch in progress, how long it has
-    run (since the line that ended the previous one) and how long the previous one took."""
+    """What a training run is doing, from its record: the epoch in progress, how far it is
+    (the window or batch, when it trains in this process), how long it has run (since the
+    line that ended the previous one) and how long the previous one took."""
     from maxup import records
     from maxup.platform.cost import fmt_duration
 
@@ -113,7 +128,11 @@ def run_describer(record_path, epochs: int) -> Callable[[float], str]:
         last = hist[-1].get("wall_s") if hist else None
         took = (f"; the previous epoch took {fmt_duration(last)}"
                 if isinstance(last, int | float) else "")
-        what = f"epoch {len(hist) + 1}/{epochs}" if hist else f"set-up or epoch 1/{epochs}"
+        where = epoch_position(len(hist) + 1)
+        if where:
+            what = f"epoch {len(hist) + 1}/{epochs} ({where})"
+        else:
+            what = f"epoch {len(hist) + 1}/{epochs}" if hist else f"set-up or epoch 1/{epochs}"
         return f"... {what} in progress for {fmt_duration(now - seen['since'])}{took}"
 
     return describe
