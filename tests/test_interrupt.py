@@ -349,6 +349,41 @@ def test_run_describer_names_the_epoch_in_progress(tmp_path):
     assert line.endswith("; the previous epoch took 4 s")
 
 
+def test_regression_a_finished_runs_position_is_not_named_by_the_next_runs_heartbeat(
+        tmp_path, monkeypatch):
+    """CI: a test that trained earlier in the same process left its last epoch's position
+    ('batch 0 of 1') behind, and the next run's heartbeat named it as its own epoch 1. A run
+    that ends, normally or by an exception mid-epoch, now leaves no position."""
+    from maxup.config import load_config, to_dict
+    from maxup.engine import progress
+    from maxup.engine.loop import train
+
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(TRAIN_CONFIG)
+    config = to_dict(load_config(cfg_path, {"train.epochs": 1, "data.subset": 64}))
+    seen = []
+
+    def stop_mid_epoch(epoch_metrics, ckpt):  # reported after the epoch's steps
+        seen.append(progress.position())
+        raise RuntimeError("stopped")
+
+    with pytest.raises(RuntimeError, match="stopped"):
+        train(config, tmp_path / "a", reporter=stop_mid_epoch, log=None)
+    assert seen == [None]  # the epoch's steps are over once it reports
+    assert progress.position() is None
+    def fail_before_close(self):  # an exception after the epoch's last step: no close()
+        seen.append(progress.position())
+        raise RuntimeError("mid-epoch")
+
+    monkeypatch.setattr(progress.Progress, "close", fail_before_close)
+    with pytest.raises(RuntimeError, match="mid-epoch"):
+        train(config, tmp_path / "b", log=None)
+    assert (seen[-1].epoch, seen[-1].total, seen[-1].unit) == (1, 1, "batch")  # 64 images
+    assert progress.position() is None
+    describe = run_describer(tmp_path / "c" / "record.json", 5)
+    assert describe(9.0).startswith("... set-up or epoch 1/5 in progress for ")
+
+
 def test_sweep_heartbeat_names_running_trials_epochs():
     from types import SimpleNamespace
 

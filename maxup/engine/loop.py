@@ -14,6 +14,7 @@ from maxup import identity, records
 from maxup.checkpoint import load_checkpoint, save_checkpoint
 from maxup.config import RunConfig, from_dict, to_dict
 from maxup.determinism import deterministic_mode
+from maxup.engine import progress
 from maxup.engine.compiling import compile_model, compile_seconds
 from maxup.engine.dist import DistContext, resolve_device
 from maxup.engine.image import CSV_COLUMNS
@@ -80,6 +81,8 @@ def train(config: dict | RunConfig, out_dir: str | Path, *, reporter: Reporter |
                 records.record_crash(record_path or TrialDir(out_dir).record, exc,
                                      config=to_dict(cfg), extra=record_extra)
             raise
+        finally:
+            progress.clear()
 
 
 def _train(cfg: RunConfig, out_dir: Path, *, device: torch.device, dist: DistContext,

@@ -26,8 +26,15 @@ _current: Position | None = None
 
 
 def position() -> Position | None:
-    """The position of the epoch training in this process (the last one begun), if any."""
+    """The position of the epoch training in this process, if one is training now."""
     return _current
+
+
+def clear() -> None:
+    """No epoch is training here (a run ended, normally or not): a later run's heartbeat in
+    the same process must not name this run's last window or batch."""
+    global _current
+    _current = None
 
 
 class Progress:
@@ -59,6 +66,9 @@ class Progress:
             sys.stderr.flush()
 
     def close(self) -> None:
+        global _current
+        if _current is self.position:
+            _current = None  # evaluation and the epoch's line follow; no step is in progress
         if self.enabled:
             sys.stderr.write("\r" + " " * 80 + "\r")
             sys.stderr.flush()
