@@ -403,13 +403,102 @@ def test_table8_envelope_cpu_scale_any_dataset(tmp_path):
     assert [lab for _, lab in table.rows] == ["Gaussian aug. (m = 1)", "MaxUp+Gauss"]
     assert [c.key for c in table.columns] == T8_RADII
     for j in range(11):  # column j is radius 0.25 * (j + 1): index j + 1 of the summary
-        assert table.cell(0, j).mean == max(a[j + 1], b[j + 1]) and table.cell(0, j).n == 2
+        # one setting (σ 0.25, m = 1) with two models: their mean, not the better seed
+        assert table.cell(0, j).mean == pytest.approx((a[j + 1] + b[j + 1]) / 2)
+        assert table.cell(0, j).n == 2
         assert table.cell(1, j).mean == c[j + 1] and table.cell(1, j).n == 1
     md = render(table, "md")
-    assert "**70.0 (n = 1)**" in md and "digits, not the paper's cifar10" in md
+    # one model of MaxUp: nothing to test a difference on, so no bold
+    assert "70.0 (n = 1)" in md and "**70.0" not in md and "digits, not the paper's cifar10" in md
     assert not table.paper and render(table, "md", vs_paper=True) == md
     ids = [t.id for t in tables_for(df)]
     assert "8" in ids and "sweep" in ids  # digits feeds no paper table 1-7
+
+
+def test_regression_table8_is_the_envelope_over_sigma_of_per_sigma_means(tmp_path):
+    """Issue 27, item 10: each Table 8 cell was the best model over every seed and σ of the
+    method, n counted models, and every 0.0 tie was bold. Now: per setting (σ; m) the mean
+    over its seeds of the per-image certified accuracy, the best setting per radius (named
+    in the cell, n its models), images x models in the caption, bold only where a t-test
+    over the models separates the rows (computed here by hand from the per-image radii)."""
+    from scipy import stats as sps
+
+    # per (m, sigma, seed): the certified radii of 5 images (None: wrong or abstained)
+    radii = {(1, 0.25, 0): [0.3, 0.4, 0.6, None, None], (1, 0.25, 1): [0.3, 0.9, None, None,
+                                                                           None],
+             (1, 0.25, 2): [0.6, 0.7, 0.8, None, None],
+             (1, 0.5, 0): [0.1, 0.6, 1.2, None, None], (1, 0.5, 1): [1.1, None, None, None,
+                                                                       None],
+             (1, 0.5, 2): [0.6, 1.3, None, None, None],
+             (4, 0.25, 0): [0.3, 0.4, 0.6, 0.7, 0.3], (4, 0.25, 1): [0.5, 0.6, 0.3, 0.8, 0.4],
+             (4, 0.25, 2): [0.3, 0.6, 0.9, 0.3, 0.6],
+             (4, 0.5, 0): [1.2, 0.9, None, None, None], (4, 0.5, 1): [1.6, 0.8, 0.1, None,
+                                                                        None],
+             (4, 0.5, 2): [0.7, 1.4, None, None, None]}
+    recs = []
+    for (m, sigma, seed), rs in radii.items():
+        rec = make_record(80.0, seed=seed, m=m, dataset="digits", model="small_cnn",
+                          ops=["gaussian"], certified=[0.0] * len(RADII))
+        rec["config"]["augment"]["sigma"] = sigma
+        rec["certification"]["sigma"] = sigma
+        rec["certification"]["rows"] = [
+            {"index": i, "label": 0, "prediction": 0 if r is not None else 1,
+             "radius": r if r is not None else 0.0, "correct": r is not None}
+            for i, r in enumerate(rs)]
+        recs.append(restamp(rec))
+    table = build_table(load_records(write_all(tmp_path, recs)), "8")
+
+    def acc(m, sigma, seed, r):
+        return 100 * sum(x is not None and x >= r for x in radii[m, sigma, seed]) / 5
+
+    for i, m in enumerate((1, 4)):
+        for j, r in enumerate(T8_RADII):
+            means = {s: np.mean([acc(m, s, k, r) for k in range(3)]) for s in (0.25, 0.5)}
+            best = max(means.values())
+            cell = table.cell(i, j)
+            assert cell.mean == pytest.approx(best), (m, r)
+            assert cell.n == 3
+            sigma = min(s for s in (0.25, 0.5) if means[s] == best)  # the smaller on ties
+            assert cell.setting == (f"σ = {sigma:g}" if best > 0 else "")  # 0: nobody's
+    # r = 0.25: MaxUp σ 0.25 (100, 100, 100 %) vs Gaussian's best σ 0.5 (60, 20, 40 %): every
+    # seed apart, bold; r = 0.5: MaxUp σ 0.25 (40, 60, 60) vs Gaussian σ 0.25 (40, 20, 60).
+    assert table.best(0) == {1}
+    gauss = [acc(1, 0.25, k, 0.5) for k in range(3)]
+    maxup = [acc(4, 0.25, k, 0.5) for k in range(3)]
+    p = sps.ttest_rel(maxup, gauss).pvalue
+    assert table.cell(1, 1).mean > table.cell(0, 1).mean and p > 0.05
+    assert table.best(1) == set()  # better on average, not beyond chance
+    # from r = 1.75 on every cell is 0.0: a tie, never bold
+    j0 = T8_RADII.index(1.75)
+    assert all(table.cell(i, j).mean == 0.0 for i in (0, 1) for j in range(j0, 11))
+    assert all(table.best(j) == set() for j in range(j0, 11))
+    md = render(table, "md")
+    assert md.count("**") == 2 + 2  # the caption and the one significant cell
+    assert f"**{table.cell(1, 0).mean:.1f} (σ = 0.25; n = 3)**" in md
+    assert "12 certified models in 4 settings, each model on 5 test images" in md
+    assert "N = 1,000, α = 0.001" in md
+
+
+def test_regression_bold_needs_a_significant_difference(tmp_path):
+    """Issue 27, item 9: bold marked the best mean of a column even when chance explains the
+    difference. Now it needs p < 0.05 against every other row (scipy's tests here)."""
+    from scipy import stats as sps
+
+    close = {"resnet110": [94.0, 95.1, 94.4], "wrn28_10": [94.3, 94.9, 94.8]}
+    recs = [make_record(None, seed=s, model=model, paper_table="3", test_acc=v)
+            for model, vals in close.items() for s, v in enumerate(vals)]
+    table = build_table(load_records(write_all(tmp_path, recs)), "3")
+    rows = [label for _, label in table.rows]
+    p = sps.ttest_rel(close["wrn28_10"], close["resnet110"]).pvalue
+    assert p > 0.05 and table.best(0) == set()
+    assert "**" not in render(table, "md").split("\n", 2)[2].split("\n_")[0]
+    apart = {"resnet110": [94.0, 94.1, 94.3], "wrn28_10": [95.2, 95.4, 95.5]}
+    recs = [make_record(None, seed=s, model=model, paper_table="3", test_acc=v)
+            for model, vals in apart.items() for s, v in enumerate(vals)]
+    table = build_table(load_records(write_all(tmp_path / "b", recs)), "3")
+    rows = [label for _, label in table.rows]
+    assert sps.ttest_rel(apart["wrn28_10"], apart["resnet110"]).pvalue < 0.05
+    assert table.best(0) == {rows.index("WideResNet-28-10")}
 
 
 def test_perplexity_lower_is_better(tmp_path):
@@ -939,6 +1028,9 @@ def test_cell_rule_three_arms_in_order_of_appearance_never_ranked_by_result(tmp_
                 out.append(restamp(r))
         out += [make_record(None, seed=s, model="wrn28_10", paper_table="3",
                             test_acc=93.0 + 0.1 * s) for s in range(5)]
+        # a second single-arm cell, so that the column's best has a row to beat
+        out += [make_record(None, seed=s, model="preact_resnet110", paper_table="3",
+                            test_acc=v) for s, v in enumerate((90.0, 90.3, 89.9, 90.2, 90.1))]
         return out
 
     # Which arm the loader meets first depends on the stored files, not on results: read
@@ -961,7 +1053,8 @@ def test_cell_rule_three_arms_in_order_of_appearance_never_ranked_by_result(tmp_
     assert [lr_of[a.arm_id] for a in cell.arms] == order
     assert [a.mean for a in cell.arms] == pytest.approx([np.mean(values[lr]) for lr in order])
     assert [a.n for a in cell.arms] == [4, 4, 4] and cell.n == 12
-    # never ranked: the WRN cell (93.2) is the column's best though the ResNet cell holds 96.15
+    # never ranked: the WRN cell (93.2, beating PreAct's 90.1 at p < 0.05) is the column's
+    # best though the ResNet cell holds 96.15
     assert table.best(0) == {iwrn}
     texts = [f"{np.mean(values[lr]):.2f} ± {np.std(values[lr], ddof=1):.2f} (n = 4) †"
              for lr in order]

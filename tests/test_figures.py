@@ -42,6 +42,12 @@ def figures_of(monkeypatch):
                               if not ln.get_label().startswith("_")},
                 "points": [list(map(tuple, c.get_offsets())) for c in ax.collections
                            if c.__class__.__name__ == "PathCollection"],
+                "font_sizes": {"title": ax.title.get_fontsize(),
+                               "xlabel": ax.xaxis.label.get_fontsize(),
+                               "ylabel": ax.yaxis.label.get_fontsize(),
+                               "xticks": {t.get_fontsize() for t in ax.get_xticklabels()},
+                               "legend": {t.get_fontsize() for t in ax.get_legend().get_texts()}
+                               if ax.get_legend() else set()},
             } for ax in fig.axes]}
         return save(fig, out_dir, stem, *formats)
 
@@ -135,6 +141,27 @@ def test_certified_figure_per_sweep_same_colours_and_no_flat_tail(figures_of, tm
     assert curve_lines["σ = 0.25, m = 4 (n = 3)"][0] == M_COLOURS[4]
     last_nonzero, step = RADII[4], RADII[1] - RADII[0]
     assert last_nonzero < ax["xlim"][1] <= last_nonzero + 1.1 * step
+
+
+def test_regression_titles_labels_and_legends_take_the_papers_font_sizes(figures_of,
+                                                                        tmp_path):
+    """Issue 27, item 9: the style (8-pt titles and labels, 7-pt ticks and legends) held only
+    while a figure was made and saved, not while it was drawn, so titles came out at 12 pt
+    and legends at 10 pt, wider than the one-column figure. Every figure now draws in it."""
+    from maxup.analysis.figures import STYLE
+
+    def certified(m, sigma):
+        return [90 - 20 * i + 5 * (m > 1) if i < 5 else 0 for i in range(len(RADII))]
+
+    figs = figures_of(_sigma_records("a", ms=(1, 4), certified=certified), tmp_path)
+    assert {"certified_a", "curves_a", "acc_vs_m_a"} <= set(figs)
+    for stem, fig in figs.items():
+        for ax in fig["axes"]:
+            sizes = ax["font_sizes"]
+            assert sizes["title"] == STYLE["axes.titlesize"], stem
+            assert sizes["xlabel"] == sizes["ylabel"] == STYLE["axes.labelsize"], stem
+            assert sizes["xticks"] <= {STYLE["xtick.labelsize"]}, stem
+            assert sizes["legend"] <= {STYLE["legend.fontsize"]}, stem
 
 
 def test_regression_lm_curves_plot_perplexities_not_an_empty_accuracy_panel(figures_of,

@@ -2,7 +2,7 @@
 
 - accuracy vs m with 95% CI error bars, one line per architecture (any sweep varying m);
 - certified accuracy vs l2 radius per sweep, one step curve per method over the per-image
-  radii (Table 8's envelope over σ of per-σ means);
+  radii (Table 8's envelope over settings, one σ and configuration each, of per-setting means);
 - training curves: per-arm mean test accuracy / test loss vs epoch with a 95% CI band.
 
 Every figure labels arms in the tables' words (``ResNet-110, σ = 0.25, m = 4``), gives each
@@ -15,6 +15,7 @@ in the file name only), and accuracy vs m shows every seed as a point.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import re
@@ -28,6 +29,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats as sps  # noqa: E402
 
+from maxup.analysis.certified import envelope_curve, settings  # noqa: E402
 from maxup.analysis.load import completed  # noqa: E402
 from maxup.analysis.specs import SPECS, has_certification  # noqa: E402
 from maxup.analysis.stats import aggregate, arm_columns  # noqa: E402
@@ -54,6 +56,17 @@ STYLE = {"pdf.fonttype": 42, "ps.fonttype": 42, "font.size": 8, "axes.titlesize"
 DPI = 300
 COLUMN = (3.4, 2.6)  # inches: one column
 FULL = (7.0, 2.6)  # inches: both columns (two panels)
+
+
+def _styled(plot):
+    """Draw all of ``plot`` under :data:`STYLE`: a title, label or legend takes its font size
+    when it is made, so the style must hold while the function draws, not only at save."""
+    @functools.wraps(plot)
+    def wrapper(*args, **kwargs):
+        with matplotlib.rc_context(STYLE):
+            return plot(*args, **kwargs)
+
+    return wrapper
 
 
 def _figure(size=COLUMN, panels: int = 1):
@@ -160,6 +173,7 @@ def _sweeps(done: pd.DataFrame):
         yield "single runs", done[sweeps.isna()]
 
 
+@_styled
 def plot_accuracy_vs_m(df: pd.DataFrame, out_dir: str, name: str,
                        metric: str = "final.test_acc",
                        formats: tuple[str, ...] = FORMATS) -> list[str]:
@@ -219,74 +233,24 @@ def _method(df: pd.DataFrame) -> pd.Series:
     return pd.Series(np.where(m == 1, "baseline", "maxup"), index=df.index)
 
 
-def certified_curve(cert: dict, grid: np.ndarray) -> np.ndarray:
-    """One model's certified accuracy (%) at each radius of ``grid``: the share of its
-    certified images that are correct with a radius at least r (Cohen et al.'s curve, a step
-    function of the per-image radii); from the summary's radii (read as steps) when the
-    per-image rows are absent."""
-    rows = cert.get("rows") or []
-    if rows:
-        radii = np.array([float(r["radius"]) if r.get("correct") and r.get("radius") is not None
-                          else -1.0 for r in rows])
-        return 100.0 * (radii[None, :] >= grid[:, None]).sum(axis=1) / len(rows)
-    pairs = sorted((float(x), float(y)) for x, y in zip(cert.get("radii") or [],
-                                                         cert.get("certified_accuracy") or [])
-                   if x is not None and y is not None)
-    if not pairs:
-        return np.zeros_like(grid)
-    r, a = np.array([x for x, _ in pairs]), np.array([y for _, y in pairs])
-    idx = np.searchsorted(r, grid, side="right") - 1  # the last summary radius <= r
-    return np.where(idx >= 0, a[np.clip(idx, 0, None)], a[0])
-
-
-def _radius_grid(certs) -> np.ndarray:
-    """Every radius where some model's curve steps (and 0)."""
-    points = {0.0}
-    for cert in certs:
-        rows = cert.get("rows") or []
-        if rows:
-            points.update(float(r["radius"]) for r in rows
-                          if r.get("correct") and r.get("radius") is not None)
-        else:
-            points.update(float(x) for x, y in zip(cert.get("radii") or [],
-                                                   cert.get("certified_accuracy") or [])
-                          if x is not None and y is not None)
-    return np.array(sorted(points))
-
-
-def _sigma(row) -> float | None:
-    cert = row["certification"] if isinstance(row["certification"], dict) else {}
-    value = cert.get("sigma", row.get("config.augment.sigma"))
-    return None if value is None else round(float(value), 9)
-
-
 def certified_envelope(df: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per method, the radius grid and Table 8's envelope on it: for each σ the mean over
-    that σ's models of their step curves (:func:`certified_curve`), then the best σ at each
-    radius (the paper's envelope is over σ, one curve per σ).
+    """Per method, the radius grid and Table 8's envelope on it: for each setting (one σ,
+    one configuration) the mean over its models of their step curves, then the best setting
+    at each radius (:func:`maxup.analysis.certified.envelope_curve`).
 
     Args:
         df: records (completed ones carrying ``certification`` are used).
     """
     done = completed(df)
     done = done[has_certification(done)] if len(done) else done
-    out = {}
-    for method, g in done.groupby(_method(done)):
-        certs = list(g["certification"])
-        grid = _radius_grid(certs)
-        per_sigma: dict = {}
-        for _, row in g.iterrows():
-            per_sigma.setdefault(_sigma(row), []).append(
-                certified_curve(row["certification"], grid))
-        means = [np.mean(curves, axis=0) for curves in per_sigma.values()]
-        out[method] = (grid, np.max(means, axis=0))
-    return out
+    return {method: envelope_curve(settings(g)) for method, g in done.groupby(_method(done))}
 
 
+@_styled
 def plot_certified(df: pd.DataFrame, out_dir: str, name: str = "certified",
                    formats: tuple[str, ...] = FORMATS) -> list[str]:
-    """Certified accuracy vs l2 radius, one step curve per method: the envelope over σ of
-    the per-σ mean curves (:func:`certified_envelope`), as Table 8.
+    """Certified accuracy vs l2 radius, one step curve per method: the envelope over settings of
+    the per-setting mean curves (:func:`certified_envelope`), as Table 8.
 
     The x-axis ends a little after the largest radius any method certifies (beyond it every
     curve is zero).
@@ -315,10 +279,10 @@ def plot_certified(df: pd.DataFrame, out_dir: str, name: str = "certified",
     ax.set_xlim(-0.05 * (last + step), last + step * 1.05)
     ax.set_xlabel("ℓ2 radius")
     ax.set_ylabel("certified accuracy (%)")
-    ax.set_title("certified accuracy vs radius (best σ of per-σ means)")
+    ax.set_title("certified accuracy, best setting per radius")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="lower left")  # the curves fall from the top left to the right
     return _save(fig, out_dir, f"certified_{_safe(name)}", formats)
 
 
@@ -354,6 +318,7 @@ def _panels(histories) -> tuple[tuple[str, str], ...]:
     return CURVE_PANELS["lm" if lm else "image"]
 
 
+@_styled
 def plot_training_curves(df: pd.DataFrame, out_dir: str, name: str,
                          formats: tuple[str, ...] = FORMATS) -> list[str]:
     """Per arm, two metrics vs epoch (:data:`CURVE_PANELS`: test accuracy and loss; for a

@@ -67,8 +67,9 @@ class TableSpec:
         rows: the row axis.
         cols: the column axis.
         metric: the record column shown (None when ``cols.key == "metric"``).
-        kind: ``"mean"`` (mean ± std over seeds per cell) or ``"envelope"`` (best over the
-            trained models per cell, Salman et al.'s upper envelope; Table 8).
+        kind: ``"mean"`` (mean ± std over seeds per cell) or ``"envelope"`` (per cell the
+            best setting's mean over its models, Salman et al.'s envelope over settings;
+            Table 8, :mod:`maxup.analysis.certified`).
         digits: decimals printed.
         scale: factor applied to the metric before printing.
         lower_is_better: which end of each column is bolded (perplexity: lower).

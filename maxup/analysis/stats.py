@@ -39,6 +39,10 @@ EXCLUDED_COLUMNS: tuple[str, ...] = tuple(
 EXCLUDED_PREFIXES: tuple[str, ...] = (f"config.{identity.CERTIFY_SECTION}.",)
 CONFIDENCE = 0.95
 STAT_COLUMNS = ("n", "mean", "std", "ci_low", "ci_high", "min", "max")
+#: Why a t-test is undefined although both sides have values: its statistic is 0/0 or
+#: infinite (every observation of both arms equal within each; every pair differing alike).
+NO_ARM_VARIANCE = "no within-arm variance on either side"
+NO_PAIR_VARIANCE = "the paired differences have no variance"
 
 
 def is_excluded(column: str) -> bool:
@@ -237,7 +241,7 @@ def welch_difference(a: Iterable[float], b: Iterable[float],
         return replace(out, undefined="fewer than 2 seeds a side")
     va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
     if va == 0 and vb == 0:
-        return replace(out, undefined="no within-arm variance on either side")
+        return replace(out, undefined=NO_ARM_VARIANCE)
     dof = float((va + vb) ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1)))
     lo, hi, p = _t_test(diff, math.sqrt(va + vb), dof, confidence)
     return replace(out, ci_low=lo, ci_high=hi, p_value=p, dof=dof)
@@ -268,7 +272,7 @@ def paired_difference(a: Mapping[object, float], b: Mapping[object, float],
         return replace(out, undefined="fewer than 2 common seeds")
     sd = float(d.std(ddof=1))
     if sd == 0:
-        return replace(out, undefined="the paired differences have no variance")
+        return replace(out, undefined=NO_PAIR_VARIANCE)
     dof = float(d.size - 1)
     lo, hi, p = _t_test(float(d.mean()), sd / math.sqrt(d.size), dof, confidence)
     return replace(out, ci_low=lo, ci_high=hi, p_value=p, dof=dof)

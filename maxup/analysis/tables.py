@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from maxup import identity, records
+from maxup import records
 from maxup.analysis.arms import (
     CONTROL,
     MIN_SEEDS,
@@ -30,11 +30,20 @@ from maxup.analysis.arms import (
     config_value,
     first_of_arm,
 )
+from maxup.analysis.certified import Setting, best_at, images_of, setting_label
+from maxup.analysis.certified import settings as certified_settings
 from maxup.analysis.load import completed, unique_trials
 from maxup.analysis.published import PUBLISHED, Published
 from maxup.analysis.published import published as lookup_published
 from maxup.analysis.specs import METHOD, METRIC, RADIUS, SPECS, TableSpec
-from maxup.analysis.stats import PAIRED, _sort_key, arm_columns
+from maxup.analysis.stats import (
+    NO_ARM_VARIANCE,
+    NO_PAIR_VARIANCE,
+    PAIRED,
+    _sort_key,
+    arm_columns,
+    compare_seeds,
+)
 from maxup.errors import UsageError
 
 FORMATS = ("md", "latex", "csv")
@@ -65,6 +74,9 @@ class Cell:
             (:data:`~maxup.analysis.arms.CONTROL`; None where that does not apply).
         text: a fixed text shown instead of a number (``"no baseline"``).
         not_comparable: why the published value is withheld (empty when it is shown).
+        values: the observations behind ``mean``, seed -> value (what bold is tested on;
+            keys that are not seeds never pair).
+        setting: the setting an envelope cell's value comes from (``σ = 0.25, m = 4``).
     """
 
     mean: float = NAN
@@ -85,14 +97,19 @@ class Cell:
     control: Comparison | None = None
     text: str = ""
     not_comparable: str = ""
+    values: dict = field(default_factory=dict)
+    setting: str = ""
 
     @classmethod
     def of_arm(cls, arm: ArmStats) -> Cell:
-        """The cell of one arm: its statistics and seed counts."""
+        """The cell of one arm: its statistics, seed counts and per-seed values."""
         d = arm.stats
+        keys = arm.seeds if len(arm.seeds) == len(arm.values) else \
+            [(arm.arm_id, i) for i in range(len(arm.values))]  # seeds unknown: never paired
         return cls(d["mean"], d["std"], d["n"], d["ci_low"], d["ci_high"],
                    n_failed=arm.n_failed, n_diverged=arm.n_diverged, n_running=arm.n_running,
-                   n_planned=arm.n_planned, n_corrupt=arm.n_corrupt, n_pending=arm.n_pending)
+                   n_planned=arm.n_planned, n_corrupt=arm.n_corrupt, n_pending=arm.n_pending,
+                   values={k: float(v) for k, v in zip(keys, arm.values, strict=True)})
 
     @property
     def missing(self) -> bool:
@@ -180,17 +197,45 @@ class Table:
                 if c.kind in ("stat", "value") and self.cell(i, j).missing]
 
     def best(self, col: int) -> set[int]:
-        """Row indices holding the best value of column ``col`` (ties all count; cells
-        holding several arms never rank)."""
+        """The row of column ``col`` to bold: the one best value, when it is better than
+        every other ranked cell of the column by :func:`significantly_better` (ties, a column
+        of one cell, too few seeds or a difference chance explains: none). Cells holding
+        several arms never rank."""
         c = self.columns[col]
         if not c.rank:
             return set()
-        vals = {i: self.cell(i, col).mean for i in range(len(self.rows))
-                if not self.cell(i, col).missing and not self.cell(i, col).arms}
-        if not vals:
+        cells = {i: self.cell(i, col) for i in range(len(self.rows))
+                 if not self.cell(i, col).missing and not self.cell(i, col).arms}
+        if len(cells) < 2:
             return set()
-        target = min(vals.values()) if c.lower_is_better else max(vals.values())
-        return {i for i, v in vals.items() if v == target}
+        target = (min if c.lower_is_better else max)(x.mean for x in cells.values())
+        (win, *tied) = [i for i, x in cells.items() if x.mean == target]
+        if tied or not all(significantly_better(cells[win], x, c.lower_is_better)
+                           for i, x in cells.items() if i != win):
+            return set()
+        return {win}
+
+
+#: The level at which a best cell is bolded.
+BOLD_ALPHA = 0.05
+#: What the bold means, said under every table that can bold.
+BOLD_NOTE = (f"bold: the best value of its column, better than every other row's by a t-test "
+             f"at p < {BOLD_ALPHA:g} (paired by seed where they share >= 2 seeds, else Welch); "
+             f"a column without one has none")
+
+
+def significantly_better(a: Cell, b: Cell, lower_is_better: bool = False) -> bool:
+    """Whether cell ``a``'s observations beat ``b``'s beyond chance: a two-sided t-test
+    (:func:`~maxup.analysis.stats.compare_seeds`: paired by seed, else Welch) at p <
+    :data:`BOLD_ALPHA`, in the right direction. Differences that are identical over every
+    pair (or constant arms) count when they point the right way (the t statistic is
+    infinite); fewer than 2 observations a side never do."""
+    d = compare_seeds(a.values, b.values)
+    if not math.isfinite(d.diff) or d.diff == 0 or (d.diff < 0) != lower_is_better:
+        return False
+    if math.isfinite(d.p_value):
+        return d.p_value < BOLD_ALPHA
+    return d.undefined in (NO_PAIR_VARIANCE, NO_ARM_VARIANCE)
 
 
 # ----------------------------------------------------------------------------------- building
@@ -245,27 +290,6 @@ def _axis_values(axis, present) -> list[tuple[object, str]]:
                                       isinstance(x, (int, float)) else x))
         out += [(v, axis.label(v)) for v in extra]
     return out
-
-
-def certified_at(cert: dict, radius: float) -> float:
-    """Certified accuracy (%) of one certification at l2 ``radius``: from its per-image
-    rows (``correct and radius >= r``, Cohen et al.'s ``analyze.py``) when stored, else the
-    summary's value at exactly that radius (NaN when neither has it).
-
-    Args:
-        cert: a record's certification object.
-        radius: the l2 radius.
-    """
-    rows = cert.get("rows") or []
-    if rows:
-        try:
-            return records.certified_accuracy(rows, [radius])[0]
-        except (KeyError, TypeError):  # malformed rows: fall back to the summary
-            pass
-    for r, a in zip(cert.get("radii") or [], cert.get("certified_accuracy") or []):
-        if r is not None and abs(float(r) - radius) < 1e-9 and a is not None:
-            return float(a)
-    return NAN
 
 
 def _mismatch(rows: pd.DataFrame, protocol: dict) -> str:
@@ -357,25 +381,36 @@ def _mean_cell(csub: pd.DataFrame, metric: str, spec: TableSpec, pool: _Pool, wh
     return cell
 
 
-def _certifications(rows: pd.DataFrame) -> list[dict]:
-    """The certifications of the completed ``rows``, each once by its certification id (a
-    trial two sweeps certified alike is one model of the envelope)."""
-    done = completed(rows)
-    if "certification" not in done:
-        return []
-    seen: set[str] = set()
-    out = []
-    for cfg, cert in zip(done["run_config"], done["certification"]):
-        key = identity.certification_id(cfg)
-        if isinstance(cert, dict) and key not in seen:
-            seen.add(key)
-            out.append(cert)
-    return out
+def _envelope_cell(found: list[Setting], radius: float, scale: float) -> Cell:
+    """The best setting's mean certified accuracy at ``radius`` over its models (n: its
+    models), the setting named; its models' values are what bold is tested on."""
+    best = best_at(found, radius)
+    if best is None:
+        return Cell()
+    setting, vals = best
+    v = np.asarray(list(vals.values())) * scale
+    return Cell(float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else NAN, n=int(v.size),
+                values={k: float(x) * scale for k, x in vals.items()},
+                # a radius no setting certifies any image at is nobody's
+                setting=setting_label(setting, found) if len(found) > 1 and v.any() else "")
 
 
-def _envelope_cell(certs: list[dict], radius: float, scale: float) -> Cell:
-    vals = [v for v in (certified_at(c, float(radius)) for c in certs) if math.isfinite(v)]
-    return Cell(max(vals) * scale, n=len(vals)) if vals else Cell()
+def _envelope_note(sub: pd.DataFrame) -> str:
+    """What Table 8's cells are, with the images and models behind them."""
+    found = certified_settings(sub)
+    models = sum(len(s.models) for s in found)
+    images = sorted({n for s in found for c in s.models.values()
+                     if (n := images_of(c)) is not None})
+    protocol = sorted({(c.get("n"), c.get("alpha")) for s in found for c in s.models.values()
+                       if c.get("n") is not None})
+    per = (f"{images[0]:,} test images" if len(images) == 1 else
+           f"{images[0]:,}-{images[-1]:,} test images" if images else "test images")
+    cert = "; ".join(f"N = {n:,}, α = {a:g}" for n, a in protocol)
+    return (f"each cell: the best setting's mean certified accuracy over its trained models "
+            f"(each setting one σ and one configuration, e.g. m; the envelope over settings "
+            f"of per-setting means, Salman et al. 2019), the setting named; n: its models. "
+            f"{models} certified models in {len(found)} settings, each model on {per}"
+            + (f" ({cert})" if cert else ""))
 
 
 def _datasets(df: pd.DataFrame) -> list[str]:
@@ -439,11 +474,11 @@ def build_table(df: pd.DataFrame, spec: TableSpec | str, vs_paper: bool = False,
         idx = row_groups.get(rv)
         rsub = sub.loc[idx] if idx is not None else sub.iloc[0:0]
         # An envelope's columns are radii: one set of certifications serves the whole row.
-        certs = _certifications(rsub) if spec.kind == "envelope" else []
+        found = certified_settings(rsub) if spec.kind == "envelope" else []
         for j, (cv, clabel) in enumerate(cols_axis):
             csub = rsub if ckeys is None else rsub[ckeys.loc[rsub.index] == cv]
             if spec.kind == "envelope":
-                cell = _envelope_cell(certs, float(cv), spec.scale)
+                cell = _envelope_cell(found, float(cv), spec.scale)
             else:
                 metric = cv if spec.cols.key == METRIC else spec.metric
                 cell = _mean_cell(csub, metric, spec, pool, f"{rlabel} / {clabel}", notes)
@@ -460,14 +495,13 @@ def build_table(df: pd.DataFrame, spec: TableSpec | str, vs_paper: bool = False,
         reasons = list(dict.fromkeys(withheld))
         notes.append("published values not comparable, not shown: " + "; ".join(reasons))
     if spec.kind == "envelope":
-        notes.append("each cell: best certified accuracy over the trained models of the method "
-                     "(upper envelope, Salman et al. 2019); n: certified models")
+        notes.append(_envelope_note(sub))
         notes += _uncertified_notes(frame, spec, dataset, rows)
     elif any(0 < table.cell(i, j).n < MIN_SEEDS for i in range(len(rows))
              for j in range(len(columns))):
         notes.append(f"{FEW} fewer than {MIN_SEEDS} finished seeds")
     table.notes = notes
-    return table
+    return _with_bold_note(table)
 
 
 
@@ -590,10 +624,17 @@ def sweep_table(df: pd.DataFrame, sweep: str | None = None, expected_n: int = 5,
         notes.append(f"{FEW} fewer than {expected_n} finished seeds")
     if any(a.n == 0 for a in arms):
         notes.append("an arm without a finished seed keeps its row: its counts say why")
-    return Table("sweep", f"Sweep {label}: {name} per arm", "Arm", rows, columns, cells,
-                 digits=2, expected_n=expected_n, notes=notes,
-                 n_records=len(unique_trials(completed(df))), sweep=str(label),
-                 dataset="+".join(_datasets(df)))
+    return _with_bold_note(Table(
+        "sweep", f"Sweep {label}: {name} per arm", "Arm", rows, columns, cells, digits=2,
+        expected_n=expected_n, notes=notes, n_records=len(unique_trials(completed(df))),
+        sweep=str(label), dataset="+".join(_datasets(df))))
+
+
+def _with_bold_note(table: Table) -> Table:
+    """``table``, its notes saying what bold means when some cell is bold."""
+    if any(table.best(j) for j in range(len(table.columns))):
+        table.notes.append(BOLD_NOTE)
+    return table
 
 
 #: How Δ and p are computed (tables' notes; every p also names its test).
@@ -756,7 +797,8 @@ def _cell_text(table: Table, col: Column, cell: Cell, pm: str, dash: str) -> str
     if col.kind == "p":
         return f"{cell.mean:.3g}" if math.isfinite(cell.mean) else "n/a"
     if col.kind == "value":
-        return f"{_num(cell.mean, table.digits)} (n = {cell.n})"
+        where = f"{cell.setting}; " if cell.setting else ""
+        return f"{_num(cell.mean, table.digits)} ({where}n = {cell.n})"
     if col.kind == "n":
         return cell.counts_text().removeprefix("n = ")
     if col.kind == "ci":
