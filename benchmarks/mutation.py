@@ -96,6 +96,11 @@ AN_ARMS = f"{T_AN}::test_several_arms_in_one_cell_are_each_shown_none_chosen"
 AN_BOLD = f"{T_AN}::test_table3_markdown_bold_missing_and_n"
 AN_CI5 = f"{T_AN}::test_inside_ci_needs_five_seeds"
 AN_T8 = f"{T_AN}::test_table8_envelope_cpu_scale_any_dataset"
+AN_T8_SIGMA = f"{T_AN}::test_regression_table8_is_the_envelope_over_sigma_of_per_sigma_means"
+AN_BOLD_SIG = f"{T_AN}::test_regression_bold_needs_a_significant_difference"
+AN_T8_TWO = f"{T_AN}::test_table8_seeds_of_one_arm_certified_at_two_sigmas_are_two_settings"
+FIG_T8 = ("tests/test_figures.py::"
+          "test_regression_certified_figure_is_a_step_curve_of_per_sigma_means")
 AN_FIG = f"{T_AN}::test_figures_plot_the_right_arms_and_values"
 AN_RUNNING = f"{T_AN}::test_running_seed_is_counted_never_averaged"
 CKPT_LAST = f"{T_CKPT}::test_regression_last_checkpoint_is_the_last_epoch_and_reproduces_the_record"
@@ -402,13 +407,22 @@ MUTANTS: list[Mutant] = [
       "    if len(arms) > 2:\n        cols = arm_columns(unique_trials(csub))\n",
       (AN_ARMS, AN_RULE), "a cell with exactly two arms shows the first only"),
     M("best-ranks-multi-arm-cells", TAB, "maxup/analysis/tables.py",
-      "                if not self.cell(i, col).missing and not self.cell(i, col).arms}\n",
-      "                if not self.cell(i, col).missing}\n",
+      "                 if not self.cell(i, col).missing and not self.cell(i, col).arms}\n",
+      "                 if not self.cell(i, col).missing}\n",
       (AN_RULE,), "cells holding several arms take part in bolding the column's best"),
     M("best-wrong-end", TAB, "maxup/analysis/tables.py",
-      "        target = min(vals.values()) if c.lower_is_better else max(vals.values())\n",
-      "        target = max(vals.values()) if c.lower_is_better else min(vals.values())\n",
+      "        target = (min if c.lower_is_better else max)(x.mean for x in cells.values())\n",
+      "        target = (max if c.lower_is_better else min)(x.mean for x in cells.values())\n",
       (AN_BOLD,), "the worst cell of each column is bolded"),
+    M("bold-without-significance", TAB, "maxup/analysis/tables.py",
+      "        return d.p_value < BOLD_ALPHA\n", "        return d.p_value < 1.0\n",
+      (AN_BOLD_SIG, AN_T8_SIGMA), "the best mean is bolded whatever chance explains"),
+    M("bold-ties", TAB, "maxup/analysis/tables.py",
+      "    if not math.isfinite(d.diff) or d.diff == 0 or (d.diff < 0) != lower_is_better:\n",
+      "    if not math.isfinite(d.diff) or (d.diff < 0) != lower_is_better:\n",
+      (AN_T8_SIGMA,), "equal observations (Table 8's 0.0 ties) count as a win",
+      equivalent="best() refuses a tie before any test; the check guards significantly_"
+                 "better for other callers"),
     M("min-seeds-4", TAB, "maxup/analysis/arms.py",
       "MIN_SEEDS = 5\n", "MIN_SEEDS = 4\n",
       (AN_RULE, AN_CI5), "cells with 4 seeds go unmarked (the paper reports 5)"),
@@ -416,14 +430,19 @@ MUTANTS: list[Mutant] = [
       "if self.published is None or self.n < MIN_SEEDS or not math.isfinite(self.ci_low):\n",
       "if self.published is None or not math.isfinite(self.ci_low):\n",
       (AN_CI5,), "'in 95% CI' claimed from 2 seeds"),
-    M("envelope-min", TAB, "maxup/analysis/tables.py",
-      "    return Cell(max(vals) * scale, n=len(vals)) if vals else Cell()\n",
-      "    return Cell(min(vals) * scale, n=len(vals)) if vals else Cell()\n",
-      (AN_T8,), "Table 8 shows the worst model per method, not the upper envelope"),
-    M("figure-envelope-min", TAB, "maxup/analysis/figures.py",
-      "                best[r] = max(best.get(r, -math.inf), float(a))\n",
-      "                best[r] = min(best.get(r, math.inf), float(a))\n",
-      (AN_FIG,), "the certified-accuracy figure plots the worst model per method"),
+    M("envelope-best-seed", TAB, "maxup/analysis/certified.py",
+      "        if vals and (mean := float(np.mean(list(vals.values())))) > best_mean:\n",
+      "        if vals and (mean := float(np.max(list(vals.values())))) > best_mean:\n",
+      (AN_T8, AN_T8_SIGMA), "Table 8 ranks settings by their luckiest seed, not their mean"),
+    M("envelope-pools-sigma", TAB, "maxup/analysis/certified.py",
+      "        setting = out.setdefault((arm, sigma, protocol), Setting(arm, sigma, cfg))\n",
+      "        setting = out.setdefault((arm, protocol), Setting(arm, sigma, cfg))\n",
+      (AN_T8_TWO, AN_T8_SIGMA, FIG_T8),
+      "seeds of one arm certified at different σ averaged into one setting"),
+    M("figure-envelope-min", TAB, "maxup/analysis/certified.py",
+      "    return grid, np.max([s.curve(grid) for s in found], axis=0)\n",
+      "    return grid, np.min([s.curve(grid) for s in found], axis=0)\n",
+      (AN_FIG, FIG_T8), "the certified-accuracy figure plots the worst setting per method"),
     M("figure-ci-sqrt-n-1", TAB, "maxup/analysis/figures.py",
       "        half = t * std / np.sqrt(n)\n", "        half = t * std / np.sqrt(n - 1)\n",
       (AN_FIG,), "error bars of the accuracy-vs-m figure too wide"),

@@ -479,6 +479,31 @@ def test_regression_table8_is_the_envelope_over_sigma_of_per_sigma_means(tmp_pat
     assert "N = 1,000, α = 0.001" in md
 
 
+def test_table8_seeds_of_one_arm_certified_at_two_sigmas_are_two_settings(tmp_path):
+    """One trained arm (σ 0.25 in training): seeds 0-2 certified at σ 0.25 by one sweep, seeds
+    3-5 at σ 0.5 by another. Two settings of three models each, not one of six; the cell is
+    the better σ's mean."""
+    from maxup.analysis.certified import settings
+
+    at = {0.25: [60.0, 70.0, 65.0], 0.5: [80.0, 75.0, 90.0]}  # % certified at r = 0.25
+    recs = []
+    for sweep, sigma, first in (("a", 0.25, 0), ("b", 0.5, 3)):
+        for k, v in enumerate(at[sigma]):
+            rec = make_record(80.0, seed=first + k, sweep=sweep, dataset="digits",
+                              model="small_cnn", ops=["gaussian"],
+                              certified=[90.0, v] + [0.0] * 10)
+            rec["config"]["certify"]["sigma"] = sigma
+            rec["certification"]["sigma"] = sigma
+            recs.append(restamp(rec))
+    df = load_records(write_all(tmp_path, recs))
+    assert df["arm_id"].nunique() == 1
+    found = settings(df)
+    assert [(s.sigma, sorted(s.models)) for s in found] == [(0.25, [0, 1, 2]), (0.5, [3, 4, 5])]
+    cell = build_table(df, "8").cell(0, 0)
+    assert cell.mean == pytest.approx(np.mean(at[0.5])) and cell.n == 3
+    assert cell.setting == "σ = 0.5"
+
+
 def test_regression_bold_needs_a_significant_difference(tmp_path):
     """Issue 27, item 9: bold marked the best mean of a column even when chance explains the
     difference. Now it needs p < 0.05 against every other row (scipy's tests here)."""
