@@ -129,6 +129,23 @@ def write_all(root: Path, recs) -> Path:
     return root
 
 
+def certified_records(radii: dict, **kwargs) -> list[dict]:
+    """Records of digits models certified image by image: ``radii[(m, sigma, seed)]`` lists
+    each image's certified radius (None: wrong or abstained); ``kwargs`` go to make_record."""
+    recs = []
+    for (m, sigma, seed), rs in radii.items():
+        rec = make_record(80.0, seed=seed, m=m, dataset="digits", certified=[0.0] * len(RADII),
+                          **kwargs)
+        rec["config"]["augment"]["sigma"] = sigma
+        rec["certification"]["sigma"] = sigma
+        rec["certification"]["rows"] = [
+            {"index": i, "label": 0, "prediction": 0 if r is not None else 1,
+             "radius": r if r is not None else 0.0, "correct": r is not None}
+            for i, r in enumerate(rs)]
+        recs.append(restamp(rec))
+    return recs
+
+
 def t_ci(x):
     x = np.asarray(x, float)
     half = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
@@ -435,17 +452,7 @@ def test_regression_table8_is_the_envelope_over_sigma_of_per_sigma_means(tmp_pat
              (4, 0.5, 0): [1.2, 0.9, None, None, None], (4, 0.5, 1): [1.6, 0.8, 0.1, None,
                                                                         None],
              (4, 0.5, 2): [0.7, 1.4, None, None, None]}
-    recs = []
-    for (m, sigma, seed), rs in radii.items():
-        rec = make_record(80.0, seed=seed, m=m, dataset="digits", model="small_cnn",
-                          ops=["gaussian"], certified=[0.0] * len(RADII))
-        rec["config"]["augment"]["sigma"] = sigma
-        rec["certification"]["sigma"] = sigma
-        rec["certification"]["rows"] = [
-            {"index": i, "label": 0, "prediction": 0 if r is not None else 1,
-             "radius": r if r is not None else 0.0, "correct": r is not None}
-            for i, r in enumerate(rs)]
-        recs.append(restamp(rec))
+    recs = certified_records(radii, model="small_cnn", ops=["gaussian"])
     table = build_table(load_records(write_all(tmp_path, recs)), "8")
 
     def acc(m, sigma, seed, r):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import matplotlib.colors as mcolors
 import pytest
-from test_analysis import RADII, make_record, restamp, write_all
+from test_analysis import RADII, certified_records, make_record, restamp, write_all
 
 from maxup.analysis import load_records
 
@@ -233,18 +233,7 @@ def test_regression_certified_figure_is_a_step_curve_of_per_sigma_means(figures_
              (1, 0.5, 0): [0.5, 1.4, None, None], (1, 0.5, 1): [0.7, 1.1, 0.2, None],
              (4, 0.25, 0): [0.3, 0.4, 0.5, None], (4, 0.25, 1): [0.35, 0.8, None, None],
              (4, 0.5, 0): [1.2, None, None, None], (4, 0.5, 1): [1.6, 0.9, None, None]}
-    recs = []
-    for (m, sigma, seed), rs in radii.items():
-        rec = make_record(80.0, seed=seed, m=m, sweep="c", dataset="digits",
-                          certified=[0.0] * len(RADII))
-        rec["config"]["augment"]["sigma"] = sigma
-        rec["certification"]["sigma"] = sigma
-        rec["certification"]["rows"] = [
-            {"index": i, "label": 0, "prediction": 0 if r is not None else 1,
-             "radius": r if r is not None else 0.0, "correct": r is not None}
-            for i, r in enumerate(rs)]
-        recs.append(restamp(rec))
-    figs = figures_of(recs, tmp_path)
+    figs = figures_of(certified_records(radii, sweep="c"), tmp_path)
     (ax,) = figs["certified_c"]["axes"]
     for m, label in ((1, "Gaussian aug. (m = 1)"), (4, "MaxUp+Gauss")):
         xs, ys = ax["xdata"][label], ax["ydata"][label]
