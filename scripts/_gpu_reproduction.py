@@ -4,7 +4,8 @@ repository first on PYTHONPATH). Subcommands:
     tiny-data DIR                 write a tiny Fashion-MNIST in the real IDX .gz format
     tiny-space SRC OUT            the --tiny sweep: SRC on the CPU, 1 seed, 2 epochs
     machine                       one line: GPU (or CPU) model, cores, memory, OS
-    copy STORAGE SWEEP DEST ...   the sweep's records into the storage root DEST (no checkpoints)
+    copy STORAGE SWEEP DEST ...   the sweep's completed records into the storage root DEST
+                                  (no checkpoints)
 
 ``copy`` writes, atomically file by file (``maxup.io``), ``DEST/SWEEP/sweep.json`` (the
 manifest), ``DEST/SWEEP/run.json`` (how it was run: the report reads it) and, for every trial
@@ -98,9 +99,12 @@ def copy_records(storage: Path, sweep: str, dest: Path, run: dict) -> list[Path]
     """Copy sweep SWEEP's manifest and its trials' records and logs from STORAGE into the
     storage root DEST, and write DEST/SWEEP/run.json; returns the files written.
 
-    Trials the manifest lists without a record (not run) are named on stderr and skipped.
+    Trials the manifest lists without a completed record (not run, still running, failed)
+    are named on stderr and skipped, so a sweep still under way can be stored as far as it
+    has finished (the copy is rerun as more trials finish).
     """
     from maxup.io import atomic_write_bytes, atomic_write_json
+    from maxup.records import load_record
     from maxup.store import Storage
 
     src = Storage(storage)
@@ -111,9 +115,10 @@ def copy_records(storage: Path, sweep: str, dest: Path, run: dict) -> list[Path]
     written: list[Path] = []
     for entry in manifest.trials:
         tdir = Path(src.trial_dir(entry.trial_id).path)
-        if not (tdir / "record.json").is_file():
-            print(f"copy: trial {entry.trial_id} has no record (not run); skipped",
-                  file=sys.stderr)
+        rec = load_record(tdir / "record.json") if (tdir / "record.json").is_file() else None
+        if rec is None or not rec.completed:
+            state = "no record (not run)" if rec is None else f"status {rec.status.value}"
+            print(f"copy: trial {entry.trial_id} has {state}; skipped", file=sys.stderr)
             continue
         for name in KEPT:
             if (tdir / name).is_file():

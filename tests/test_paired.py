@@ -21,6 +21,7 @@ from maxup.analysis.stats import (
     PAIRED,
     WELCH,
     compare_seeds,
+    detectable_difference,
     paired_difference,
     welch_difference,
 )
@@ -265,6 +266,15 @@ def test_report_verdicts_against_reference_and_control(tmp_path):
         assert f"- m = 2, lm.mask_per_sequence = False {word} {name}" in line
         p = f"{res.pvalue:.2g}" if res.pvalue < 0.001 else f"{res.pvalue:.3f}"
         assert f"paired t-test p = {p} over 5 common seeds" in line
+        # The sensitivity: noncentral t at 4 dof and the SD of the 5 differences.
+        d = np.subtract(M2, base)
+        se = d.std(ddof=1) / math.sqrt(5)
+        crit = stats.t.ppf(0.975, 4)
+        nc = np.arange(0.0, 10.0, 0.001)
+        power = stats.nct.sf(crit, 4, nc) + stats.nct.cdf(-crit, 4, nc)
+        want = float(np.interp(0.8, power, nc)) * se  # power rises with nc on [0, 10)
+        assert line.endswith(f" Sensitivity: 80 % power for |Δ| ≥ {want:.2f} "
+                             f"({100 * want / np.mean(base):.2g} % of the baseline)."), line
     assert REFERENCE.label == "m = 1"
 
 
@@ -274,3 +284,41 @@ def test_report_verdict_without_variance_says_no_test_possible(tmp_path):
     (line,) = verdicts(load_records(write_all(tmp_path, recs)), "final.test_ppl", True)
     assert "cannot be compared with its m = 1 baseline" in line
     assert "the paired differences have no variance" in line and "Δ = -10.00" in line
+
+
+@pytest.mark.parametrize("pairs", [3, 5, 10])
+def test_detectable_difference_has_80_percent_power_by_simulation(pairs):
+    """A paired design of ``pairs`` seeds with differences of SD 1: at the returned Δ,
+    scipy's ttest_1samp on simulated samples rejects at α = 0.05 in 80 % of them (200,000
+    draws: the binomial SD of the rate is 0.0009), and at half that Δ far less often."""
+    delta = detectable_difference(1 / math.sqrt(pairs), pairs - 1)
+    rng = np.random.default_rng(pairs)
+    rate = {}
+    for d in (delta, delta / 2):
+        sample = rng.normal(d, 1.0, size=(200_000, pairs))
+        rate[d] = float((stats.ttest_1samp(sample, 0.0, axis=1).pvalue < 0.05).mean())
+    assert abs(rate[delta] - 0.8) < 0.005, rate
+    assert rate[delta / 2] < 0.45
+
+
+def test_detectable_difference_tends_to_the_normal_formula_and_refuses_no_spread():
+    # With many degrees of freedom the t-test is the z-test: Δ = (z_0.975 + z_0.8) · se
+    # (the far tail's share of the power is < 1e-9 there).
+    z = stats.norm.ppf(0.975) + stats.norm.ppf(0.8)
+    assert detectable_difference(0.5, 1e7) == pytest.approx(0.5 * z, rel=1e-5)
+    assert math.isnan(detectable_difference(0.0, 4))
+    assert math.isnan(detectable_difference(1.0, math.nan))
+
+
+def test_paired_and_welch_differences_state_their_sensitivity():
+    a = {0: 300.0, 1: 302.5, 2: 299.0, 3: 305.0}
+    b = {0: 301.0, 1: 301.0, 2: 301.5, 3: 304.0}
+    d = np.subtract(list(a.values()), list(b.values()))
+    paired = paired_difference(a, b)
+    se = d.std(ddof=1) / math.sqrt(d.size)
+    assert paired.detectable == pytest.approx(detectable_difference(se, d.size - 1))
+    welch = welch_difference(a.values(), b.values())
+    va, vb = np.var(list(a.values()), ddof=1) / 4, np.var(list(b.values()), ddof=1) / 4
+    assert welch.detectable == pytest.approx(detectable_difference(math.sqrt(va + vb),
+                                                                   welch.dof))
+    assert math.isnan(paired_difference({0: 1.0, 1: 2.0}, {0: 0.0, 1: 1.0}).detectable)

@@ -51,13 +51,29 @@ def test_drift_test_fails_when_a_stored_value_is_edited(tmp_path):
     assert _regenerate(copy, tmp_path) != DOC.read_text()
 
 
+#: Stored sweeps still under way: their records are copied in as trials finish (issue 29's
+#: KJV study runs for hours across sessions), so an arm may have fewer than five seeds yet.
+IN_PROGRESS = {"lm_kjv_v2"}
+
+
 @pytest.mark.skipif(not STORED.exists(), reason="no stored reproduction")
 def test_stored_reproduction_is_five_seeds_per_arm_and_carries_no_checkpoints():
-    df = load_records(STORED)
+    frame = load_records(STORED)
+    # Planned trials without a record are rows of status "pending"; every stored one finished.
+    assert set(frame["status"]) <= {"completed", "pending"}
+    assert set(frame.loc[frame["status"] == "pending", "sweep"]) <= IN_PROGRESS
+    df = frame[frame["status"] == "completed"]
     assert df["trial_id"].nunique() >= 30
-    assert (df["status"] == "completed").all()
-    per_arm = df.drop_duplicates("trial_id").groupby("arm_id")["seed"].nunique()
-    assert (per_arm == 5).all(), per_arm.to_dict()
+    for sweep, part in df.groupby("sweep"):
+        per_arm = part.drop_duplicates("trial_id").groupby("arm_id")["seed"].nunique()
+        planned = {t["trial_id"] for t in
+                   json.loads((STORED / sweep / "sweep.json").read_text())["trials"]}
+        assert set(part["trial_id"]) <= planned, sweep
+        if sweep in IN_PROGRESS:
+            # Stored as far as it finished: every arm paired on at least two seeds.
+            assert (per_arm >= 2).all() and len(set(part["trial_id"])) < len(planned), sweep
+        else:
+            assert (per_arm == 5).all() and set(part["trial_id"]) == planned, (sweep, per_arm)
     assert not list(STORED.rglob("*.pt"))
 
 
@@ -154,9 +170,10 @@ def test_stored_reproduction_still_follows_from_the_code(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     verdicts = [line for line in proc.stdout.splitlines() if line[:4] in ("PASS", "FAIL",
                                                                          "DIFF", "SKIP")]
-    firsts = set()
+    firsts = set()  # each sweep's first trial in manifest order with a stored record
     for manifest in sorted(STORED.glob("*/sweep.json")):
-        firsts.add(json.loads(manifest.read_text())["trials"][0]["trial_id"])
+        firsts.add(next(t["trial_id"] for t in json.loads(manifest.read_text())["trials"]
+                        if (STORED / "trials" / t["trial_id"] / "record.json").is_file()))
     assert len(verdicts) == len(firsts) >= 4
     assert {line.split()[1] for line in verdicts} == firsts
     here = records.environment()

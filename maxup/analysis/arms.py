@@ -251,6 +251,9 @@ class Comparison:
         n_pairs: seeds paired (0 for Welch).
         undefined: why there is no p-value (empty when there is one).
         baseline: which baseline this is.
+        detectable: the smallest |diff| the test detects with 80 % power at the spread
+            observed (:attr:`~maxup.analysis.stats.Difference.detectable`; NaN where
+            undefined).
     """
 
     base: ArmStats | None
@@ -262,6 +265,7 @@ class Comparison:
     n_pairs: int = 0
     undefined: str = ""
     baseline: Baseline | None = None
+    detectable: float = math.nan
 
     @property
     def found(self) -> bool:
@@ -311,7 +315,7 @@ def against(arm: ArmStats, baseline: Baseline, pool: dict[str, ArmStats]) -> Com
         return Comparison(None, baseline=baseline)
     d = difference(arm, base)
     return Comparison(base, d.diff, d.p_value, d.test, d.ci_low, d.ci_high, d.n_pairs,
-                      d.undefined, baseline)
+                      d.undefined, baseline, d.detectable)
 
 
 def baseline_of(arm: ArmStats, key: str, value, pool: dict[str, ArmStats]) -> Comparison | None:
@@ -331,7 +335,7 @@ def baseline_of(arm: ArmStats, key: str, value, pool: dict[str, ArmStats]) -> Co
 #: The columns of :func:`compare` after the arm columns.
 COMPARE_COLUMNS = ("n", "mean", "std", "base_n", "base_mean", "base_std", "diff",
                    "diff_ci_low", "diff_ci_high", "p_value", "test", "n_pairs", "undefined",
-                   "arm_id", "base_arm_id")
+                   "detectable", "arm_id", "base_arm_id")
 
 
 def compare(df: pd.DataFrame, metric: str = "final.test_acc",
@@ -356,7 +360,8 @@ def compare(df: pd.DataFrame, metric: str = "final.test_acc",
         differences) when they share at least two, else Welch's unequal-variance test
         (``n_pairs`` 0; ``diff`` = arm mean − baseline mean); p and CI are NaN where the test
         is undefined (fewer than 2 seeds a side, or no variance), ``undefined`` says why
-        (empty otherwise); ``arm_id``, ``base_arm_id``.
+        (empty otherwise); ``detectable``: the smallest |diff| that test detects with 80 %
+        power at the spread observed (NaN where undefined); ``arm_id``, ``base_arm_id``.
     """
     if not isinstance(baseline, Baseline):
         (key, value), = dict(baseline or {"config.maxup.m": 1}).items()
@@ -378,7 +383,8 @@ def compare(df: pd.DataFrame, metric: str = "final.test_acc",
                     "base_mean": b["mean"], "base_std": b["std"], "diff": cmp.diff,
                     "diff_ci_low": cmp.ci_low, "diff_ci_high": cmp.ci_high,
                     "p_value": cmp.p_value, "test": cmp.test, "n_pairs": cmp.n_pairs,
-                    "undefined": cmp.undefined, "arm_id": arm.arm_id,
+                    "undefined": cmp.undefined, "detectable": cmp.detectable,
+                    "arm_id": arm.arm_id,
                     "base_arm_id": cmp.base.arm_id})
         rows.append(row)
     rows.sort(key=lambda r: _sort_key(tuple(r[k] for k in keys)))

@@ -28,13 +28,11 @@ import pandas as pd
 from maxup import store
 from maxup.analysis.arms import CONTROL, REFERENCE, arms_of, compare
 from maxup.analysis.load import completed, frame_of, unique_trials
-from maxup.analysis.stats import PAIRED
+from maxup.analysis.stats import ALPHA, PAIRED, POWER
 from maxup.analysis.tables import Cell, render, sweep_table, tables_for
 from maxup.io import atomic_write_text
 from maxup.records import provenance
 
-#: Significance level of the verdicts (two-sided paired or Welch t-test).
-ALPHA = 0.05
 #: Per-sweep file with how it was run (:data:`maxup.store.SWEEP_RUN`).
 RUN_FILE = store.SWEEP_RUN
 
@@ -71,7 +69,10 @@ def verdicts(df: pd.DataFrame, metric: str, lower_is_better: bool) -> list[str]:
     Δ's 95 % CI. An arm "beats" its baseline only when the difference has the right sign and
     the two-sided p is below :data:`ALPHA`; where no test is possible (fewer than two seeds,
     no variance) the sentence says so and why; seeds of either arm outside the means
-    (diverged, failed, running, corrupt, not run) are named.
+    (diverged, failed, running, corrupt, not run) are named. A tested comparison ends with
+    its sensitivity: the smallest difference the same test would detect with 80 % power at
+    the spread observed, so "no significant difference" says how large a difference was
+    ruled out.
 
     Args:
         df: one sweep's records.
@@ -115,7 +116,19 @@ def _verdict(r: pd.Series, keys: list[str], name: str, lower_is_better: bool,
                       if part)
     return (f"- {_arm_words(r, keys)} {word}: {_fmt(r['mean'])} vs {_fmt(r['base_mean'])} "
             f"(Δ = {r['diff']:+.2f}{ci}, {test}, n = {int(r['n'])} vs {int(r['base_n'])}"
-            f"{'; ' + seeds if seeds else ''}).")
+            f"{'; ' + seeds if seeds else ''}).{_sensitivity(r)}")
+
+
+def _sensitivity(r: pd.Series) -> str:
+    """`` Sensitivity: 80 % power for |Δ| ≥ 0.31 (0.37 % of the baseline).``: the smallest
+    true difference this test, with these seeds and the spread observed, would find at
+    :data:`ALPHA` (:func:`maxup.analysis.stats.detectable_difference`); ``""`` untested."""
+    d = r.get("detectable", math.nan)
+    if not math.isfinite(d):
+        return ""
+    base = abs(r["base_mean"])
+    rel = f" ({100 * d / base:.2g} % of the baseline)" if base > 0 else ""
+    return f" Sensitivity: {100 * POWER:.0f} % power for |Δ| ≥ {d:.2f}{rel}."
 
 
 def _others(who: str, cell: Cell | None) -> str:

@@ -173,6 +173,10 @@ def welch(a: Iterable[float], b: Iterable[float]) -> float:
     return float(sps.ttest_ind(a, b, equal_var=False).pvalue)
 
 
+#: Two-sided level and power of the sensitivity statement (:func:`detectable_difference`).
+ALPHA = 0.05
+POWER = 0.8
+
 #: The tests :func:`compare_seeds` chooses between.
 PAIRED = "paired"
 WELCH = "Welch"
@@ -196,6 +200,10 @@ class Difference:
         n_a, n_b: each arm's finite observations.
         dof: degrees of freedom of the t distribution used (NaN where undefined).
         undefined: why no p-value exists (empty when there is one).
+        detectable: the design's sensitivity: the smallest |difference| this test, with these
+            pairs or sample sizes and the spread observed, detects with probability
+            :data:`POWER` at two-sided level :data:`ALPHA` (:func:`detectable_difference`);
+            NaN where the test is undefined.
     """
 
     test: str
@@ -208,11 +216,46 @@ class Difference:
     n_b: int = 0
     dof: float = math.nan
     undefined: str = ""
+    detectable: float = math.nan
 
 
 def _finite(values: Iterable[float]) -> np.ndarray:
     arr = np.asarray(list(values), dtype=float)
     return arr[np.isfinite(arr)]
+
+
+def detectable_difference(se: float, dof: float, alpha: float = ALPHA,
+                          power: float = POWER) -> float:
+    """The smallest true difference a two-sided t-test detects with probability ``power``.
+
+    The test rejects when |diff / se| > t_(1 - alpha/2, dof); for a true difference Δ the
+    statistic follows the noncentral t with ``dof`` degrees of freedom and noncentrality
+    Δ / se, so the power is P(|T'| > t_crit). Returned: the Δ ≥ 0 where that power equals
+    ``power`` (a paired test: se = SD of the differences / sqrt(pairs), dof = pairs − 1;
+    Welch: se = sqrt(var_a/n_a + var_b/n_b), Welch–Satterthwaite dof, taking the observed
+    spread as the true one). NaN for a non-finite or non-positive ``se`` or ``dof``.
+
+    Args:
+        se: standard error of the difference.
+        dof: degrees of freedom of the test.
+        alpha: two-sided level.
+        power: the probability of rejecting wanted.
+    """
+    from scipy.optimize import brentq
+
+    if not (math.isfinite(se) and se > 0 and math.isfinite(dof) and dof > 0):
+        return math.nan
+    crit = float(sps.t.ppf(1 - alpha / 2, dof))
+
+    def short(nc: float) -> float:
+        # The far tail is negligible where scipy's series fails for it (NaN): count it 0.
+        far = float(sps.nct.cdf(-crit, dof, nc))
+        return float(sps.nct.sf(crit, dof, nc)) + (far if math.isfinite(far) else 0.0) - power
+
+    hi = crit + 1.0
+    while short(hi) < 0:  # power grows with the noncentrality: widen until it brackets
+        hi *= 2
+    return brentq(short, 0.0, hi, xtol=1e-10) * se
 
 
 def _t_test(diff: float, se: float, dof: float, confidence: float) -> tuple[float, ...]:
@@ -243,8 +286,10 @@ def welch_difference(a: Iterable[float], b: Iterable[float],
     if va == 0 and vb == 0:
         return replace(out, undefined=NO_ARM_VARIANCE)
     dof = float((va + vb) ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1)))
-    lo, hi, p = _t_test(diff, math.sqrt(va + vb), dof, confidence)
-    return replace(out, ci_low=lo, ci_high=hi, p_value=p, dof=dof)
+    se = math.sqrt(va + vb)
+    lo, hi, p = _t_test(diff, se, dof, confidence)
+    return replace(out, ci_low=lo, ci_high=hi, p_value=p, dof=dof,
+                   detectable=detectable_difference(se, dof))
 
 
 def paired_difference(a: Mapping[object, float], b: Mapping[object, float],
@@ -274,8 +319,10 @@ def paired_difference(a: Mapping[object, float], b: Mapping[object, float],
     if sd == 0:
         return replace(out, undefined=NO_PAIR_VARIANCE)
     dof = float(d.size - 1)
-    lo, hi, p = _t_test(float(d.mean()), sd / math.sqrt(d.size), dof, confidence)
-    return replace(out, ci_low=lo, ci_high=hi, p_value=p, dof=dof)
+    se = sd / math.sqrt(d.size)
+    lo, hi, p = _t_test(float(d.mean()), se, dof, confidence)
+    return replace(out, ci_low=lo, ci_high=hi, p_value=p, dof=dof,
+                   detectable=detectable_difference(se, dof))
 
 
 def _sort_key_one(x):

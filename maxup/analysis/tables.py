@@ -37,6 +37,7 @@ from maxup.analysis.published import PUBLISHED, Published
 from maxup.analysis.published import published as lookup_published
 from maxup.analysis.specs import METHOD, METRIC, RADIUS, SPECS, TableSpec
 from maxup.analysis.stats import (
+    ALPHA,
     NO_ARM_VARIANCE,
     NO_PAIR_VARIANCE,
     PAIRED,
@@ -216,8 +217,8 @@ class Table:
         return {win}
 
 
-#: The level at which a best cell is bolded.
-BOLD_ALPHA = 0.05
+#: The level at which a best cell is bolded (the verdicts' level).
+BOLD_ALPHA = ALPHA
 #: What the bold means, said under every table that can bold.
 BOLD_NOTE = (f"bold: the best value of its column, better than every other row's by a t-test "
              f"at p < {BOLD_ALPHA:g} (paired by seed where they share >= 2 seeds, else Welch); "
